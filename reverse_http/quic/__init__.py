@@ -1,0 +1,30 @@
+"""QUIC transport: aioquic's sans-IO connection driven from trio UDP sockets."""
+
+from .client import connect
+from .connection import CloseInfo, Connection, ConnectionError
+from .server import QuicServer, serve_quic
+from .settings import (
+    DEFAULT_ALPN,
+    ClientTls,
+    ServerSettings,
+    ServerTls,
+    TlsConfigError,
+    TransportSettings,
+)
+from .stream import QuicStream
+
+__all__ = [
+    "DEFAULT_ALPN",
+    "ClientTls",
+    "CloseInfo",
+    "Connection",
+    "ConnectionError",
+    "QuicServer",
+    "QuicStream",
+    "ServerSettings",
+    "ServerTls",
+    "TlsConfigError",
+    "TransportSettings",
+    "connect",
+    "serve_quic",
+]

@@ -1,0 +1,88 @@
+"""QUIC client: a fresh, connected UDP socket per connection attempt.
+
+A new socket (so a new source port) per attempt lets a UDP load balancer route
+a reconnecting agent anew instead of pinning it to a dead backend.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from .connection import CloseInfo, Connection, ConnectionError
+from .endpoint import UdpEndpoint
+from .protocol import TunnelQuicConnection
+from .settings import ClientTls, TransportSettings, client_configuration
+
+
+async def connect(
+    nursery: trio.Nursery,
+    host: str,
+    port: int,
+    transport: TransportSettings,
+    tls: ClientTls,
+) -> Connection:
+    """Connect and complete the handshake; the connection's tasks live in ``nursery``.
+
+    Each resolved address is tried in turn. Raises :class:`ConnectionError` (or
+    ``OSError`` for resolution and socket errors) when none works.
+    """
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host!r}")
+    last: Exception | None = None
+    for family, _type, _proto, _name, sockaddr in infos:
+        try:
+            conn: Connection = await nursery.start(
+                _client_connection, family, sockaddr, host, transport, tls
+            )
+            return conn
+        except (ConnectionError, OSError) as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
+async def _client_connection(
+    family: int,
+    sockaddr: tuple[str, int] | tuple[str, int, int, int],
+    host: str,
+    transport: TransportSettings,
+    tls: ClientTls,
+    *,
+    task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    configuration = client_configuration(transport, tls, host)
+    endpoint = UdpEndpoint.connected(family, sockaddr, transport.socket_buffer_size)
+    try:
+        quic = TunnelQuicConnection(
+            configuration=configuration,
+            stream_receive_window=transport.stream_receive_window,
+            max_concurrent_streams=transport.max_concurrent_streams,
+            pacing_burst_packets=transport.pacing_burst_packets,
+        )
+        conn = Connection(quic, transport, endpoint.send, sockaddr)
+        quic.connect(sockaddr, now=trio.current_time())
+        established = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(endpoint.receive_loop, conn.feed)
+            nursery.start_soon(_run_then_cancel, conn, nursery.cancel_scope)
+            try:
+                await conn.wait_handshake()
+                established = True
+            except ConnectionError:
+                pass
+            if established:
+                task_status.started(conn)
+        if not established:
+            raise ConnectionError(conn.close_info or CloseInfo(0, "handshake failed", False, "transport"))
+    finally:
+        endpoint.close()
+
+
+async def _run_then_cancel(conn: Connection, scope: trio.CancelScope) -> None:
+    try:
+        await conn.run()
+    finally:
+        scope.cancel()

@@ -1,0 +1,268 @@
+"""QUIC server: routes datagrams by connection ID and runs a task per connection.
+
+Nursery tree of :func:`serve_quic`::
+
+    serve_quic
+    ├── endpoint receive loop  (routes datagrams, creates connections)
+    └── per connection: _connection_lifetime
+        ├── Connection.run      (the only driver of that QuicConnection)
+        └── handler(conn)       (cancelled when the connection ends)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from aioquic.asyncio.server import _encode_invalid_token_close
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.packet import (
+    QuicPacketType,
+    encode_quic_retry,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+from aioquic.quic.retry import QuicRetryTokenHandler
+
+from .connection import Connection, ConnectionError
+from .endpoint import UdpEndpoint
+from .protocol import TunnelQuicConnection
+from .settings import ServerSettings, server_configuration
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Connection], Awaitable[None]]
+
+
+class QuicServer:
+    """Routing state of one listening endpoint; see :func:`serve_quic`."""
+
+    def __init__(self, settings: ServerSettings, endpoint: UdpEndpoint) -> None:
+        self.settings = settings
+        self.endpoint = endpoint
+        self._configuration: QuicConfiguration = server_configuration(settings)
+        self._cid_length: int = self._configuration.connection_id_length
+        self._routes: dict[bytes, Connection] = {}
+        self._retry = QuicRetryTokenHandler() if settings.retry else None
+        self._pending_handshakes = 0
+        self._accepting = True
+        self.connections: set[Connection] = set()
+        self._spawn: Callable[[Connection], None] | None = None
+        self.initials_dropped = 0
+
+    @property
+    def local_address(self) -> Any:
+        return self.endpoint.local_address
+
+    def reload_tls(self, settings: ServerSettings) -> None:
+        """Use new certificate material for new handshakes; live connections keep theirs."""
+        self._configuration = server_configuration(settings)
+        self.settings = settings
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def close_all(self, error_code: int = 0, reason: str = "") -> None:
+        self._accepting = False
+        async with trio.open_nursery() as nursery:
+            for conn in list(self.connections):
+                nursery.start_soon(conn.close, error_code, reason)
+
+    # --- datagram routing (synchronous, called from the receive loop) -------------------
+
+    def dispatch(self, data: bytes, addr: Any) -> None:
+        if not data:
+            return
+        if not data[0] & 0x80:  # short header: the fast path for established traffic
+            conn = self._routes.get(data[1 : 1 + self._cid_length])
+            if conn is not None:
+                conn.feed(data, addr)
+            return
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=self._cid_length)
+        except Exception:  # garbage: aioquic raises ValueError and friends
+            return
+        conn = self._routes.get(header.destination_cid)
+        if conn is not None:
+            conn.feed(data, addr)
+            return
+        cfg = self._configuration
+        if (
+            header.packet_type != QuicPacketType.VERSION_NEGOTIATION
+            and header.version is not None
+            and header.version not in cfg.supported_versions
+        ):
+            self._send_now(
+                encode_quic_version_negotiation(
+                    source_cid=header.destination_cid,
+                    destination_cid=header.source_cid,
+                    supported_versions=cfg.supported_versions,
+                ),
+                addr,
+            )
+            return
+        if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+            return
+        if not self._accepting or self._spawn is None:
+            return
+        if self._pending_handshakes >= self.settings.max_pending_handshakes:
+            self.initials_dropped += 1
+            return
+        odcid: bytes = header.destination_cid
+        retry_scid: bytes | None = None
+        if self._retry is not None:
+            now = trio.current_time()
+            if not header.token:
+                scid = os.urandom(8)
+                token = self._retry.create_token(
+                    address=addr,
+                    original_destination_connection_id=header.destination_cid,
+                    retry_source_connection_id=scid,
+                    now=now,
+                )
+                self._send_now(
+                    encode_quic_retry(
+                        version=header.version,
+                        source_cid=scid,
+                        destination_cid=header.source_cid,
+                        original_destination_cid=header.destination_cid,
+                        retry_token=token,
+                    ),
+                    addr,
+                )
+                return
+            try:
+                odcid = self._retry.validate_token(
+                    address=addr, destination_cid=header.destination_cid, token=header.token, now=now
+                )
+            except ValueError:
+                self._send_now(
+                    _encode_invalid_token_close(
+                        version=header.version,
+                        source_cid=header.destination_cid,
+                        destination_cid=header.source_cid,
+                    ),
+                    addr,
+                )
+                return
+            retry_scid = header.destination_cid
+        conn = self._create_connection(odcid, retry_scid, addr)
+        self._routes[header.destination_cid] = conn
+        self._routes[conn.host_cid] = conn
+        self._pending_handshakes += 1
+        self._spawn(conn)
+        conn.feed(data, addr)
+
+    def _create_connection(self, odcid: bytes, retry_scid: bytes | None, addr: Any) -> Connection:
+        t = self.settings.transport
+        client_ca = self.settings.tls.client_ca_file
+        quic = TunnelQuicConnection(
+            configuration=self._configuration,
+            original_destination_connection_id=odcid,
+            retry_source_connection_id=retry_scid,
+            stream_receive_window=t.stream_receive_window,
+            max_concurrent_streams=t.max_concurrent_streams,
+            pacing_burst_packets=t.pacing_burst_packets,
+            request_client_certificate=client_ca is not None,
+        )
+        conn: Connection
+
+        def issued(cid: bytes) -> None:
+            self._routes[cid] = conn
+
+        def retired(cid: bytes) -> None:
+            if self._routes.get(cid) is conn:
+                del self._routes[cid]
+
+        conn = Connection(
+            quic,
+            t,
+            self.endpoint.send,
+            addr,
+            client_ca_file=client_ca,
+            on_cid_issued=issued,
+            on_cid_retired=retired,
+        )
+        return conn
+
+    def _send_now(self, datagram: bytes, addr: Any) -> None:
+        try:
+            self.endpoint._sock.sendto(datagram, addr)
+        except OSError:
+            pass
+
+    def _forget(self, conn: Connection) -> None:
+        for cid in [cid for cid, c in self._routes.items() if c is conn]:
+            del self._routes[cid]
+        self.connections.discard(conn)
+
+    # --- tasks ------------------------------------------------------------------------------
+
+    async def _run(self, handler: Handler) -> None:
+        async with trio.open_nursery() as nursery:
+            self._spawn = lambda conn: nursery.start_soon(
+                self._connection_lifetime, conn, handler
+            )
+            await self.endpoint.receive_loop(self.dispatch)
+
+    async def _connection_lifetime(self, conn: Connection, handler: Handler) -> None:
+        handshake_counted = True
+        self.connections.add(conn)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_run_connection, conn, nursery.cancel_scope)
+                try:
+                    await conn.wait_handshake()
+                except ConnectionError as exc:
+                    log.debug("handshake with %s failed: %s", conn.peer_address, exc)
+                    return
+                finally:
+                    self._pending_handshakes -= 1
+                    handshake_counted = False
+                try:
+                    await handler(conn)
+                except ConnectionError:
+                    pass
+                except Exception:
+                    # A handler bug costs this connection, never the server.
+                    log.exception("connection handler for %s failed", conn.peer_address)
+                    conn.abort(1, "internal error")
+                await conn.close()
+        finally:
+            if handshake_counted:
+                self._pending_handshakes -= 1
+            self._forget(conn)
+
+
+async def _run_connection(conn: Connection, scope: trio.CancelScope) -> None:
+    """Run the connection; when it ends, whatever depends on it is cancelled."""
+    try:
+        await conn.run()
+    finally:
+        scope.cancel()
+
+
+async def serve_quic(
+    handler: Handler,
+    host: str,
+    port: int,
+    settings: ServerSettings,
+    *,
+    task_status: trio.TaskStatus[QuicServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``host:port`` and run ``handler(conn)`` for each established connection.
+
+    When the handler returns, the connection is closed gracefully; when the
+    connection ends first, the handler is cancelled.
+    """
+    endpoint = UdpEndpoint.bind(host, port, settings.transport.socket_buffer_size)
+    try:
+        server = QuicServer(settings, endpoint)
+        task_status.started(server)
+        await server._run(handler)
+    finally:
+        endpoint.close()

@@ -1,0 +1,162 @@
+"""Typed QUIC settings, and their translation into aioquic configurations."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aioquic.quic.configuration import QuicConfiguration
+
+from .congestion import algorithm_name
+
+DEFAULT_ALPN = "reverse-http-proto"
+
+
+class TlsConfigError(ValueError):
+    """A certificate, key or CA file cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """Knobs shared by both ends of a connection.
+
+    Windows bound memory: a stream buffers at most ``stream_receive_window`` bytes
+    the application has not read, and at most ``stream_send_buffer`` bytes the peer
+    has not acknowledged.
+    """
+
+    alpn: tuple[str, ...] = (DEFAULT_ALPN,)
+    max_datagram_size: int = 1350
+    congestion_control: str = "capped-reno"
+    #: Upper bound of the congestion window for ``capped-reno``; must exceed the path's BDP.
+    congestion_window_cap: int = 1024 * 1024
+    #: Datagrams sent back to back before pacing applies (aioquic: 16).
+    pacing_burst_packets: int = 64
+    stream_receive_window: int = 1024 * 1024
+    stream_send_buffer: int = 1024 * 1024
+    connection_receive_window: int = 16 * 1024 * 1024
+    #: Streams the peer may have open at once (aioquic hard-codes 128).
+    max_concurrent_streams: int = 4096
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    #: PING after this long without hearing from the peer; keeps NAT bindings alive.
+    keepalive_interval: float = 10.0
+    #: Declare the peer dead after this long without any packet from it; 0 disables.
+    liveness_timeout: float = 5.0
+    #: Time a graceful close waits for unacknowledged stream data.
+    close_drain_timeout: float = 5.0
+    socket_buffer_size: int = 4 * 1024 * 1024
+    #: NSS key log file (for Wireshark); never enable in production.
+    secrets_log_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 1200 <= self.max_datagram_size <= 16000:
+            raise ValueError("max datagram size must be between 1200 and 16000 bytes")
+        if self.keepalive_interval <= 0:
+            raise ValueError("keepalive interval must be positive")
+        if self.liveness_timeout < 0 or self.idle_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.stream_receive_window < 16384 or self.stream_send_buffer < 16384:
+            raise ValueError("stream windows must be at least 16 KiB")
+
+    @property
+    def probe_after(self) -> float:
+        """Silence after which we PING: often enough to keep NAT and liveness honest."""
+        if self.liveness_timeout:
+            return min(self.keepalive_interval, self.liveness_timeout / 2)
+        return self.keepalive_interval
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    cert_file: Path
+    key_file: Path
+    #: Clients must present a certificate signed by this CA (mutual TLS).
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    #: None means the system trust store.
+    root_ca_file: Path | None = None
+    #: Expected server name; None means the host we dial.
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    tls: ServerTls
+    transport: TransportSettings = field(default_factory=TransportSettings)
+    #: Stateless retry proves the client's address before any state is kept.
+    retry: bool = False
+    #: Connections still in handshake beyond this are dropped (Initial floods).
+    max_pending_handshakes: int = 1024
+
+
+def _base_configuration(t: TransportSettings, *, is_client: bool) -> QuicConfiguration:
+    cfg = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=list(t.alpn),
+        max_datagram_size=t.max_datagram_size,
+        congestion_control_algorithm=algorithm_name(t.congestion_control, t.congestion_window_cap),
+        idle_timeout=t.idle_timeout,
+        max_data=t.connection_receive_window,
+        max_stream_data=t.stream_receive_window,
+    )
+    if t.secrets_log_path is not None:
+        cfg.secrets_log_file = t.secrets_log_path.open("a")  # noqa: SIM115 - lives as long as the process
+    return cfg
+
+
+def server_configuration(s: ServerSettings) -> QuicConfiguration:
+    cfg = _base_configuration(s.transport, is_client=False)
+    _load_chain(cfg, s.tls.cert_file, s.tls.key_file)
+    if s.tls.client_ca_file is not None:
+        _load_ca(cfg, s.tls.client_ca_file)
+        cfg.verify_mode = ssl.CERT_REQUIRED
+    return cfg
+
+
+def client_configuration(
+    t: TransportSettings, tls: ClientTls, server_name: str
+) -> QuicConfiguration:
+    cfg = _base_configuration(t, is_client=True)
+    cfg.server_name = tls.server_name or server_name
+    if tls.insecure_skip_verify:
+        cfg.verify_mode = ssl.CERT_NONE
+    else:
+        cfg.verify_mode = ssl.CERT_REQUIRED
+        if tls.root_ca_file is not None:
+            _load_ca(cfg, tls.root_ca_file)
+        else:
+            system = ssl.get_default_verify_paths()
+            if system.cafile or system.capath:
+                cfg.load_verify_locations(cafile=system.cafile, capath=system.capath)
+    if tls.cert_file is not None:
+        if tls.key_file is None:
+            raise TlsConfigError("a client certificate needs its key file")
+        _load_chain(cfg, tls.cert_file, tls.key_file)
+    return cfg
+
+
+def _load_chain(cfg: QuicConfiguration, cert: Path, key: Path) -> None:
+    for path in (cert, key):
+        if not path.is_file():
+            raise TlsConfigError(f"{path}: no such file")
+    try:
+        cfg.load_cert_chain(cert, key)
+    except (OSError, ValueError, TypeError) as exc:
+        raise TlsConfigError(f"{cert} / {key}: cannot load certificate and key: {exc}") from None
+
+
+def _load_ca(cfg: QuicConfiguration, ca: Path) -> None:
+    if not ca.is_file():
+        raise TlsConfigError(f"{ca}: no such file")
+    try:
+        cfg.load_verify_locations(cafile=str(ca))
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise TlsConfigError(f"{ca}: cannot load CA certificates: {exc}") from None

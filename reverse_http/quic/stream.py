@@ -1,0 +1,229 @@
+"""A QUIC stream as a ``trio.abc.HalfCloseableStream``.
+
+Both directions are bounded: ``send_all`` blocks while the peer has not
+acknowledged ``send_buffer`` bytes, and received bytes are only credited back to
+the peer once ``receive_some`` hands them to the application.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from aioquic.quic.stream import QuicStream as AioStream
+
+    from .connection import Connection
+
+#: Application error code for streams aborted by us (reset / STOP_SENDING).
+STREAM_ABORTED = 0x10C
+
+
+class QuicStream(trio.abc.HalfCloseableStream):
+    def __init__(self, conn: Connection, stream_id: int, send_buffer: int) -> None:
+        self._conn = conn
+        self.stream_id = stream_id
+        self._hwm = send_buffer
+        self._lwm = send_buffer // 2
+        self._aio: AioStream | None = None
+        self._rx: deque[bytes] = deque()
+        self._rx_buffered = 0
+        self._rx_eof = False
+        self._rx_error: str | None = None
+        self._tx_eof = False
+        self._tx_error: str | None = None
+        self._closed = False
+        self._receiving = False
+        self._sending = False
+        self._readers = trio.lowlevel.ParkingLot()
+        self._writers = trio.lowlevel.ParkingLot()
+
+    def __repr__(self) -> str:
+        return f"<QuicStream {self.stream_id} of {self._conn!r}>"
+
+    # --- called by the connection task -------------------------------------------
+
+    def _attach(self, aio: AioStream) -> None:
+        self._aio = aio
+
+    def _on_data(self, data: bytes, end_stream: bool) -> None:
+        if data and self._rx_error is None and not self._closed:
+            self._rx.append(data)
+            self._rx_buffered += len(data)
+        if end_stream:
+            self._rx_eof = True
+        if self._readers:
+            self._readers.unpark_all()
+
+    def _on_reset(self, error_code: int) -> None:
+        self._rx_error = f"stream reset by peer (code {error_code})"
+        self._rx.clear()
+        self._rx_buffered = 0
+        self._readers.unpark_all()
+
+    def _on_stop_sending(self, error_code: int) -> None:
+        self._tx_error = f"peer stopped reading (code {error_code})"
+        self._writers.unpark_all()
+
+    def _on_connection_lost(self, reason: str) -> None:
+        if self._rx_error is None and not self._rx_eof:
+            self._rx_error = reason
+        if self._tx_error is None:
+            self._tx_error = reason
+        self._readers.unpark_all()
+        self._writers.unpark_all()
+
+    @property
+    def unacked(self) -> int:
+        """Bytes written but not yet acknowledged by the peer."""
+        aio = self._aio
+        if aio is None:
+            return 0
+        return int(aio.sender._buffer_stop - aio.sender._buffer_start)
+
+    @property
+    def receive_buffered(self) -> int:
+        return self._rx_buffered
+
+    def _writer_may_proceed(self) -> bool:
+        return self.unacked < self._lwm or self._tx_error is not None or self._closed
+
+    # --- trio.abc.HalfCloseableStream ------------------------------------------------
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_writable()
+            view = memoryview(data)
+            sent_any = False
+            try:
+                while view:
+                    room = self._hwm - self.unacked
+                    if room <= 0:
+                        await self._wait_writable()
+                        continue
+                    chunk, view = view[:room], view[room:]
+                    self._conn._send(self, bytes(chunk), end_stream=False)
+                    sent_any = True
+            except trio.Cancelled:
+                if sent_any and view:
+                    # A partial write corrupts the byte stream; make that visible.
+                    self._abort_send()
+                raise
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_writable(eof_ok=True)
+            if self.unacked >= self._hwm:
+                await self._wait_writable()
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    async def _wait_writable(self) -> None:
+        self._conn._want_write_for(self)
+        while not self._writer_may_proceed():
+            await self._writers.park()
+        self._check_writable(eof_ok=True)
+
+    def _check_writable(self, eof_ok: bool = False) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        if self._tx_error is not None:
+            raise trio.BrokenResourceError(self._tx_error)
+        if self._tx_eof and not eof_ok:
+            raise trio.ClosedResourceError("send_eof() was already called")
+
+    async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        self._finish_send()
+
+    def _finish_send(self) -> None:
+        if self._tx_eof or self._tx_error is not None:
+            return
+        self._tx_eof = True
+        self._conn._send(self, b"", end_stream=True)
+
+    def _abort_send(self) -> None:
+        if self._tx_error is None and not self._tx_eof:
+            self._tx_error = "send aborted"
+            self._conn._reset(self, STREAM_ABORTED)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream was closed")
+                if self._rx:
+                    data = self._take(max_bytes)
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return data
+                if self._rx_error is not None:
+                    raise trio.BrokenResourceError(self._rx_error)
+                if self._rx_eof:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return b""
+                await self._readers.park()
+        finally:
+            self._receiving = False
+
+    def _take(self, max_bytes: int | None) -> bytes:
+        first = self._rx[0]
+        if max_bytes is None or len(first) <= max_bytes:
+            parts = [self._rx.popleft()]
+            size = len(first)
+            limit = max_bytes if max_bytes is not None else 256 * 1024
+            while self._rx and size + len(self._rx[0]) <= limit:
+                nxt = self._rx.popleft()
+                parts.append(nxt)
+                size += len(nxt)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        else:
+            data = first[:max_bytes]
+            self._rx[0] = first[max_bytes:]
+        self._rx_buffered -= len(data)
+        self._conn._consumed(self, len(data))
+        return data
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._tx_error is None and not self._tx_eof:
+                if self._sending:
+                    self._abort_send()
+                else:
+                    self._finish_send()
+            if not self._rx_eof and self._rx_error is None:
+                self._conn._stop(self, STREAM_ABORTED)
+            self._rx.clear()
+            self._rx_buffered = 0
+            self._readers.unpark_all()
+            self._writers.unpark_all()
+            self._conn._stream_closed(self)
+        await trio.lowlevel.checkpoint()
