@@ -22,8 +22,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reverse_http.devcerts import make_dev_certs  # noqa: E402
-from reverse_http.quic import (  # noqa: E402
+from reverse_http.devcerts import make_dev_certs
+from reverse_http.quic import (
     ClientTls,
     Connection,
     QuicStream,
@@ -89,7 +89,11 @@ async def send_streams(port: int, ca: Path, mds: int, streams: int, size: int) -
 
     async with trio.open_nursery() as nursery:
         conn = await connect(
-            nursery, "127.0.0.1", port, transport, ClientTls(root_ca_file=ca, server_name="localhost")
+            nursery,
+            "127.0.0.1",
+            port,
+            transport,
+            ClientTls(root_ca_file=ca, server_name="localhost"),
         )
         start = time.perf_counter()
         async with trio.open_nursery() as inner:

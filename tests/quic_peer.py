@@ -1,7 +1,7 @@
 """A QUIC peer in its own process, for tests that SIGKILL it.
 
-    quic_peer.py server CERT KEY     -> prints its port, echoes streams
-    quic_peer.py client CA PORT      -> connects, sends "hi" on a stream, waits
+quic_peer.py server CERT KEY     -> prints its port, echoes streams
+quic_peer.py client CA PORT      -> connects, sends "hi" on a stream, waits
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reverse_http.quic import (  # noqa: E402
+from reverse_http.quic import (
     ClientTls,
     ServerSettings,
     ServerTls,
@@ -21,7 +21,7 @@ from reverse_http.quic import (  # noqa: E402
     connect,
     serve_quic,
 )
-from tests.quic_helpers import echo_streams  # noqa: E402
+from tests.quic_helpers import echo_streams
 
 
 async def main() -> None:

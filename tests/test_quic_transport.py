@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from reverse_http.devcerts import CertFiles
@@ -232,7 +233,7 @@ async def test_garbage_datagrams_do_not_disturb_a_transfer(certs: CertFiles) -> 
                     s.sendto(d, ("127.0.0.1", port))
                     junk_sent += 1
                     if i % 50 == 0:
-                        await trio.sleep(0)
+                        await trio.lowlevel.checkpoint()
 
         async def transfer() -> tuple[int, str]:
             async with trio.open_nursery() as n:
@@ -380,7 +381,11 @@ async def test_killed_peer_is_noticed_within_liveness_timeout(
         port = int((await proc.stdout.receive_some(64)).split()[0])
         async with trio.open_nursery() as n:
             conn = await connect(
-                n, "127.0.0.1", port, transport, ClientTls(root_ca_file=certs.ca_cert, server_name="localhost")
+                n,
+                "127.0.0.1",
+                port,
+                transport,
+                ClientTls(root_ca_file=certs.ca_cert, server_name="localhost"),
             )
             stream = await conn.open_stream()
             await stream.send_all(b"ping")

@@ -76,7 +76,9 @@ async def _client_connection(
             if established:
                 task_status.started(conn)
         if not established:
-            raise ConnectionError(conn.close_info or CloseInfo(0, "handshake failed", False, "transport"))
+            raise ConnectionError(
+                conn.close_info or CloseInfo(0, "handshake failed", False, "transport")
+            )
     finally:
         endpoint.close()
 

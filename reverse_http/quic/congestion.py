@@ -51,7 +51,7 @@ def algorithm_name(name: str, cap: int) -> str:
 register_congestion_control(NAME, _factory(CappedRenoCongestionControl.cap))
 
 
-class BurstPacer(QuicPacketPacer):  # type: ignore[misc]
+class BurstPacer(QuicPacketPacer):
     """aioquic's pacer with a configurable burst size.
 
     Stock bursts are 16 datagrams, so each wake-up of the connection task moves

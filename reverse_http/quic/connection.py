@@ -50,7 +50,7 @@ class CloseInfo:
         return f"{self.kind} close by {who}: code {self.error_code}{reason}"
 
 
-class ConnectionError(Exception):  # noqa: A001 - scoped to this package
+class ConnectionError(Exception):
     """The connection is gone or never came up."""
 
     def __init__(self, info: CloseInfo) -> None:
@@ -244,40 +244,43 @@ class Connection:
                 s._writers.unpark_all()
         if self._closing_streams:
             self._reap_streams()
-        if self._draining and not self._drained.is_set():
-            if all(s.unacked == 0 for s in self._streams.values()):
-                self._drained.set()
+        if (
+            self._draining
+            and not self._drained.is_set()
+            and all(s.unacked == 0 for s in self._streams.values())
+        ):
+            self._drained.set()
 
     def _next_deadline(self) -> float:
-        deadline = math.inf
         timer = self._quic.get_timer()
-        if timer is not None:
-            deadline = timer
+        deadline = math.inf if timer is None else timer
+        return min(deadline, *self._own_deadlines())
+
+    def _own_deadlines(self) -> tuple[float, float]:
+        """(probe or handshake deadline, liveness deadline); one expression for waiting
+        and checking, so float rounding can never leave a deadline due but unhandled."""
         s = self._settings
         if not self._handshake_done.is_set():
-            return min(deadline, self._created_at + s.handshake_timeout)
+            return self._created_at + s.handshake_timeout, math.inf
         probe_at = max(self._last_rx, self._last_ping) + s.probe_after
-        deadline = min(deadline, probe_at)
-        if s.liveness_timeout:
-            deadline = min(deadline, self._last_rx + s.liveness_timeout)
-        return deadline
+        live_until = self._last_rx + s.liveness_timeout if s.liveness_timeout else math.inf
+        return probe_at, live_until
 
     def _check_liveness(self, now: float) -> None:
-        s = self._settings
+        first, live_until = self._own_deadlines()
         if not self._handshake_done.is_set():
-            if now >= self._created_at + s.handshake_timeout:
+            if now >= first:
                 self._quic.close(error_code=0, reason_phrase="handshake timeout")
                 self._terminate(self._local_info(0, "handshake timeout", "handshake-timeout"))
             return
-        if s.liveness_timeout and now - self._last_rx >= s.liveness_timeout:
+        if now >= live_until:
             self._quic.close(error_code=0, reason_phrase="peer unresponsive")
+            timeout = self._settings.liveness_timeout
             self._terminate(
-                self._local_info(
-                    0, f"no packet from peer for {s.liveness_timeout:g}s", "liveness"
-                )
+                self._local_info(0, f"no packet from peer for {timeout:g}s", "liveness")
             )
             return
-        if now - max(self._last_rx, self._last_ping) >= s.probe_after:
+        if now >= first:
             self._ping_uid += 1
             self._quic.send_ping(self._ping_uid)
             self._last_ping = now
@@ -342,7 +345,7 @@ class Connection:
         sid = event.stream_id
         stream = self._streams.get(sid)
         if stream is None:
-            if bool(sid & 1) != self._is_client or not event.data and event.end_stream is False:
+            if bool(sid & 1) != self._is_client or (not event.data and event.end_stream is False):
                 return
             if self._draining or not self._handshake_done.is_set():
                 self._quic.reset_stream(sid, 0x10C)
@@ -458,4 +461,3 @@ class Connection:
 async def _set_on(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
-

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from aioquic.quic.connection import (
-    MAX_STREAM_DATA_FRAME_CAPACITY,
-    QuicConnection,
-    QuicPacketSpace,
-)
+from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream as AioStream
 
 from . import compat as _compat  # noqa: F401  (verifies the internals used below)
 from .congestion import BurstPacer
 
 
-class TunnelQuicConnection(QuicConnection):  # type: ignore[misc]
+class TunnelQuicConnection(QuicConnection):
     def __init__(
         self,
         *,
@@ -60,7 +57,8 @@ class TunnelQuicConnection(QuicConnection):  # type: ignore[misc]
         stream: AioStream | None = self._streams.get(stream_id)
         if stream is None or not stream.max_stream_data_local:
             return False
-        return bool(total + self._rh_window - stream.max_stream_data_local_sent >= self._rh_window // 2)
+        due = total + self._rh_window - stream.max_stream_data_local_sent
+        return due >= self._rh_window // 2
 
     def forget_stream(self, stream_id: int) -> None:
         self._rh_consumed.pop(stream_id, None)
@@ -68,9 +66,10 @@ class TunnelQuicConnection(QuicConnection):  # type: ignore[misc]
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: AioStream
     ) -> None:
-        if not stream.max_stream_data_local or stream.receiver.is_finished:
+        sid = stream.stream_id
+        if sid is None or not stream.max_stream_data_local or stream.receiver.is_finished:
             return
-        target = self._rh_consumed.get(stream.stream_id, 0) + self._rh_window
+        target = self._rh_consumed.get(sid, 0) + self._rh_window
         if target - stream.max_stream_data_local_sent < self._rh_window // 2:
             return
         stream.max_stream_data_local = target
@@ -80,12 +79,10 @@ class TunnelQuicConnection(QuicConnection):  # type: ignore[misc]
             handler=self._on_max_stream_data_delivery,
             handler_args=(stream,),
         )
-        buf.push_uint_var(stream.stream_id)
+        buf.push_uint_var(sid)
         buf.push_uint_var(target)
         stream.max_stream_data_local_sent = target
-        if self._quic_logger is not None:
+        if self._quic_logger is not None and builder.quic_logger_frames is not None:
             builder.quic_logger_frames.append(
-                self._quic_logger.encode_max_stream_data_frame(
-                    maximum=target, stream_id=stream.stream_id
-                )
+                self._quic_logger.encode_max_stream_data_frame(maximum=target, stream_id=sid)
             )

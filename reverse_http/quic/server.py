@@ -11,6 +11,7 @@ Nursery tree of :func:`serve_quic`::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from typing import Any
 
 import trio
 from aioquic.asyncio.server import _encode_invalid_token_close
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.packet import (
     QuicPacketType,
@@ -112,6 +113,8 @@ class QuicServer:
         if self._pending_handshakes >= self.settings.max_pending_handshakes:
             self.initials_dropped += 1
             return
+        version = header.version
+        assert version is not None  # an Initial always has a long header
         odcid: bytes = header.destination_cid
         retry_scid: bytes | None = None
         if self._retry is not None:
@@ -126,7 +129,7 @@ class QuicServer:
                 )
                 self._send_now(
                     encode_quic_retry(
-                        version=header.version,
+                        version=version,
                         source_cid=scid,
                         destination_cid=header.source_cid,
                         original_destination_cid=header.destination_cid,
@@ -137,12 +140,15 @@ class QuicServer:
                 return
             try:
                 odcid = self._retry.validate_token(
-                    address=addr, destination_cid=header.destination_cid, token=header.token, now=now
+                    address=addr,
+                    destination_cid=header.destination_cid,
+                    token=header.token,
+                    now=now,
                 )
             except ValueError:
                 self._send_now(
                     _encode_invalid_token_close(
-                        version=header.version,
+                        version=version,
                         source_cid=header.destination_cid,
                         destination_cid=header.source_cid,
                     ),
@@ -190,10 +196,8 @@ class QuicServer:
         return conn
 
     def _send_now(self, datagram: bytes, addr: Any) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.endpoint._sock.sendto(datagram, addr)
-        except OSError:
-            pass
 
     def _forget(self, conn: Connection) -> None:
         for cid in [cid for cid, c in self._routes.items() if c is conn]:
@@ -204,9 +208,7 @@ class QuicServer:
 
     async def _run(self, handler: Handler) -> None:
         async with trio.open_nursery() as nursery:
-            self._spawn = lambda conn: nursery.start_soon(
-                self._connection_lifetime, conn, handler
-            )
+            self._spawn = lambda conn: nursery.start_soon(self._connection_lifetime, conn, handler)
             await self.endpoint.receive_loop(self.dispatch)
 
     async def _connection_lifetime(self, conn: Connection, handler: Handler) -> None:

@@ -108,7 +108,7 @@ def _base_configuration(t: TransportSettings, *, is_client: bool) -> QuicConfigu
         max_stream_data=t.stream_receive_window,
     )
     if t.secrets_log_path is not None:
-        cfg.secrets_log_file = t.secrets_log_path.open("a")  # noqa: SIM115 - lives as long as the process
+        cfg.secrets_log_file = t.secrets_log_path.open("a")
     return cfg
 
 
