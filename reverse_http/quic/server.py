@@ -227,11 +227,15 @@ class QuicServer:
                     handshake_counted = False
                 try:
                     await handler(conn)
-                except ConnectionError:
-                    pass
-                except Exception:
+                except* ConnectionError:
+                    pass  # the connection ended under the handler: normal
+                except* Exception as group:
                     # A handler bug costs this connection, never the server.
-                    log.exception("connection handler for %s failed", conn.peer_address)
+                    log.error(
+                        "connection handler for %s failed",
+                        conn.peer_address,
+                        exc_info=group,
+                    )
                     conn.abort(1, "internal error")
                 await conn.close()
         finally:
