@@ -1,0 +1,5 @@
+"""Errors a user can fix; the CLI prints them as one line and exits 2."""
+
+
+class ConfigError(Exception):
+    """Bad configuration or environment at start-up; the message names the flag or file."""
