@@ -109,6 +109,16 @@ class Connection:
         return self._terminated.is_set()
 
     @property
+    def ending(self) -> CloseInfo | None:
+        """Why the connection is ending or ended (known before the draining period
+        is over); None while it is healthy."""
+        if self.close_info is not None:
+            return self.close_info
+        if self._close_seen:
+            return self._info_or_unknown()
+        return None
+
+    @property
     def handshake_complete(self) -> bool:
         return self._handshake_done.is_set()
 

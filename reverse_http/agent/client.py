@@ -1,0 +1,204 @@
+"""The agent daemon: dial the proxy, authenticate, serve tunnel streams, reconnect.
+
+Nursery tree::
+
+    run_agent
+    ├── _watch_signals                   SIGTERM/SIGINT -> close with code 0, exit
+    └── reconnect loop (one attempt at a time)
+        └── attempt nursery
+            ├── QUIC connection tasks    (receive loop, Connection.run)
+            └── streams nursery          one task per tunnel: serve_tunnel
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+from dataclasses import dataclass, field
+
+import trio
+
+from ..config import AgentConfig
+from ..errors import ConfigError
+from ..quic import Connection, ConnectionError, QuicStream, connect
+from ..quic.settings import TlsConfigError, client_configuration
+from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
+from .tunnel import serve_tunnel
+
+log = logging.getLogger(__name__)
+
+CODE_CLIENT_CLOSED = 0
+REASON_CLIENT_CLOSED = "client connection closed"
+CODE_REPLACED = 409
+
+
+class AuthRefused(Exception):
+    """The proxy refused our credentials."""
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter: about ``initial``, doubling, capped at ``maximum``."""
+
+    initial: float
+    maximum: float
+    attempt: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def next_delay(self) -> float:
+        base = min(self.maximum, self.initial * (2**self.attempt))
+        self.attempt += 1
+        return base * self.rng.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass
+class AgentHandle:
+    """What a running agent exposes to tests and health checks."""
+
+    config: AgentConfig
+    connection: Connection | None = None
+    connected: trio.Event = field(default_factory=trio.Event)
+    connects: int = 0
+    _stop: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def is_connected(self) -> bool:
+        return self.connection is not None and not self.connection.is_closed
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class _StateLog:
+    """Log each state change once; repeats of the same failure go to debug."""
+
+    def __init__(self) -> None:
+        self._last: str | None = None
+
+    def __call__(self, level: int, message: str) -> None:
+        if message == self._last:
+            log.debug("%s (again)", message)
+            return
+        self._last = message
+        log.log(level, "%s", message)
+
+
+async def run_agent(
+    config: AgentConfig, *, task_status: trio.TaskStatus[AgentHandle] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run until SIGTERM/SIGINT or ``AgentHandle.stop()``."""
+    try:
+        client_configuration(config.transport, config.tls, config.server_host)
+    except TlsConfigError as exc:
+        raise ConfigError(f"--agent-client.tls.file.*: {exc}") from None
+    handle = AgentHandle(config)
+    task_status.started(handle)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, handle)
+        nursery.start_soon(_reconnect_forever, handle)
+        await handle._stop.wait()
+        if handle.connection is not None and not handle.connection.is_closed:
+            with trio.move_on_after(5):
+                await handle.connection.close(CODE_CLIENT_CLOSED, REASON_CLIENT_CLOSED)
+        nursery.cancel_scope.cancel()
+    log.info("agent stopped")
+
+
+async def _watch_signals(handle: AgentHandle) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: closing", signal.Signals(signum).name)
+            handle.stop()
+
+
+async def _reconnect_forever(handle: AgentHandle) -> None:
+    config = handle.config
+    backoff = Backoff(config.reconnect_initial_backoff, config.reconnect_max_backoff)
+    state = _StateLog()
+    target = f"{config.server_host}:{config.server_port}"
+    while True:
+        started = trio.current_time()
+        try:
+            await _one_connection(handle, state, target)
+        except AuthRefused as exc:
+            state(logging.ERROR, f"proxy {target} refused authentication: {exc}")
+        except (ConnectionError, OSError, FramingError, trio.TooSlowError) as exc:
+            state(logging.WARNING, f"cannot connect to proxy {target}: {_reason(exc)}")
+        finally:
+            handle.connection = None
+        if trio.current_time() - started >= config.healthy_after:
+            backoff.reset()
+        delay = backoff.next_delay()
+        log.debug("reconnecting in %.2fs", delay)
+        await trio.sleep(delay)
+
+
+async def _one_connection(handle: AgentHandle, state: _StateLog, target: str) -> None:
+    config = handle.config
+    async with trio.open_nursery() as attempt:
+        conn = await connect(
+            attempt, config.server_host, config.server_port, config.transport, config.tls
+        )
+        handle.connection = conn
+        await _authenticate(conn, config.credentials.secret)
+        handle.connects += 1
+        handle.connected.set()
+        state(logging.INFO, f"connected to proxy {target} as agent {_agent_label(config)}")
+        await _serve_streams(conn, handle)
+        info = conn.close_info
+        if info is not None and info.by_peer and info.error_code == CODE_REPLACED:
+            state(
+                logging.WARNING,
+                f"proxy {target} closed this connection: another agent with the same id "
+                f"connected ({info.reason}); retrying with backoff",
+            )
+        else:
+            state(logging.WARNING, f"connection to proxy {target} lost: {info}")
+        attempt.cancel_scope.cancel()
+
+
+async def _authenticate(conn: Connection, secret: str) -> None:
+    try:
+        with trio.fail_after(AUTH_TIMEOUT):
+            stream = await conn.open_stream()
+            await stream.send_all(encode_message(secret.encode("utf-8")))
+            answer = await read_message(stream)
+    except (trio.BrokenResourceError, FramingError, ConnectionError):
+        info = conn.ending
+        if info is not None and info.by_peer and info.error_code in (500, 400):
+            raise AuthRefused(info.reason or f"code {info.error_code}") from None
+        raise
+    if answer != AUTHENTICATED:
+        raise AuthRefused("unexpected answer to the authentication message")
+    await stream.aclose()
+
+
+async def _serve_streams(conn: Connection, handle: AgentHandle) -> None:
+    config = handle.config
+
+    async def accept(streams: trio.Nursery) -> None:
+        while True:
+            try:
+                stream: QuicStream = await conn.accept_stream()
+            except ConnectionError:
+                streams.cancel_scope.cancel()
+                return
+            streams.start_soon(serve_tunnel, stream, config.host_whitelist, config.dial_timeout)
+
+    async with trio.open_nursery() as streams:
+        streams.start_soon(accept, streams)
+
+
+def _agent_label(config: AgentConfig) -> str:
+    creds = config.credentials
+    return creds.agent_id if creds.type == "noauth" and creds.agent_id else "(from token)"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "authentication timed out"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,53 @@
+"""Which QUIC connection serves which agent id: one connection per agent."""
+
+from __future__ import annotations
+
+import logging
+
+from ..netaddr import format_address
+from ..quic import Connection
+
+log = logging.getLogger(__name__)
+
+CODE_REPLACED = 409
+REASON_REPLACED = "closing old connection"
+
+
+class AgentRegistry:
+    def __init__(self) -> None:
+        self._agents: dict[str, Connection] = {}
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    def get(self, agent_id: str) -> Connection | None:
+        conn = self._agents.get(agent_id)
+        if conn is not None and conn.is_closed:
+            return None
+        return conn
+
+    def agent_ids(self) -> list[str]:
+        return list(self._agents)
+
+    def connections(self) -> list[Connection]:
+        return list(self._agents.values())
+
+    def register(self, agent_id: str, conn: Connection) -> None:
+        """Keep the NEW connection; the old one is closed with 409, as the reference does."""
+        old = self._agents.get(agent_id)
+        self._agents[agent_id] = conn
+        if old is not None and old is not conn:
+            log.info(
+                "agent %s reconnected from %s; closing its old connection from %s",
+                agent_id,
+                format_address(conn.peer_address),
+                format_address(old.peer_address),
+            )
+            old.abort(CODE_REPLACED, REASON_REPLACED)
+
+    def unregister(self, agent_id: str, conn: Connection) -> bool:
+        """Forget ``conn`` unless a newer connection already took its place."""
+        if self._agents.get(agent_id) is conn:
+            del self._agents[agent_id]
+            return True
+        return False

@@ -1,0 +1,53 @@
+"""Agent and client authentication at the proxy (noauth or JWT)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from typing import TYPE_CHECKING
+
+from ..auth.basic import AuthError, parse_proxy_authorization
+from ..config import ProxyAuth
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..auth.jwt import TokenVerifier
+
+__all__ = ["AuthError", "Authenticator"]
+
+
+@dataclass(frozen=True)
+class Authenticator:
+    verifier: TokenVerifier | None
+
+    @classmethod
+    def from_config(cls, config: ProxyAuth) -> Authenticator:
+        if config.type == "noauth":
+            return cls(None)
+        from ..auth.jwt import TokenVerifier
+        from ..auth.keys import KeyFileError, load_public_key
+
+        if config.jwt_public_key is None:
+            raise ConfigError("--auth.jwt.public-key is required with --auth.type jwt")
+        try:
+            key = load_public_key(config.jwt_public_key)
+        except KeyFileError as exc:
+            raise ConfigError(f"--auth.jwt.public-key: {exc}") from None
+        return cls(TokenVerifier(key, audience=config.jwt_audience))
+
+    def agent_id_for(self, token: str) -> str:
+        """The agent id an agent's auth message proves; raises AuthError."""
+        if self.verifier is None:
+            return token
+        return self.verifier.verify(token, role="agent").agent_id
+
+    def check_client(self, proxy_authorization: str | None) -> str:
+        """The agent id a client may reach, from its Proxy-Authorization; raises AuthError."""
+        if not proxy_authorization:
+            raise AuthError("proxy authorization required")
+        username, password = parse_proxy_authorization(proxy_authorization)
+        if not username:
+            raise AuthError("empty agent id in proxy authorization")
+        if self.verifier is not None:
+            self.verifier.verify_client(password, username)
+        return username

@@ -1,0 +1,159 @@
+"""HTTP/1.1 CONNECT heads, parsed with h11 and written as the reference writes them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import h11
+import trio
+
+from ..allowlist import parse_authority
+
+REASONS = {
+    200: "Connection established",
+    400: "Bad Request",
+    403: "Forbidden",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+PROXY_AUTHENTICATE = ("Proxy-Authenticate", 'Basic realm="reverse-http"')
+
+
+class HttpError(Exception):
+    """A request that must be answered with ``status``; ``detail`` is safe to show."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    host: str
+    port: int
+    headers: dict[str, str]
+    #: Bytes the client sent after the head; they belong to the tunnel.
+    leftover: bytes
+
+    @property
+    def authority(self) -> str:
+        return format_authority(self.host, self.port)
+
+
+def format_authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def connect_request_bytes(host: str, port: int, extra: Sequence[tuple[str, str]] = ()) -> bytes:
+    """The CONNECT the reference writes on a tunnel stream (and the LB to a proxy)."""
+    authority = format_authority(host, port)
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    lines += [f"{k}: {v}" for k, v in extra]
+    lines.append("Proxy-Connection: keep-alive")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+def response_bytes(
+    status: int, detail: str = "", headers: list[tuple[str, str]] | None = None
+) -> bytes:
+    reason = REASONS.get(status, "Error")
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    for k, v in headers or []:
+        lines.append(f"{k}: {v}")
+    if status == 200:
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+    body = (detail + "\n").encode() if detail else b""
+    lines += ["Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}"]
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
+
+
+async def read_connect_request(
+    stream: trio.abc.ReceiveStream, max_header_bytes: int
+) -> ConnectRequest | None:
+    """Parse one request head; None if the peer closed before sending anything.
+
+    Raises :class:`HttpError` with the status to answer: 400 malformed, 431 too
+    large, 405 not CONNECT.
+    """
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+    received_any = False
+    received = 0
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                raise HttpError(431, "request headers too large") from None
+            raise HttpError(400, f"malformed request: {exc}") from None
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(65536)
+            if not data and not received_any:
+                return None
+            received_any = True
+            received += len(data)
+            conn.receive_data(data)
+            continue
+        if isinstance(event, h11.ConnectionClosed):
+            if not received_any:
+                return None
+            raise HttpError(400, "connection closed in the middle of the request head")
+        if isinstance(event, h11.Request):
+            if event.method != b"CONNECT":
+                raise HttpError(405, "only CONNECT is served")
+            try:
+                host, port = parse_authority(event.target.decode("ascii"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise HttpError(400, str(exc)) from None
+            leftover = conn.trailing_data[0]
+            # h11 bounds only incomplete heads; one that arrived whole is checked here.
+            if received - len(leftover) > max_header_bytes:
+                raise HttpError(431, "request headers too large")
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
+            return ConnectRequest(host, port, headers, bytes(leftover))
+        raise HttpError(400, "unexpected HTTP event")
+
+
+@dataclass(frozen=True)
+class ResponseHead:
+    status: int
+    reason: str
+    leftover: bytes
+
+
+async def read_response_head(
+    stream: trio.abc.ReceiveStream, authority: str, max_header_bytes: int = 16384
+) -> ResponseHead:
+    """Read the answer to a CONNECT for ``authority`` that was already sent.
+
+    Raises HttpError(502) when the peer's answer is not HTTP.
+    """
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+    # h11 must see the request to know what the answer responds to.
+    conn.send(h11.Request(method="CONNECT", target=authority, headers=[("Host", authority)]))
+    conn.send(h11.EndOfMessage())
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise HttpError(502, f"upstream answered something that is not HTTP: {exc}") from None
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(65536)
+            conn.receive_data(data)
+            continue
+        if isinstance(event, h11.Response):
+            leftover = conn.trailing_data[0] if event.status_code == 200 else b""
+            return ResponseHead(event.status_code, event.reason.decode("latin-1"), bytes(leftover))
+        if isinstance(event, h11.ConnectionClosed):
+            raise HttpError(502, "upstream closed before answering")
+        if isinstance(event, h11.InformationalResponse):
+            continue
+        raise HttpError(502, "unexpected answer from upstream")
