@@ -1,0 +1,167 @@
+"""Routes in memcached (aiomcache, run from trio through trio-asyncio).
+
+Compatible with the Go reference: key = agent id, value = the owning proxy's
+HTTP address. Beyond it: entries carry a TTL that the owner keeps refreshing, so
+a crashed proxy's routes expire by themselves, and deletion is conditional
+(compare-and-swap to an immediately expiring tombstone) so a proxy can never
+delete a route another proxy has taken over.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import aiomcache
+import trio
+import trio_asyncio
+
+from .base import RouteStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Virtual nodes per server on the hash ring.
+RING_REPLICAS = 160
+#: A tombstone written by a conditional delete lives this long (memcached's minimum).
+TOMBSTONE_TTL = 1
+CAS_RETRIES = 5
+
+
+def parse_servers(addresses: tuple[str, ...] | list[str]) -> list[tuple[str, int]]:
+    servers = []
+    for item in addresses:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            host, sep, port = part.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"memcached address {part!r}: expected host:port")
+            servers.append((host.strip("[]") or "localhost", int(port)))
+    if not servers:
+        raise ValueError("no memcached address given")
+    return servers
+
+
+def valid_key(agent_id: str) -> bool:
+    raw = agent_id.encode("utf-8")
+    return 0 < len(raw) <= 250 and all(32 < b < 127 for b in raw)
+
+
+class HashRing:
+    """Consistent hashing: adding or losing a server moves only its share of keys."""
+
+    def __init__(self, nodes: list[str]) -> None:
+        points = []
+        for node in nodes:
+            for i in range(RING_REPLICAS):
+                digest = hashlib.md5(f"{node}-{i}".encode(), usedforsecurity=False).digest()
+                points.append((int.from_bytes(digest[:4], "big"), node))
+        points.sort()
+        self._hashes = [h for h, _ in points]
+        self._nodes = [n for _, n in points]
+
+    def node_for(self, key: str) -> str:
+        digest = hashlib.md5(key.encode(), usedforsecurity=False).digest()
+        h = int.from_bytes(digest[:4], "big")
+        i = bisect.bisect(self._hashes, h) % len(self._hashes)
+        return self._nodes[i]
+
+
+class MemcachedStore(RouteStore):
+    def __init__(self, servers: list[tuple[str, int]], timeout: float, ttl: float) -> None:
+        self._servers = {f"{h}:{p}": (h, p) for h, p in servers}
+        self._ring = HashRing(list(self._servers))
+        self._clients: dict[str, Any] = {}
+        self._timeout = timeout
+        self._ttl = max(1, round(ttl))
+
+    def _client(self, node: str) -> Any:
+        client = self._clients.get(node)
+        if client is None:
+            host, port = self._servers[node]
+            client = aiomcache.Client(host, port, pool_size=4)
+            self._clients[node] = client
+        return client
+
+    async def _call(self, agent_id: str, op: Callable[[Any], Awaitable[T]]) -> T:
+        node = self._ring.node_for(agent_id)
+        client = self._client(node)
+        try:
+            with trio.fail_after(self._timeout):
+                return await trio_asyncio.aio_as_trio(op)(client)
+        except (trio.TooSlowError, OSError, aiomcache.exceptions.ClientException) as exc:
+            # A timed-out request may leave a half-read connection behind: start afresh.
+            self._clients.pop(node, None)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await trio_asyncio.aio_as_trio(client.close)()
+            reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc) or type(exc).__name__
+            raise StoreUnavailable(f"memcached {node}: {reason}") from None
+
+    async def set_route(self, agent_id: str, address: str) -> None:
+        key, value = agent_id.encode(), address.encode()
+        for _ in range(CAS_RETRIES):
+            current = await self._call(agent_id, lambda c: c.gets(key))
+            old, token = current if current else (None, None)
+            if old is None or token is None:
+                if await self._call(agent_id, lambda c: c.add(key, value, exptime=self._ttl)):
+                    return
+            elif await self._call(
+                agent_id, lambda c: c.cas(key, value, token, exptime=self._ttl)
+            ):
+                return
+        raise StoreUnavailable(f"route for agent {agent_id}: too much contention")
+
+    async def delete_route(self, agent_id: str, address: str) -> bool:
+        key = agent_id.encode()
+        for _ in range(CAS_RETRIES):
+            current = await self._call(agent_id, lambda c: c.gets(key))
+            if not current or current[0] != address.encode():
+                return False
+            token = current[1]
+            if await self._call(
+                agent_id, lambda c: c.cas(key, b"", token, exptime=TOMBSTONE_TTL)
+            ):
+                return True
+        return False
+
+    async def refresh_route(self, agent_id: str, address: str) -> bool:
+        key, value = agent_id.encode(), address.encode()
+        current = await self._call(agent_id, lambda c: c.get(key))
+        if current == value:
+            return bool(await self._call(agent_id, lambda c: c.touch(key, self._ttl)))
+        if current:
+            return False
+        # missing (store restarted, entry evicted) or a tombstone: take it again
+        await self.set_route(agent_id, address)
+        return True
+
+    async def get_route(self, agent_id: str) -> str | None:
+        key = agent_id.encode()
+        value = await self._call(agent_id, lambda c: c.get(key))
+        return value.decode() if value else None
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            with trio.move_on_after(1):
+                await trio_asyncio.aio_as_trio(client.close)()
+        self._clients.clear()
+
+
+@asynccontextmanager
+async def open_memcached_store(
+    addresses: tuple[str, ...], timeout: float, ttl: float
+) -> AsyncIterator[MemcachedStore]:
+    """The store and the one asyncio loop (per process) that aiomcache runs on."""
+    async with trio_asyncio.open_loop():
+        store = MemcachedStore(parse_servers(addresses), timeout, ttl)
+        try:
+            yield store
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
