@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from ..netaddr import format_address
 from ..quic import Connection
@@ -16,6 +17,9 @@ REASON_REPLACED = "closing old connection"
 class AgentRegistry:
     def __init__(self) -> None:
         self._agents: dict[str, Connection] = {}
+        #: Told about every agent that (dis)connects here, e.g. the route registrar.
+        self.on_up: Callable[[str], None] | None = None
+        self.on_down: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         return len(self._agents)
@@ -36,6 +40,8 @@ class AgentRegistry:
         """Keep the NEW connection; the old one is closed with 409, as the reference does."""
         old = self._agents.get(agent_id)
         self._agents[agent_id] = conn
+        if self.on_up is not None:
+            self.on_up(agent_id)
         if old is not None and old is not conn:
             log.info(
                 "agent %s reconnected from %s; closing its old connection from %s",
@@ -49,5 +55,7 @@ class AgentRegistry:
         """Forget ``conn`` unless a newer connection already took its place."""
         if self._agents.get(agent_id) is conn:
             del self._agents[agent_id]
+            if self.on_down is not None:
+                self.on_down(agent_id)
             return True
         return False

@@ -15,26 +15,31 @@ Shutdown: stop accepting clients and agents, let running sessions finish for
 
 from __future__ import annotations
 
-import errno
 import logging
-import signal
-import ssl
+import socket
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from ..config import ListenAddress, ProxyConfig
+from ..auth.authenticator import Authenticator, AuthError
+from ..config import ProxyConfig
 from ..devcerts import make_dev_certs
 from ..errors import ConfigError
+from ..frontend import SessionFrontend, open_http_listeners, os_reason, watch_signals
 from ..netaddr import format_address
 from ..quic import Connection, ConnectionError, QuicServer, ServerSettings, ServerTls, serve_quic
 from ..quic.settings import TlsConfigError, server_configuration
+from ..session import SessionPolicy
+from ..store.base import RouteStore
+from ..store.memcached import open_memcached_store
 from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
 from .agents import AgentRegistry
-from .auth import Authenticator, AuthError
-from .connect import SessionPolicy, handle_client
+from .connect import agent_upstream
+from .registrar import RouteRegistrar
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +56,8 @@ class ProxyServer:
     config: ProxyConfig
     registry: AgentRegistry = field(default_factory=AgentRegistry)
     quic: QuicServer | None = None
-    http_addresses: list[tuple[str, int]] = field(default_factory=list)
-    active_sessions: int = 0
-    _accept_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    _sessions_idle: trio.Event = field(default_factory=trio.Event)
+    frontend: SessionFrontend | None = None
+    registrar: RouteRegistrar | None = None
     _shutdown: trio.Event = field(default_factory=trio.Event)
     _stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -64,8 +67,17 @@ class ProxyServer:
         return int(self.quic.local_address[1])
 
     @property
+    def http_addresses(self) -> list[tuple[str, int]]:
+        assert self.frontend is not None
+        return self.frontend.addresses
+
+    @property
     def http_port(self) -> int:
         return self.http_addresses[0][1]
+
+    @property
+    def active_sessions(self) -> int:
+        return self.frontend.active_sessions if self.frontend else 0
 
     def shutdown(self) -> None:
         self._shutdown.set()
@@ -78,23 +90,30 @@ async def run_proxy(
     config: ProxyConfig, *, task_status: trio.TaskStatus[ProxyServer] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``ProxyServer.shutdown()``); raises ConfigError on bad setup."""
+    try:
+        await _run_proxy(config, task_status)
+    except* ConfigError as group:
+        raise group.exceptions[0] from None
+
+
+async def _run_proxy(config: ProxyConfig, task_status: trio.TaskStatus[ProxyServer]) -> None:
     authenticator = Authenticator.from_config(config.auth)
+    server = ProxyServer(config)
+    policy = SessionPolicy(
+        authenticator=authenticator,
+        allow=config.host_whitelist,
+        open_upstream=agent_upstream(server.registry, config.agent_dial_timeout),
+        header_timeout=config.header_timeout,
+        max_header_bytes=config.max_header_bytes,
+    )
     with tempfile.TemporaryDirectory(prefix="reverse-http-devcerts-") as tmp:
         settings = _quic_settings(config, Path(tmp))
-        server = ProxyServer(config)
-        policy = SessionPolicy(
-            authenticator=authenticator,
-            allow=config.host_whitelist,
-            lookup=server.registry.get,
-            dial_timeout=config.agent_dial_timeout,
-            header_timeout=config.header_timeout,
-            max_header_bytes=config.max_header_bytes,
-        )
-        listeners = await _open_http_listeners(config)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, server, nursery.cancel_scope)
+        listeners = await open_http_listeners(config.http_listen, config.http_tls)
+        server.frontend = frontend = SessionFrontend(listeners, policy)
+        async with trio.open_nursery() as nursery, _open_store(config) as store:
+            nursery.start_soon(watch_signals, server._shutdown, nursery.cancel_scope)
             try:
-                server.quic = await nursery.start(
+                server.quic = quic = await nursery.start(
                     serve_quic,
                     lambda conn: _serve_agent(conn, server.registry, authenticator),
                     config.agent_listen.host,
@@ -103,90 +122,34 @@ async def run_proxy(
                 )
             except OSError as exc:
                 raise ConfigError(
-                    f"--agent-server.listen-address {config.agent_listen}: {_os_reason(exc)}"
+                    f"--agent-server.listen-address {config.agent_listen}: {os_reason(exc)}"
                 ) from None
-            server.http_addresses = [_sockname(ln) for ln in listeners]
-            async with trio.open_nursery() as sessions:
-                nursery.start_soon(_accept_clients, server, listeners, sessions, policy)
-                log.info(
-                    "proxy listening: agents on udp %s, clients on tcp %s%s",
-                    format_address(server.quic.local_address),
-                    ", ".join(format_address(a) for a in server.http_addresses),
-                    " (TLS)" if config.http_tls else "",
+            if store is not None:
+                address = config.store.http_proxy_address or _advertised(frontend.addresses[0])
+                server.registrar = RouteRegistrar(
+                    store, address, config.store.entry_ttl, server.registry.agent_ids
                 )
-                task_status.started(server)
-                await server._shutdown.wait()
-                await _drain(server, config.shutdown_grace_period)
-                sessions.cancel_scope.cancel()
-            await server.quic.close_all(CODE_SHUTDOWN, REASON_SHUTDOWN)
+                server.registry.on_up = server.registrar.agent_up
+                server.registry.on_down = server.registrar.agent_down
+                nursery.start_soon(server.registrar.run)
+                log.info("registering agents in the route store as %s", address)
+            await nursery.start(frontend.run)
+            log.info(
+                "proxy listening: agents on udp %s, clients on tcp %s%s",
+                format_address(quic.local_address),
+                ", ".join(format_address(a) for a in frontend.addresses),
+                " (TLS)" if config.http_tls else "",
+            )
+            task_status.started(server)
+            await server._shutdown.wait()
+            quic.stop_accepting()
+            await frontend.drain(config.shutdown_grace_period)
+            if server.registrar is not None:
+                await server.registrar.unregister_all()
+            await quic.close_all(CODE_SHUTDOWN, REASON_SHUTDOWN)
             nursery.cancel_scope.cancel()
     server._stopped.set()
     log.info("proxy stopped")
-
-
-async def _drain(server: ProxyServer, grace: float) -> None:
-    server._accept_scope.cancel()
-    assert server.quic is not None
-    server.quic.stop_accepting()
-    if server.active_sessions:
-        log.info(
-            "shutting down: waiting up to %gs for %d session(s)", grace, server.active_sessions
-        )
-        with trio.move_on_after(grace):
-            await server._sessions_idle.wait()
-
-
-async def _watch_signals(server: ProxyServer, everything: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            if server._shutdown.is_set():
-                log.warning("second signal: exiting now")
-                everything.cancel()
-                return
-            log.info("received %s: shutting down", signal.Signals(signum).name)
-            server.shutdown()
-
-
-async def _accept_clients(
-    server: ProxyServer,
-    listeners: list[trio.abc.Listener[trio.abc.Stream]],
-    sessions: trio.Nursery,
-    policy: SessionPolicy,
-) -> None:
-    async def session(stream: trio.abc.Stream) -> None:
-        server.active_sessions += 1
-        if server.active_sessions == 1:
-            server._sessions_idle = trio.Event()
-        try:
-            await handle_client(stream, policy, _peer_of(stream))
-        finally:
-            server.active_sessions -= 1
-            if server.active_sessions == 0:
-                server._sessions_idle.set()
-
-    server._sessions_idle.set()
-    with server._accept_scope:
-        async with trio.open_nursery() as accepting:
-            for listener in listeners:
-                accepting.start_soon(_accept_loop, listener, sessions, session)
-    for listener in listeners:
-        await listener.aclose()
-
-
-async def _accept_loop(
-    listener: trio.abc.Listener[trio.abc.Stream],
-    sessions: trio.Nursery,
-    session: object,
-) -> None:
-    while True:
-        try:
-            stream = await listener.accept()
-        except OSError as exc:
-            # EMFILE and friends: back off briefly instead of spinning.
-            log.warning("accept failed: %s", exc)
-            await trio.sleep(0.1)
-            continue
-        sessions.start_soon(session, stream)  # type: ignore[arg-type]
 
 
 async def _serve_agent(conn: Connection, registry: AgentRegistry, auth: Authenticator) -> None:
@@ -243,47 +206,22 @@ def _quic_settings(config: ProxyConfig, devcert_dir: Path) -> ServerSettings:
     return settings
 
 
-async def _open_http_listeners(config: ProxyConfig) -> list[trio.abc.Listener[trio.abc.Stream]]:
-    addr: ListenAddress = config.http_listen
-    try:
-        tcp = await trio.open_tcp_listeners(addr.port, host=addr.host or None)
-    except OSError as exc:
-        raise ConfigError(f"--http-proxy.listen-address {addr}: {_os_reason(exc)}") from None
-    if config.http_tls is None:
-        return list(tcp)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(config.http_tls.cert_file, config.http_tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        for ln in tcp:
-            await ln.aclose()
-        raise ConfigError(
-            f"--http-proxy.tls.file.cert/key ({config.http_tls.cert_file}, "
-            f"{config.http_tls.key_file}): {exc}"
-        ) from None
-    return [trio.SSLListener(ln, ctx, https_compatible=True) for ln in tcp]
+@asynccontextmanager
+async def _open_store(config: ProxyConfig) -> AsyncIterator[RouteStore | None]:
+    """None for ``--store.type none``: a lone proxy needs no routes."""
+    if config.store.type == "none":
+        yield None
+        return
+    store_cfg = config.store
+    async with open_memcached_store(
+        store_cfg.memcached_addresses, store_cfg.memcached_timeout, store_cfg.entry_ttl
+    ) as store:
+        yield store
 
 
-def _os_reason(exc: OSError) -> str:
-    if exc.errno == errno.EADDRINUSE:
-        return "address already in use"
-    if exc.errno == errno.EACCES:
-        return "permission denied (ports below 1024 need privileges)"
-    return exc.strerror or str(exc)
-
-
-def _sockname(listener: trio.abc.Listener[trio.abc.Stream]) -> tuple[str, int]:
-    inner = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
-    assert isinstance(inner, trio.SocketListener)
-    name = inner.socket.getsockname()
-    return str(name[0]), int(name[1])
-
-
-def _peer_of(stream: trio.abc.Stream) -> str:
-    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-    if isinstance(inner, trio.SocketStream):
-        try:
-            return format_address(inner.socket.getpeername())
-        except OSError:
-            return "?"
-    return "?"
+def _advertised(address: tuple[str, int]) -> str:
+    """Our HTTP address as other hosts reach it: the wildcard becomes the host name."""
+    host, port = address
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return format_address((host, port))

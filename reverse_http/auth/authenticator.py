@@ -1,17 +1,16 @@
-"""Agent and client authentication at the proxy (noauth or JWT)."""
+"""Agent and client authentication at the proxy and the LB server (noauth or JWT)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
-from ..auth.basic import AuthError, parse_proxy_authorization
 from ..config import ProxyAuth
 from ..errors import ConfigError
+from .basic import AuthError, parse_proxy_authorization
 
 if TYPE_CHECKING:
-    from ..auth.jwt import TokenVerifier
+    from .jwt import TokenVerifier
 
 __all__ = ["AuthError", "Authenticator"]
 
@@ -24,8 +23,8 @@ class Authenticator:
     def from_config(cls, config: ProxyAuth) -> Authenticator:
         if config.type == "noauth":
             return cls(None)
-        from ..auth.jwt import TokenVerifier
-        from ..auth.keys import KeyFileError, load_public_key
+        from .jwt import TokenVerifier
+        from .keys import KeyFileError, load_public_key
 
         if config.jwt_public_key is None:
             raise ConfigError("--auth.jwt.public-key is required with --auth.type jwt")

@@ -1,0 +1,151 @@
+"""The client-facing side shared by the proxy and the LB server.
+
+:class:`SessionFrontend` owns the HTTP CONNECT listeners (TCP, optionally TLS)
+and a nursery with one task per client session. Shutdown is in two steps:
+``stop_accepting`` closes the listeners, ``drain`` lets running sessions finish
+for a grace period and then cancels what is left.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import ssl
+
+import trio
+
+from .config import ListenAddress, TcpTls
+from .errors import ConfigError
+from .netaddr import format_address
+from .session import SessionPolicy, handle_client
+
+log = logging.getLogger(__name__)
+
+Listener = trio.abc.Listener[trio.abc.Stream]
+
+
+class SessionFrontend:
+    def __init__(self, listeners: list[Listener], policy: SessionPolicy) -> None:
+        self.listeners = listeners
+        self.policy = policy
+        self.active_sessions = 0
+        self.sessions_total = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._accept_scope = trio.CancelScope()
+        self._sessions_scope: trio.CancelScope | None = None
+        self.addresses = [_sockname(ln) for ln in listeners]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept and serve until :meth:`drain` ends it."""
+        async with trio.open_nursery() as sessions:
+            self._sessions_scope = sessions.cancel_scope
+            task_status.started()
+            try:
+                with self._accept_scope:
+                    async with trio.open_nursery() as accepting:
+                        for listener in self.listeners:
+                            accepting.start_soon(self._accept_loop, listener, sessions)
+            finally:
+                with trio.CancelScope(shield=True):
+                    for listener in self.listeners:
+                        await listener.aclose()
+            await trio.sleep_forever()
+
+    def stop_accepting(self) -> None:
+        self._accept_scope.cancel()
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting; wait up to ``grace`` seconds for sessions; cancel the rest."""
+        self.stop_accepting()
+        if self.active_sessions:
+            log.info(
+                "shutting down: waiting up to %gs for %d session(s)", grace, self.active_sessions
+            )
+            with trio.move_on_after(grace):
+                await self._idle.wait()
+        if self._sessions_scope is not None:
+            self._sessions_scope.cancel()
+
+    async def _accept_loop(self, listener: Listener, sessions: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                # EMFILE and friends: back off briefly instead of spinning.
+                log.warning("accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            sessions.start_soon(self._session, stream)
+
+    async def _session(self, stream: trio.abc.Stream) -> None:
+        self.active_sessions += 1
+        self.sessions_total += 1
+        if self.active_sessions == 1:
+            self._idle = trio.Event()
+        try:
+            await handle_client(stream, self.policy, _peer_of(stream))
+        finally:
+            self.active_sessions -= 1
+            if self.active_sessions == 0:
+                self._idle.set()
+
+
+async def open_http_listeners(
+    listen: ListenAddress, tls: TcpTls | None, flag: str = "--http-proxy"
+) -> list[Listener]:
+    """Bind the CONNECT listeners; ConfigError names the flag on failure."""
+    try:
+        tcp = await trio.open_tcp_listeners(listen.port, host=listen.host or None)
+    except OSError as exc:
+        raise ConfigError(f"{flag}.listen-address {listen}: {os_reason(exc)}") from None
+    if tls is None:
+        return list(tcp)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        for ln in tcp:
+            await ln.aclose()
+        raise ConfigError(
+            f"{flag}.tls.file.cert/key ({tls.cert_file}, {tls.key_file}): {exc}"
+        ) from None
+    return [trio.SSLListener(ln, ctx, https_compatible=True) for ln in tcp]
+
+
+async def watch_signals(shutdown: trio.Event, everything: trio.CancelScope) -> None:
+    """First SIGTERM/SIGINT: graceful shutdown. Second: cancel everything now."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if shutdown.is_set():
+                log.warning("second signal: exiting now")
+                everything.cancel()
+                return
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            shutdown.set()
+
+
+def os_reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    return exc.strerror or str(exc)
+
+
+def _sockname(listener: Listener) -> tuple[str, int]:
+    inner = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
+    assert isinstance(inner, trio.SocketListener)
+    name = inner.socket.getsockname()
+    return str(name[0]), int(name[1])
+
+
+def _peer_of(stream: trio.abc.Stream) -> str:
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(inner, trio.SocketStream):
+        try:
+            return format_address(inner.socket.getpeername())
+        except OSError:
+            return "?"
+    return "?"
