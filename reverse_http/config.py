@@ -114,3 +114,29 @@ class AgentConfig:
 class LogConfig:
     level: Literal["trace", "debug", "info", "warn", "error"] = "info"
     format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
+class ConnectorTls:
+    """TLS from an LB server to the proxies (``--http-connector.tls.*``)."""
+
+    enable: bool = False
+    insecure_skip_verify: bool = False
+    root_ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class LbConfig:
+    http_listen: ListenAddress = ListenAddress("", 3129)
+    http_tls: TcpTls | None = None
+    host_whitelist: AllowList = field(default_factory=lambda: AllowList.parse([]))
+    auth: ProxyAuth = field(default_factory=ProxyAuth)
+    store: StoreConfig = field(default_factory=lambda: StoreConfig(type="memcached"))
+    connector_tls: ConnectorTls = field(default_factory=ConnectorTls)
+    #: Time to reach the owning proxy and get its answer to the CONNECT.
+    connect_timeout: float = 10.0
+    header_timeout: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    shutdown_grace_period: float = 30.0
