@@ -1,25 +1,63 @@
-"""``Proxy-Authorization: Basic base64(user:password)`` as clients send it."""
+"""``Proxy-Authorization: Basic`` parsing (RFC 7617) for the CONNECT front end.
+
+The user is the agent id to reach and the password is ``noauth`` or a client JWT.
+Parsing is strict (padded standard base64, UTF-8) so malformed input is refused
+with a reason instead of being silently reinterpreted.
+"""
 
 from __future__ import annotations
 
-import base64
 import binascii
+import re
+
+__all__ = ["AuthError", "parse_proxy_authorization"]
+
+_PLAIN_SCHEME = re.compile(r"[A-Za-z0-9_.+-]{1,16}")
 
 
 class AuthError(Exception):
-    """Credentials refused; the message is specific and never contains the secret."""
+    """Authentication failed; ``str()`` is a short reason that never contains a secret.
+
+    Defined here, not in ``jwt``, so noauth deployments need not import python-jose.
+    """
 
 
-def parse_proxy_authorization(value: str) -> tuple[str, str]:
-    """(user, password) from a Basic credential; raises AuthError."""
-    scheme, _, encoded = value.strip().partition(" ")
+def parse_proxy_authorization(header_value: str | bytes | None) -> tuple[str, str]:
+    """Return ``(user, password)`` from a ``Basic`` credentials header value.
+
+    The scheme is matched case-insensitively; the credentials are split on the first
+    colon, so passwords (JWTs) may contain colons. An empty user is returned as is:
+    the caller refuses it with its own message. Raises ``AuthError`` naming the
+    problem; the credentials themselves never appear in the message.
+    """
+    if header_value is None:
+        raise AuthError("missing Proxy-Authorization")
+    if isinstance(header_value, bytes):
+        try:
+            header_value = header_value.decode("ascii")
+        except UnicodeDecodeError:
+            raise AuthError("malformed Proxy-Authorization") from None
+    value = header_value.strip(" \t")
+    if not value:
+        raise AuthError("missing Proxy-Authorization")
+    scheme, _, credentials = value.partition(" ")
     if scheme.lower() != "basic":
-        raise AuthError(f"unsupported authorization scheme {scheme[:20]!r}: expected Basic")
+        shown = scheme if _PLAIN_SCHEME.fullmatch(scheme) else "unrecognized"
+        raise AuthError(f"unsupported auth scheme: {shown}")
+    credentials = credentials.strip(" \t")
+    if not credentials:
+        raise AuthError("missing Basic credentials")
     try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise AuthError("malformed Basic credentials") from None
-    user, sep, password = decoded.partition(":")
+        if len(credentials) % 4:
+            raise ValueError("not a whole number of base64 quanta")
+        decoded = binascii.a2b_base64(credentials.encode("ascii"), strict_mode=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise AuthError("malformed Basic credentials: invalid base64") from None
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AuthError("malformed Basic credentials: not UTF-8") from None
+    user, sep, password = text.partition(":")
     if not sep:
-        raise AuthError("malformed Basic credentials: no ':' between user and password")
+        raise AuthError("malformed Basic credentials: missing ':'")
     return user, password
