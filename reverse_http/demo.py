@@ -93,7 +93,10 @@ async def run_demo(
             target = f"127.0.0.1:{web_port}"
             answer = await _fetch_through(proxy.http_port, target)
             ok = answer.startswith(b"HTTP/1.1 200") and answer.endswith(PAGE)
-            say(f"proxy:  clients on 127.0.0.1:{proxy.http_port}, agents on udp 127.0.0.1:{proxy.agent_port}")
+            say(
+                f"proxy:  clients on 127.0.0.1:{proxy.http_port}, "
+                f"agents on udp 127.0.0.1:{proxy.agent_port}"
+            )
             say(f"agent:  id {AGENT_ID!r}, connected over QUIC")
             say(f"target: a web page on {target}, reachable only through the agent")
             say(f"self-check through the tunnel: {'OK' if ok else 'FAILED'}")

@@ -56,7 +56,7 @@ async def start_agent(
 
 
 async def route(memcached: Memcached, agent_id: str) -> str | None:
-    async with open_memcached_store((memcached.address,), timeout=1, ttl=30) as store:
+    async with open_memcached_store((memcached.address,), request_timeout=1, ttl=30) as store:
         return await store.get_route(agent_id)
 
 

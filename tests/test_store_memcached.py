@@ -11,7 +11,7 @@ from reverse_http.store.memcached import HashRing, open_memcached_store, parse_s
 
 
 async def test_set_get_and_conditional_delete(memcached: Memcached) -> None:
-    async with open_memcached_store((memcached.address,), timeout=1, ttl=30) as store:
+    async with open_memcached_store((memcached.address,), request_timeout=1, ttl=30) as store:
         assert await store.get_route("4711") is None
         await store.set_route("4711", "proxy-a:3128")
         assert await store.get_route("4711") == "proxy-a:3128"
@@ -28,7 +28,7 @@ async def test_set_get_and_conditional_delete(memcached: Memcached) -> None:
 async def test_refresh_recreates_a_lost_route_but_respects_another_owner(
     memcached: Memcached,
 ) -> None:
-    async with open_memcached_store((memcached.address,), timeout=1, ttl=30) as store:
+    async with open_memcached_store((memcached.address,), request_timeout=1, ttl=30) as store:
         assert await store.refresh_route("4711", "proxy-a:3128") is True
         assert await store.get_route("4711") == "proxy-a:3128"
         await store.set_route("4711", "proxy-b:3128")
@@ -40,7 +40,7 @@ async def test_refresh_recreates_a_lost_route_but_respects_another_owner(
 
 
 async def test_entries_expire_without_refresh(memcached: Memcached) -> None:
-    async with open_memcached_store((memcached.address,), timeout=1, ttl=1) as store:
+    async with open_memcached_store((memcached.address,), request_timeout=1, ttl=1) as store:
         await store.set_route("4711", "proxy-a:3128")
         assert await store.get_route("4711") == "proxy-a:3128"
         with trio.fail_after(5):
@@ -50,7 +50,7 @@ async def test_entries_expire_without_refresh(memcached: Memcached) -> None:
 
 async def test_unreachable_memcached_raises_store_unavailable(memcached: Memcached) -> None:
     memcached.kill()
-    async with open_memcached_store((memcached.address,), timeout=0.5, ttl=30) as store:
+    async with open_memcached_store((memcached.address,), request_timeout=0.5, ttl=30) as store:
         with pytest.raises(StoreUnavailable, match="memcached"):
             await store.get_route("4711")
         memcached.start()

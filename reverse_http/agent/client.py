@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 CODE_CLIENT_CLOSED = 0
 REASON_CLIENT_CLOSED = "client connection closed"
 CODE_REPLACED = 409
+REASON_PROXY_SHUTDOWN = "proxy server shutdown"
 
 
 class AuthRefused(Exception):
@@ -49,7 +50,7 @@ class Backoff:
     def next_delay(self) -> float:
         base = min(self.maximum, self.initial * (2**self.attempt))
         self.attempt += 1
-        return base * self.rng.uniform(0.5, 1.0)
+        return float(base * self.rng.uniform(0.5, 1.0))
 
     def reset(self) -> None:
         self.attempt = 0
@@ -63,6 +64,8 @@ class AgentHandle:
     connection: Connection | None = None
     connected: trio.Event = field(default_factory=trio.Event)
     connects: int = 0
+    #: The last connection ended because the proxy shut down (reconnect at once).
+    proxy_draining: bool = False
     _stop: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -122,6 +125,7 @@ async def _reconnect_forever(handle: AgentHandle) -> None:
     target = f"{config.server_host}:{config.server_port}"
     while True:
         started = trio.current_time()
+        handle.proxy_draining = False
         try:
             await _one_connection(handle, state, target)
         except AuthRefused as exc:
@@ -132,6 +136,10 @@ async def _reconnect_forever(handle: AgentHandle) -> None:
             handle.connection = None
         if trio.current_time() - started >= config.healthy_after:
             backoff.reset()
+        if handle.proxy_draining:
+            # The proxy is going away on purpose: find another one now.
+            backoff.reset()
+            continue
         delay = backoff.next_delay()
         log.debug("reconnecting in %.2fs", delay)
         await trio.sleep(delay)
@@ -150,7 +158,10 @@ async def _one_connection(handle: AgentHandle, state: _StateLog, target: str) ->
         state(logging.INFO, f"connected to proxy {target} as agent {_agent_label(config)}")
         await _serve_streams(conn, handle)
         info = conn.close_info
-        if info is not None and info.by_peer and info.error_code == CODE_REPLACED:
+        if info is not None and info.by_peer and info.reason == REASON_PROXY_SHUTDOWN:
+            handle.proxy_draining = True
+            state(logging.INFO, f"proxy {target} is shutting down; reconnecting")
+        elif info is not None and info.by_peer and info.error_code == CODE_REPLACED:
             state(
                 logging.WARNING,
                 f"proxy {target} closed this connection: another agent with the same id "

@@ -12,9 +12,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomcache
 import trio
@@ -24,7 +24,6 @@ from .base import RouteStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 #: Virtual nodes per server on the hash ring.
 RING_REPLICAS = 160
 #: A tombstone written by a conditional delete lives this long (memcached's minimum).
@@ -89,52 +88,47 @@ class MemcachedStore(RouteStore):
             self._clients[node] = client
         return client
 
-    async def _call(self, agent_id: str, op: Callable[[Any], Awaitable[T]]) -> T:
+    async def _call(self, agent_id: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``client.method(*args)`` on the server that owns ``agent_id``'s key."""
         node = self._ring.node_for(agent_id)
         client = self._client(node)
         try:
             with trio.fail_after(self._timeout):
-                return await trio_asyncio.aio_as_trio(op)(client)
+                return await trio_asyncio.aio_as_trio(getattr(client, method))(*args, **kwargs)
         except (trio.TooSlowError, OSError, aiomcache.exceptions.ClientException) as exc:
             # A timed-out request may leave a half-read connection behind: start afresh.
             self._clients.pop(node, None)
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await trio_asyncio.aio_as_trio(client.close)()
-            reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc) or type(exc).__name__
-            raise StoreUnavailable(f"memcached {node}: {reason}") from None
+            reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            raise StoreUnavailable(f"memcached {node}: {reason or type(exc).__name__}") from None
 
     async def set_route(self, agent_id: str, address: str) -> None:
         key, value = agent_id.encode(), address.encode()
         for _ in range(CAS_RETRIES):
-            current = await self._call(agent_id, lambda c: c.gets(key))
-            old, token = current if current else (None, None)
+            old, token = await self._call(agent_id, "gets", key)
             if old is None or token is None:
-                if await self._call(agent_id, lambda c: c.add(key, value, exptime=self._ttl)):
+                if await self._call(agent_id, "add", key, value, exptime=self._ttl):
                     return
-            elif await self._call(
-                agent_id, lambda c: c.cas(key, value, token, exptime=self._ttl)
-            ):
+            elif await self._call(agent_id, "cas", key, value, token, exptime=self._ttl):
                 return
         raise StoreUnavailable(f"route for agent {agent_id}: too much contention")
 
     async def delete_route(self, agent_id: str, address: str) -> bool:
         key = agent_id.encode()
         for _ in range(CAS_RETRIES):
-            current = await self._call(agent_id, lambda c: c.gets(key))
-            if not current or current[0] != address.encode():
+            old, token = await self._call(agent_id, "gets", key)
+            if old != address.encode() or token is None:
                 return False
-            token = current[1]
-            if await self._call(
-                agent_id, lambda c: c.cas(key, b"", token, exptime=TOMBSTONE_TTL)
-            ):
+            if await self._call(agent_id, "cas", key, b"", token, exptime=TOMBSTONE_TTL):
                 return True
         return False
 
     async def refresh_route(self, agent_id: str, address: str) -> bool:
         key, value = agent_id.encode(), address.encode()
-        current = await self._call(agent_id, lambda c: c.get(key))
+        current = await self._call(agent_id, "get", key)
         if current == value:
-            return bool(await self._call(agent_id, lambda c: c.touch(key, self._ttl)))
+            return bool(await self._call(agent_id, "touch", key, self._ttl))
         if current:
             return False
         # missing (store restarted, entry evicted) or a tombstone: take it again
@@ -142,8 +136,7 @@ class MemcachedStore(RouteStore):
         return True
 
     async def get_route(self, agent_id: str) -> str | None:
-        key = agent_id.encode()
-        value = await self._call(agent_id, lambda c: c.get(key))
+        value = await self._call(agent_id, "get", agent_id.encode())
         return value.decode() if value else None
 
     async def aclose(self) -> None:
@@ -155,11 +148,11 @@ class MemcachedStore(RouteStore):
 
 @asynccontextmanager
 async def open_memcached_store(
-    addresses: tuple[str, ...], timeout: float, ttl: float
+    addresses: tuple[str, ...], request_timeout: float, ttl: float
 ) -> AsyncIterator[MemcachedStore]:
     """The store and the one asyncio loop (per process) that aiomcache runs on."""
     async with trio_asyncio.open_loop():
-        store = MemcachedStore(parse_servers(addresses), timeout, ttl)
+        store = MemcachedStore(parse_servers(addresses), request_timeout, ttl)
         try:
             yield store
         finally:

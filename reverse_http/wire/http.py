@@ -100,7 +100,7 @@ async def read_connect_request(
                 return None
             received_any = True
             received += len(data)
-            conn.receive_data(data)
+            conn.receive_data(bytes(data))
             continue
         if isinstance(event, h11.ConnectionClosed):
             if not received_any:
@@ -147,7 +147,7 @@ async def read_response_head(
             raise HttpError(502, f"upstream answered something that is not HTTP: {exc}") from None
         if event is h11.NEED_DATA:
             data = await stream.receive_some(65536)
-            conn.receive_data(data)
+            conn.receive_data(bytes(data))
             continue
         if isinstance(event, h11.Response):
             leftover = conn.trailing_data[0] if event.status_code == 200 else b""
