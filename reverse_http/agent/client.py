@@ -66,6 +66,8 @@ class AgentHandle:
     connects: int = 0
     #: The last connection ended because the proxy shut down (reconnect at once).
     proxy_draining: bool = False
+    #: The last state change, as logged ("connected to ...", "cannot connect ...").
+    last_state: str = ""
     _stop: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -79,14 +81,14 @@ class AgentHandle:
 class _StateLog:
     """Log each state change once; repeats of the same failure go to debug."""
 
-    def __init__(self) -> None:
-        self._last: str | None = None
+    def __init__(self, handle: AgentHandle) -> None:
+        self._handle = handle
 
     def __call__(self, level: int, message: str) -> None:
-        if message == self._last:
+        if message == self._handle.last_state:
             log.debug("%s (again)", message)
             return
-        self._last = message
+        self._handle.last_state = message
         log.log(level, "%s", message)
 
 
@@ -121,17 +123,21 @@ async def _watch_signals(handle: AgentHandle) -> None:
 async def _reconnect_forever(handle: AgentHandle) -> None:
     config = handle.config
     backoff = Backoff(config.reconnect_initial_backoff, config.reconnect_max_backoff)
-    state = _StateLog()
+    state = _StateLog(handle)
     target = f"{config.server_host}:{config.server_port}"
     while True:
         started = trio.current_time()
         handle.proxy_draining = False
         try:
             await _one_connection(handle, state, target)
-        except AuthRefused as exc:
-            state(logging.ERROR, f"proxy {target} refused authentication: {exc}")
-        except (ConnectionError, OSError, FramingError, trio.TooSlowError) as exc:
-            state(logging.WARNING, f"cannot connect to proxy {target}: {_reason(exc)}")
+        except* AuthRefused as group:
+            state(logging.ERROR, f"proxy {target} refused authentication: {group.exceptions[0]}")
+        except* (ConnectionError, OSError, FramingError, trio.TooSlowError) as group:
+            reason = _reason(group.exceptions[0])
+            state(logging.WARNING, f"cannot connect to proxy {target}: {reason}")
+        except* Exception as group:
+            # A bug must not end the agent: log it and keep reconnecting.
+            log.error("agent connection failed unexpectedly", exc_info=group)
         finally:
             handle.connection = None
         if trio.current_time() - started >= config.healthy_after:
