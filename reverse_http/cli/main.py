@@ -1,0 +1,508 @@
+"""The ``reverse-http`` command line: ``proxy``, ``agent``, ``lb``, ``auth`` and ``version``.
+
+Flag names, help, environment variables and defaults come from the table in
+:mod:`reverse_http.cli.options`; ``tests/test_cli_config.py`` checks that the
+signatures below match it. Values are layered by click itself: command line, then
+``envvar=`` (``REVERSE_HTTP_<FLAG>``), then the context's ``default_map``, which the
+eager ``--config`` option fills from the configuration file before any other
+option is resolved, then the default.
+
+Every error a user can fix is one line on stderr, ``reverse-http <cmd>: <message>``,
+with exit status 2: usage errors, :class:`ConfigError` from the builders, and
+``ConfigError`` raised by a daemon at start-up (e.g. address in use).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import IO, Annotated, Any, ClassVar, Final, TypeVar
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from .. import __version__, _build
+from ..errors import ConfigError
+from ..logs import log_fields, setup_logging
+from . import options
+from .auth_cmd import auth_app
+
+try:  # recent typer (0.29 here) vendors click as typer._click; plain click objects don't mix
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click.exceptions import (  # type: ignore[assignment]
+        ClickException,
+        NoArgsIsHelpError,
+        UsageError,
+    )
+
+__all__ = [
+    "PROG_NAME",
+    "AgentCommand",
+    "CliError",
+    "DaemonCommand",
+    "LbCommand",
+    "OneLineCommand",
+    "ProxyCommand",
+    "app",
+    "main",
+]
+
+PROG_NAME: Final = "reverse-http"
+
+_ROOT_LOG_KEY: Final = "reverse_http.root_log_flags"
+_CONFIG_PATH_KEY: Final = "reverse_http.config_path"
+
+_TRUE: Final = frozenset({"true", "1", "yes", "on", "t", "y"})
+_FALSE: Final = frozenset({"false", "0", "no", "off", "f", "n"})
+
+log = logging.getLogger("reverse_http.cli")
+
+T = TypeVar("T")
+
+
+class CliError(ClickException):
+    """A user error shown as a single line, ``<prefix>: <message>``; exit status 2."""
+
+    exit_code = 2
+
+    def __init__(self, prefix: str, message: str) -> None:
+        one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+        super().__init__(one_line)
+        self.prefix = prefix
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        typer.echo(f"{self.prefix}: {self.format_message()}", file=file, err=file is None)
+
+
+def _source_name(ctx: typer.Context, param: str) -> str | None:
+    source = ctx.get_parameter_source(param)
+    return None if source is None else source.name
+
+
+def _usage_message(ctx: typer.Context, exc: UsageError) -> str:
+    """The usage error's message, plus the file's name when the bad value came from it."""
+    message = exc.format_message()
+    name = getattr(getattr(exc, "param", None), "name", None)
+    path = ctx.meta.get(_CONFIG_PATH_KEY)
+    if name and path and _source_name(ctx, name) == "DEFAULT_MAP":
+        message = f"{message.rstrip('.')} (from {path})"
+    return message
+
+
+# ----------------------------------------------------------------- option helpers
+
+
+def _option_factory(command: str) -> Callable[[str], Any]:
+    """``opt(name)``: the ``typer.Option`` for one row of ``command``'s flag table.
+
+    The default is written in the signature (typer wants it there); a test checks it.
+    """
+
+    def opt(name: str) -> Any:
+        flag = options.command_flag(command, name)
+        decl = f"--{name}/--no-{name}" if flag.kind == "bool" else f"--{name}"
+        metavar = flag.metavar or ("|".join(flag.choices) if flag.choices else "STRING")
+        return typer.Option(
+            decl,
+            envvar=flag.envvars[0] if len(flag.envvars) == 1 else list(flag.envvars),
+            show_envvar=True,
+            show_default=flag.kind == "str" and flag.default is not None,
+            metavar=None if flag.kind == "bool" else metavar,
+            help=flag.help,
+        )
+
+    return opt
+
+
+_proxy_opt: Final = _option_factory("proxy")
+_agent_opt: Final = _option_factory("agent")
+_lb_opt: Final = _option_factory("lb")
+
+
+def _load_config_file(ctx: typer.Context, value: str | None) -> None:
+    """Eager ``--config`` callback: the file's values become the context's default_map."""
+    if ctx.resilient_parsing or ctx.command.name is None:
+        return
+    path = options.find_config_file(value)
+    if path is None:
+        return
+    config_file = options.load_config_file(path)
+    defaults = {
+        options.param_name(k): v for k, v in config_file.defaults_for(ctx.command.name).items()
+    }
+    ctx.default_map = {**defaults, **(ctx.default_map or {})}
+    ctx.meta[_CONFIG_PATH_KEY] = path
+
+
+_CONFIG_OPTION: Final[Any] = typer.Option(
+    "--config",
+    metavar="FILE",
+    envvar=options.CONFIG_ENVVAR,
+    show_envvar=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config_file,
+    help=(
+        "Configuration file (.yaml, .yml or .json). Default: the first of "
+        + ", ".join(options.CONFIG_SEARCH_PATHS)
+        + " that exists; '' for none."
+    ),
+)
+
+
+# ------------------------------------------------------------------ command classes
+
+
+class OneLineCommand(TyperCommand):
+    """A command whose usage errors are one line, ``reverse-http <cmd>: <message>``."""
+
+    @property
+    def error_prefix(self) -> str:
+        return f"{PROG_NAME} {self.name}"
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        try:
+            return super().parse_args(ctx, args)
+        except ConfigError as exc:  # from the --config callback
+            raise CliError(self.error_prefix, str(exc)) from None
+        except UsageError as exc:
+            raise CliError(self.error_prefix, _usage_message(ctx, exc)) from None
+
+
+class DaemonCommand(OneLineCommand):
+    """Also: ConfigError from the command on one line, and Kong's ``--bool-flag=true``."""
+
+    flag_table: ClassVar[tuple[options.Flag, ...]] = ()
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        return super().parse_args(ctx, self._rewrite_bool_values(args))
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise CliError(self.error_prefix, str(exc)) from None
+
+    def flag_values(self, ctx: typer.Context) -> dict[str, object]:
+        """The resolved flag values by flag name, with the global ``--log.*`` flags applied."""
+        values = {flag.name: ctx.params[options.param_name(flag.name)] for flag in self.flag_table}
+        root_flags: dict[str, str | None] = ctx.meta.get(_ROOT_LOG_KEY, {})
+        for flag_name, value in root_flags.items():
+            if value is not None and _source_name(ctx, options.param_name(flag_name)) != (
+                "COMMANDLINE"
+            ):
+                values[flag_name] = value
+        return values
+
+    def _rewrite_bool_values(self, args: list[str]) -> list[str]:
+        """``--flag=true`` / ``--flag=false`` -> ``--flag`` / ``--no-flag``."""
+        bools = {f"--{flag.name}" for flag in self.flag_table if flag.kind == "bool"}
+        out: list[str] = []
+        for i, arg in enumerate(args):
+            if arg == "--":
+                out.extend(args[i:])
+                break
+            name, sep, value = arg.partition("=")
+            if not sep or name not in bools:
+                out.append(arg)
+            elif value.strip().lower() in _TRUE:
+                out.append(name)
+            elif value.strip().lower() in _FALSE:
+                out.append(f"--no-{name[2:]}")
+            else:
+                raise CliError(
+                    self.error_prefix, f"{name}: invalid boolean value {json.dumps(value)}"
+                )
+        return out
+
+
+class ProxyCommand(DaemonCommand):
+    flag_table = options.PROXY_FLAGS
+
+
+class AgentCommand(DaemonCommand):
+    flag_table = options.AGENT_FLAGS
+
+
+class LbCommand(DaemonCommand):
+    flag_table = options.LB_FLAGS
+
+
+class RootGroup(TyperGroup):
+    """The top-level group: usage errors (unknown command, bad global flag) on one line."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        try:
+            return super().parse_args(ctx, args)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            raise CliError(PROG_NAME, exc.format_message()) from None
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            if exc.ctx is not ctx:  # a sub-command's own error: its own business
+                raise
+            raise CliError(PROG_NAME, exc.format_message()) from None
+
+    def resolve_command(  # type: ignore[override]
+        self, ctx: typer.Context, args: list[str]
+    ) -> tuple[str | None, Any, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except UsageError as exc:
+            raise CliError(PROG_NAME, exc.format_message()) from None
+
+
+app = typer.Typer(
+    name=PROG_NAME,
+    cls=RootGroup,
+    help="HTTP reverse tunnel.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(auth_app, name="auth", help="Auth tools.")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            "--log.level",
+            metavar="LEVEL",
+            help="Log level (also accepted after the command). One of: "
+            + ", ".join(options.LOG_LEVELS)
+            + ".",
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log.format",
+            metavar="FORMAT",
+            help="Log format (also accepted after the command). One of: "
+            + ", ".join(options.LOG_FORMATS)
+            + ".",
+        ),
+    ] = None,
+) -> None:
+    """HTTP reverse tunnel."""
+    # As with Kong, the daemons' log flags may come before the command; one given
+    # after the command wins, and env/file values apply only when neither is given.
+    ctx.meta[_ROOT_LOG_KEY] = {"log.level": log_level, "log.format": log_format}
+
+
+# ---------------------------------------------------------------------- running
+
+
+def _log_config_source(ctx: typer.Context) -> None:
+    path: Path | None = ctx.meta.get(_CONFIG_PATH_KEY)
+    if path is not None:
+        log.info("configuration file loaded", extra=log_fields(path=str(path)))
+
+
+def _only(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``exc`` if it is a ``kind``, or the first leaf of a group made only of ``kind``."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        match, rest = exc.split(kind)
+        if match is not None and rest is None:
+            leaf: BaseException = match
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            return leaf
+    return None
+
+
+def _run_daemon(run: Callable[[T], Awaitable[object]], config: T) -> None:
+    """``trio.run(run, config)``; start-up errors become one line, Ctrl-C exit 130."""
+    import trio
+
+    from ..quic.settings import TlsConfigError
+
+    try:
+        trio.run(run, config)
+    except BaseException as exc:
+        user_error = _only(exc, ConfigError) or _only(exc, TlsConfigError)
+        if user_error is not None:
+            raise ConfigError(str(user_error)) from None
+        if _only(exc, KeyboardInterrupt) is not None:
+            raise typer.Exit(130) from None
+        raise
+
+
+def _command(ctx: typer.Context) -> DaemonCommand:
+    command = ctx.command
+    assert isinstance(command, DaemonCommand)
+    return command
+
+
+# --------------------------------------------------------------------- commands
+# Parameter names must be options.param_name(flag) and defaults the table's; a
+# test compares them. Values are read back by flag name via flag_values().
+
+
+@app.command(cls=ProxyCommand, help="Start proxy server.")
+def proxy(
+    ctx: typer.Context,
+    agent_server_listen_address: Annotated[
+        str, _proxy_opt("agent-server.listen-address")
+    ] = ":4242",
+    agent_server_tls_refresh: Annotated[str, _proxy_opt("agent-server.tls.refresh")] = "0s",
+    agent_server_tls_file_key: Annotated[
+        str | None, _proxy_opt("agent-server.tls.file.key")
+    ] = None,
+    agent_server_tls_file_cert: Annotated[
+        str | None, _proxy_opt("agent-server.tls.file.cert")
+    ] = None,
+    agent_server_tls_file_client_ca: Annotated[
+        str | None, _proxy_opt("agent-server.tls.file.client-ca")
+    ] = None,
+    agent_server_agent_dial_timeout: Annotated[
+        str, _proxy_opt("agent-server.agent.dial-timeout")
+    ] = "10s",
+    http_proxy_listen_address: Annotated[str, _proxy_opt("http-proxy.listen-address")] = ":3128",
+    http_proxy_tls_enable: Annotated[bool, _proxy_opt("http-proxy.tls.enable")] = False,
+    http_proxy_tls_refresh: Annotated[str, _proxy_opt("http-proxy.tls.refresh")] = "0s",
+    http_proxy_tls_file_key: Annotated[str | None, _proxy_opt("http-proxy.tls.file.key")] = None,
+    http_proxy_tls_file_cert: Annotated[str | None, _proxy_opt("http-proxy.tls.file.cert")] = None,
+    http_proxy_host_whitelist: Annotated[
+        list[str] | None, _proxy_opt("http-proxy.host-whitelist")
+    ] = None,
+    auth_type: Annotated[str, _proxy_opt("auth.type")] = "noauth",
+    auth_jwt_public_key: Annotated[str, _proxy_opt("auth.jwt.public-key")] = "auth-key-public.pem",
+    auth_jwt_audience: Annotated[str | None, _proxy_opt("auth.jwt.audience")] = None,
+    store_type: Annotated[str, _proxy_opt("store.type")] = "none",
+    store_http_proxy_address: Annotated[str | None, _proxy_opt("store.http-proxy-address")] = None,
+    store_memcached_address: Annotated[
+        str, _proxy_opt("store.memcached.address")
+    ] = "localhost:11211",
+    store_memcached_timeout: Annotated[str, _proxy_opt("store.memcached.timeout")] = "1s",
+    shutdown_grace_period: Annotated[str, _proxy_opt("shutdown-grace-period")] = "30s",
+    log_level: Annotated[str, _proxy_opt("log.level")] = "info",
+    log_format: Annotated[str, _proxy_opt("log.format")] = "text",
+    config: Annotated[str | None, _CONFIG_OPTION] = None,
+) -> None:
+    values = _command(ctx).flag_values(ctx)
+    log_config = options.build_log_config(values)
+    proxy_config = options.build_proxy_config(values)
+    setup_logging(log_config)
+    _log_config_source(ctx)
+    from ..proxy.server import run_proxy
+
+    _run_daemon(run_proxy, proxy_config)
+
+
+@app.command(cls=AgentCommand, help="Start agent.")
+def agent(
+    ctx: typer.Context,
+    agent_client_server_address: Annotated[
+        str, _agent_opt("agent-client.server-address")
+    ] = "localhost:4242",
+    agent_client_host_whitelist: Annotated[
+        list[str] | None, _agent_opt("agent-client.host-whitelist")
+    ] = None,
+    agent_client_tls_refresh: Annotated[str, _agent_opt("agent-client.tls.refresh")] = "0s",
+    agent_client_tls_insecure_skip_verify: Annotated[
+        bool, _agent_opt("agent-client.tls.insecure-skip-verify")
+    ] = False,
+    agent_client_tls_file_root_ca: Annotated[
+        str | None, _agent_opt("agent-client.tls.file.root-ca")
+    ] = None,
+    agent_client_tls_file_cert: Annotated[
+        str | None, _agent_opt("agent-client.tls.file.cert")
+    ] = None,
+    agent_client_tls_file_key: Annotated[
+        str | None, _agent_opt("agent-client.tls.file.key")
+    ] = None,
+    auth_type: Annotated[str, _agent_opt("auth.type")] = "noauth",
+    auth_noauth_agent_id: Annotated[str | None, _agent_opt("auth.noauth.agent-id")] = None,
+    auth_jwt_token: Annotated[str | None, _agent_opt("auth.jwt.token")] = None,
+    log_level: Annotated[str, _agent_opt("log.level")] = "info",
+    log_format: Annotated[str, _agent_opt("log.format")] = "text",
+    config: Annotated[str | None, _CONFIG_OPTION] = None,
+) -> None:
+    values = _command(ctx).flag_values(ctx)
+    log_config = options.build_log_config(values)
+    agent_config = options.build_agent_config(values)
+    setup_logging(log_config)
+    _log_config_source(ctx)
+    from ..agent.client import run_agent
+
+    _run_daemon(run_agent, agent_config)
+
+
+@app.command(cls=LbCommand, help="Start load balancer.")
+def lb(
+    ctx: typer.Context,
+    http_proxy_listen_address: Annotated[str, _lb_opt("http-proxy.listen-address")] = ":3129",
+    http_proxy_tls_enable: Annotated[bool, _lb_opt("http-proxy.tls.enable")] = False,
+    http_proxy_tls_refresh: Annotated[str, _lb_opt("http-proxy.tls.refresh")] = "0s",
+    http_proxy_tls_file_key: Annotated[str | None, _lb_opt("http-proxy.tls.file.key")] = None,
+    http_proxy_tls_file_cert: Annotated[str | None, _lb_opt("http-proxy.tls.file.cert")] = None,
+    http_proxy_host_whitelist: Annotated[
+        list[str] | None, _lb_opt("http-proxy.host-whitelist")
+    ] = None,
+    http_connector_tls_enable: Annotated[bool, _lb_opt("http-connector.tls.enable")] = False,
+    http_connector_tls_refresh: Annotated[str, _lb_opt("http-connector.tls.refresh")] = "0s",
+    http_connector_tls_insecure_skip_verify: Annotated[
+        bool, _lb_opt("http-connector.tls.insecure-skip-verify")
+    ] = False,
+    http_connector_tls_file_root_ca: Annotated[
+        str | None, _lb_opt("http-connector.tls.file.root-ca")
+    ] = None,
+    http_connector_tls_file_cert: Annotated[
+        str | None, _lb_opt("http-connector.tls.file.cert")
+    ] = None,
+    http_connector_tls_file_key: Annotated[
+        str | None, _lb_opt("http-connector.tls.file.key")
+    ] = None,
+    auth_type: Annotated[str, _lb_opt("auth.type")] = "noauth",
+    auth_jwt_public_key: Annotated[str, _lb_opt("auth.jwt.public-key")] = "auth-key-public.pem",
+    auth_jwt_audience: Annotated[str | None, _lb_opt("auth.jwt.audience")] = None,
+    store_type: Annotated[str, _lb_opt("store.type")] = "memcached",
+    store_memcached_address: Annotated[str, _lb_opt("store.memcached.address")] = "localhost:11211",
+    store_memcached_timeout: Annotated[str, _lb_opt("store.memcached.timeout")] = "1s",
+    shutdown_grace_period: Annotated[str, _lb_opt("shutdown-grace-period")] = "30s",
+    log_level: Annotated[str, _lb_opt("log.level")] = "info",
+    log_format: Annotated[str, _lb_opt("log.format")] = "text",
+    config: Annotated[str | None, _CONFIG_OPTION] = None,
+) -> None:
+    values = _command(ctx).flag_values(ctx)
+    log_config = options.build_log_config(values)
+    lb_config = options.build_lb_config(values)
+    setup_logging(log_config)
+    _log_config_source(ctx)
+    from ..lb.server import run_lb
+
+    _run_daemon(run_lb, lb_config)
+
+
+@app.command(cls=OneLineCommand, help="Show version.")
+def version(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-V", help="Print version, commit and date as JSON.")
+    ] = False,
+) -> None:
+    if verbose:
+        info = {"commit": _build.COMMIT, "date": _build.DATE, "version": __version__}
+        typer.echo(json.dumps(info, separators=(",", ":"), sort_keys=True))
+    else:
+        typer.echo(__version__)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    app(args=None if argv is None else list(argv), prog_name=PROG_NAME)

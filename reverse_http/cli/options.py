@@ -1,0 +1,793 @@
+"""Command-line flags, their sources, and the builders of the typed configuration.
+
+Every daemon flag is described once, in the per-command tables of :data:`COMMANDS`; the
+CLI turns them into options, and the same tables give environment variable names,
+defaults and the keys a configuration file may hold.
+
+Precedence, highest first: command line, environment (``REVERSE_HTTP_<FLAG>``),
+configuration file, built-in default. Click resolves exactly this order when each
+option has ``envvar=`` and the file's values are installed as the context's
+``default_map`` (see ``reverse_http.cli.main``).
+
+Configuration files are YAML (``.yml``/``.yaml``) or JSON (``.json``). Keys are
+flag names without the dashes, written flat (``agent-server.listen-address``) or
+nested on the dots (``agent-server: {listen-address: ...}``); ``_`` may stand for
+``-`` (as the Go reference's JSON loader expects), and a top-level ``proxy:``,
+``agent:`` or ``lb:`` section holds keys for that command only (as the Go reference's YAML
+loader expects). Keys no command knows are an error.
+
+The builders take ``values``: a mapping from flag name (``"auth.type"``) to the raw
+value (string, bool, or sequence of strings for list flags); missing names take the
+flag's default. They validate everything and raise :class:`ConfigError` whose
+message names the flag (and the file, for file-valued flags). Secrets (tokens) are
+never part of a message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal, cast
+
+from ..allowlist import AllowList, AllowListError
+from ..config import (
+    AgentConfig,
+    AgentCredentials,
+    ConnectorTls,
+    LbConfig,
+    ListenAddress,
+    LogConfig,
+    ProxyAuth,
+    ProxyConfig,
+    StoreConfig,
+    TcpTls,
+)
+from ..durations import parse_duration
+from ..errors import ConfigError
+from ..quic.settings import ClientTls, ServerTls
+
+__all__ = [
+    "AGENT_FLAGS",
+    "COMMANDS",
+    "CONFIG_ENVVAR",
+    "CONFIG_SEARCH_PATHS",
+    "FLAGS",
+    "LB_FLAGS",
+    "PROXY_FLAGS",
+    "ConfigFile",
+    "Flag",
+    "build_agent_config",
+    "build_lb_config",
+    "build_log_config",
+    "build_proxy_config",
+    "command_flag",
+    "env_var",
+    "find_config_file",
+    "load_config_file",
+    "param_name",
+]
+
+ENV_PREFIX: Final = "REVERSE_HTTP_"
+CONFIG_ENVVAR: Final = "REVERSE_HTTP_CONFIG"
+#: Searched in order when neither ``--config`` nor ``REVERSE_HTTP_CONFIG`` is given.
+CONFIG_SEARCH_PATHS: tuple[str, ...] = (
+    "/etc/reverse-http/config.yaml",
+    "/etc/reverse-http/config.json",
+    "~/.reverse-http.yaml",
+    "~/.reverse-http.json",
+)
+
+FlagKind = Literal["str", "bool", "list"]
+FlagValue = str | bool | tuple[str, ...] | None
+
+LOG_LEVELS: Final = ("trace", "debug", "info", "warn", "error")
+LOG_FORMATS: Final = ("text", "json")
+AUTH_TYPES: Final = ("noauth", "jwt")
+STORE_TYPES: Final = ("none", "memcached")
+TOKEN_FILE_PREFIX: Final = "file:"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One ``--name`` flag of a daemon command."""
+
+    name: str
+    help: str
+    default: FlagValue = None
+    kind: FlagKind = "str"
+    choices: tuple[str, ...] | None = None
+    #: Extra environment variables read after ``REVERSE_HTTP_<NAME>`` (Go compatibility).
+    legacy_envvars: tuple[str, ...] = ()
+    #: Shown in help instead of the type name.
+    metavar: str | None = None
+
+    @property
+    def envvars(self) -> tuple[str, ...]:
+        return (env_var(self.name), *self.legacy_envvars)
+
+
+def _q(text: str) -> str:
+    """Quote like Go's ``%q`` so messages read the same as the reference's."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def env_var(flag_name: str) -> str:
+    """``agent-server.listen-address`` -> ``REVERSE_HTTP_AGENT_SERVER_LISTEN_ADDRESS``."""
+    return ENV_PREFIX + flag_name.upper().replace(".", "_").replace("-", "_")
+
+
+def param_name(flag_name: str) -> str:
+    """The Python identifier click uses for the flag's value."""
+    return flag_name.replace(".", "_").replace("-", "_")
+
+
+_LOG_FLAGS: Final = (
+    Flag(
+        "log.level",
+        "Log level.",
+        "info",
+        choices=LOG_LEVELS,
+        legacy_envvars=("LOG_LEVEL",),
+    ),
+    Flag(
+        "log.format",
+        "Log format.",
+        "text",
+        choices=LOG_FORMATS,
+        legacy_envvars=("LOG_FORMAT",),
+    ),
+)
+
+
+def _duration_flag(name: str, help_text: str, default: str) -> Flag:
+    return Flag(name, help_text, default, metavar="DURATION")
+
+
+def _file_flag(name: str, help_text: str) -> Flag:
+    return Flag(name, help_text, metavar="FILE")
+
+
+def _whitelist_flag(name: str) -> Flag:
+    return Flag(
+        name,
+        "Whitelisted destinations (repeatable, comma-separated). Empty allows all.",
+        (),
+        kind="list",
+        metavar="PATTERNS",
+    )
+
+
+def _http_proxy_flags(default_listen: str) -> tuple[Flag, ...]:
+    return (
+        Flag("http-proxy.listen-address", "HTTP proxy listen address.", default_listen),
+        Flag("http-proxy.tls.enable", "Serve the HTTP proxy over TLS.", False, kind="bool"),
+        _duration_flag(
+            "http-proxy.tls.refresh",
+            "Interval for refreshing HTTP proxy TLS certificates (accepted, not used).",
+            "0s",
+        ),
+        _file_flag("http-proxy.tls.file.key", "HTTP proxy TLS key file."),
+        _file_flag("http-proxy.tls.file.cert", "HTTP proxy TLS certificate file."),
+        _whitelist_flag("http-proxy.host-whitelist"),
+    )
+
+
+_AUTH_VERIFIER_FLAGS: Final = (
+    Flag("auth.type", "Authentication type.", "noauth", choices=AUTH_TYPES),
+    Flag(
+        "auth.jwt.public-key", "Path to the JWT public key.", "auth-key-public.pem", metavar="FILE"
+    ),
+    Flag("auth.jwt.audience", "JWT audience."),
+)
+
+_MEMCACHED_FLAGS: Final = (
+    Flag(
+        "store.memcached.address",
+        "Memcached server address(es), comma-separated.",
+        "localhost:11211",
+    ),
+    _duration_flag("store.memcached.timeout", "Memcached dial timeout.", "1s"),
+)
+
+_SHUTDOWN_FLAG: Final = _duration_flag(
+    "shutdown-grace-period", "Time running sessions may finish after SIGTERM.", "30s"
+)
+
+_PROXY_ONLY: Final = (
+    Flag("agent-server.listen-address", "Agent server listen address (UDP).", ":4242"),
+    _duration_flag(
+        "agent-server.tls.refresh",
+        "Interval for refreshing server TLS certificates (accepted, not used).",
+        "0s",
+    ),
+    _file_flag(
+        "agent-server.tls.file.key",
+        "Agent server TLS key file; without key and cert, development certificates are generated.",
+    ),
+    _file_flag("agent-server.tls.file.cert", "Agent server TLS certificate file."),
+    _file_flag(
+        "agent-server.tls.file.client-ca",
+        "CA file for verifying agent client certificates (mutual TLS).",
+    ),
+    _duration_flag("agent-server.agent.dial-timeout", "Agent dial timeout.", "10s"),
+    *_http_proxy_flags(":3128"),
+    *_AUTH_VERIFIER_FLAGS,
+    Flag("store.type", "Agent access store.", "none", choices=STORE_TYPES),
+    Flag("store.http-proxy-address", "Host and port for HTTP proxy access."),
+    *_MEMCACHED_FLAGS,
+    _SHUTDOWN_FLAG,
+)
+
+_AGENT_ONLY: Final = (
+    Flag("agent-client.server-address", "Address of the agent server.", "localhost:4242"),
+    _whitelist_flag("agent-client.host-whitelist"),
+    _duration_flag(
+        "agent-client.tls.refresh",
+        "Interval for refreshing client TLS certificates (accepted, not used).",
+        "0s",
+    ),
+    Flag(
+        "agent-client.tls.insecure-skip-verify",
+        "Skip verification of the server certificate.",
+        False,
+        kind="bool",
+    ),
+    _file_flag(
+        "agent-client.tls.file.root-ca",
+        "CA file for verifying the server; default: system roots.",
+    ),
+    _file_flag("agent-client.tls.file.cert", "Client certificate file (mutual TLS)."),
+    _file_flag("agent-client.tls.file.key", "Client key file (mutual TLS)."),
+    Flag("auth.type", "Authentication type.", "noauth", choices=AUTH_TYPES),
+    Flag("auth.noauth.agent-id", "Agent ID (noauth)."),
+    Flag("auth.jwt.token", "JWT token or 'file:<filename>'.", metavar="SOURCE"),
+)
+
+_LB_ONLY: Final = (
+    *_http_proxy_flags(":3129"),
+    Flag(
+        "http-connector.tls.enable",
+        "Use TLS towards the proxies' HTTP listeners.",
+        False,
+        kind="bool",
+    ),
+    _duration_flag(
+        "http-connector.tls.refresh",
+        "Interval for refreshing client TLS certificates (accepted, not used).",
+        "0s",
+    ),
+    Flag(
+        "http-connector.tls.insecure-skip-verify",
+        "Skip verification of the proxies' certificates.",
+        False,
+        kind="bool",
+    ),
+    _file_flag(
+        "http-connector.tls.file.root-ca",
+        "CA file for verifying the proxies; default: system roots.",
+    ),
+    _file_flag("http-connector.tls.file.cert", "Client certificate file (mutual TLS)."),
+    _file_flag("http-connector.tls.file.key", "Client key file (mutual TLS)."),
+    *_AUTH_VERIFIER_FLAGS,
+    Flag("store.type", "Agent access store.", "memcached", choices=("memcached",)),
+    *_MEMCACHED_FLAGS,
+    _SHUTDOWN_FLAG,
+)
+
+#: Flags of each daemon command, in help order.
+PROXY_FLAGS: Final[tuple[Flag, ...]] = (*_PROXY_ONLY, *_LOG_FLAGS)
+AGENT_FLAGS: Final[tuple[Flag, ...]] = (*_AGENT_ONLY, *_LOG_FLAGS)
+LB_FLAGS: Final[tuple[Flag, ...]] = (*_LB_ONLY, *_LOG_FLAGS)
+COMMANDS: Final[Mapping[str, tuple[Flag, ...]]] = {
+    "proxy": PROXY_FLAGS,
+    "agent": AGENT_FLAGS,
+    "lb": LB_FLAGS,
+}
+_BY_COMMAND: Final[Mapping[str, Mapping[str, Flag]]] = {
+    command: {f.name: f for f in flags} for command, flags in COMMANDS.items()
+}
+#: Every flag name some command knows. A name shared by commands has the same kind
+#: everywhere (checked below); defaults and choices may differ (``store.type``).
+FLAGS: Final[Mapping[str, Flag]] = {
+    f.name: f for flags in reversed(list(COMMANDS.values())) for f in flags
+}
+assert all(
+    FLAGS[f.name].kind == f.kind and FLAGS[f.name].envvars == f.envvars
+    for flags in COMMANDS.values()
+    for f in flags
+)
+
+
+def command_flag(command: str, name: str) -> Flag:
+    """The definition of ``--name`` in ``command``; KeyError if the command lacks it."""
+    return _BY_COMMAND[command][name]
+
+
+# --------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed configuration file: top-level keys and per-command sections."""
+
+    path: Path
+    common: Mapping[str, object]
+    sections: Mapping[str, Mapping[str, object]]
+
+    def defaults_for(self, command: str) -> dict[str, object]:
+        """Values for ``command``'s flags, by flag name; its section beats the top level."""
+        known = {f.name for f in COMMANDS.get(command, ())}
+        merged = {k: v for k, v in self.common.items() if k in known}
+        merged.update(self.sections.get(command, {}))
+        return merged
+
+
+def find_config_file(explicit: str | None) -> Path | None:
+    """``explicit`` if given (``""``: no file at all), else the first search path that exists."""
+    if explicit is not None:
+        return Path(explicit) if explicit else None
+    for candidate in CONFIG_SEARCH_PATHS:
+        path = Path(candidate).expanduser()
+        if path.is_file():
+            return path
+    return None
+
+
+def load_config_file(path: Path) -> ConfigFile:
+    """Read, parse and validate a configuration file (keys and value shapes)."""
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise ConfigError(
+            f"--config: {_q(str(path))}: unsupported file type, use .yaml, .yml or .json"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"--config: cannot read {_q(str(path))}: {reason}") from None
+    data: object
+    if suffix == ".json":
+        try:
+            data = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from None
+    else:
+        import yaml  # only needed when a YAML file is used
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "syntax error"
+            raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+        if data is None:
+            data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of flag names to values")
+
+    common: dict[str, object] = {}
+    sections: dict[str, dict[str, object]] = {}
+    for raw_key, value in data.items():
+        key = _normalize_key(raw_key, path)
+        if key in COMMANDS and isinstance(value, dict):
+            section = sections.setdefault(key, {})
+            known = {f.name for f in COMMANDS[key]}
+            for name, leaf in _flatten(value, (key,), path):
+                if name not in known:
+                    raise ConfigError(
+                        f"{path}: unknown key {_q(key + '.' + name)} (no such flag for {key})"
+                    )
+                _put(section, name, leaf, f"{key}.{name}", path)
+            continue
+        for name, leaf in _flatten({raw_key: value}, (), path):
+            if name not in FLAGS:
+                raise ConfigError(f"{path}: unknown key {_q(name)}")
+            _put(common, name, leaf, name, path)
+    return ConfigFile(path=path, common=common, sections=sections)
+
+
+def _normalize_key(key: object, path: Path) -> str:
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"{path}: invalid key {_q(str(key))}")
+    return key.replace("_", "-")
+
+
+def _flatten(
+    node: Mapping[object, object], prefix: tuple[str, ...], path: Path
+) -> Iterable[tuple[str, object]]:
+    """Yield ``(dotted flag name, leaf value)``; nested mappings join with dots."""
+    base = len(prefix)
+    stack: list[tuple[tuple[str, ...], Mapping[object, object]]] = [(prefix, node)]
+    while stack:
+        parts, mapping = stack.pop()
+        for raw_key, value in mapping.items():
+            key_parts = (*parts, _normalize_key(raw_key, path))
+            if isinstance(value, dict):
+                if not value:
+                    continue
+                stack.append((key_parts, value))
+            else:
+                yield ".".join(key_parts[base:]), value
+
+
+def _put(target: dict[str, object], name: str, value: object, shown: str, path: Path) -> None:
+    if name in target:
+        raise ConfigError(f"{path}: key {_q(shown)} is given more than once")
+    target[name] = _file_value(FLAGS[name], value, shown, path)
+
+
+def _file_value(flag: Flag, value: object, shown: str, path: Path) -> object:
+    """Shape a file value the way click expects it for ``flag``."""
+    if flag.kind == "list":
+        if value is None:
+            return ()
+        items = value if isinstance(value, list) else [value]
+        out: list[str] = []
+        for item in items:
+            if isinstance(item, (dict, list)) or item is None:
+                raise ConfigError(f"{path}: {shown}: expected a string or a list of strings")
+            out.append(_scalar_text(item))
+        return tuple(out)
+    if flag.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        raise ConfigError(f"{path}: {shown}: expected true or false")
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{path}: {shown}: expected a single value")
+    if value is None:
+        return None
+    return _scalar_text(value)
+
+
+_BOOL_WORDS: Final = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
+
+
+def _scalar_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# ------------------------------------------------------------------------ builders
+
+
+def build_log_config(values: Mapping[str, object]) -> LogConfig:
+    """``--log.level`` / ``--log.format`` (any daemon command's table has them)."""
+    v = _Values(values, "proxy")
+    return LogConfig(
+        level=cast('Literal["trace", "debug", "info", "warn", "error"]', v.choice("log.level")),
+        format=cast('Literal["text", "json"]', v.choice("log.format")),
+    )
+
+
+def build_proxy_config(values: Mapping[str, object]) -> ProxyConfig:
+    """Validate the proxy's flag values and build its :class:`ProxyConfig`."""
+    v = _Values(values, "proxy")
+    return ProxyConfig(
+        agent_listen=v.listen_address("agent-server.listen-address"),
+        agent_tls=_server_tls(v),
+        agent_tls_refresh=v.duration("agent-server.tls.refresh"),
+        agent_dial_timeout=v.duration("agent-server.agent.dial-timeout", positive=True),
+        http_listen=v.listen_address("http-proxy.listen-address"),
+        http_tls=_http_tls(v),
+        host_whitelist=v.allow_list("http-proxy.host-whitelist"),
+        auth=_proxy_auth(v),
+        store=_store(v),
+        shutdown_grace_period=v.duration("shutdown-grace-period"),
+    )
+
+
+def build_agent_config(values: Mapping[str, object]) -> AgentConfig:
+    """Validate the agent's flag values and build its :class:`AgentConfig`."""
+    v = _Values(values, "agent")
+    host, port = v.server_address("agent-client.server-address")
+    v.duration("agent-client.tls.refresh")  # validated for compatibility only
+    cert, key = _key_pair(v, "agent-client.tls.file.cert", "agent-client.tls.file.key")
+    tls = ClientTls(
+        root_ca_file=v.optional_file("agent-client.tls.file.root-ca"),
+        cert_file=cert,
+        key_file=key,
+        insecure_skip_verify=v.boolean("agent-client.tls.insecure-skip-verify"),
+    )
+    if v.choice("auth.type") == "jwt":
+        credentials = AgentCredentials(type="jwt", token=_token(v, "auth.jwt.token"))
+    else:
+        agent_id = v.string("auth.noauth.agent-id")
+        if not agent_id:
+            raise ConfigError("--auth.noauth.agent-id is required with --auth.type noauth")
+        credentials = AgentCredentials(type="noauth", agent_id=agent_id)
+    return AgentConfig(
+        credentials=credentials,
+        server_host=host,
+        server_port=port,
+        tls=tls,
+        host_whitelist=v.allow_list("agent-client.host-whitelist"),
+    )
+
+
+def build_lb_config(values: Mapping[str, object]) -> LbConfig:
+    """Validate the LB server's flag values and build its :class:`LbConfig`."""
+    v = _Values(values, "lb")
+    v.duration("http-connector.tls.refresh")  # validated for compatibility only
+    cert, key = _key_pair(v, "http-connector.tls.file.cert", "http-connector.tls.file.key")
+    connector_tls = ConnectorTls(
+        enable=v.boolean("http-connector.tls.enable"),
+        insecure_skip_verify=v.boolean("http-connector.tls.insecure-skip-verify"),
+        root_ca_file=v.optional_file("http-connector.tls.file.root-ca"),
+        cert_file=cert,
+        key_file=key,
+    )
+    return LbConfig(
+        http_listen=v.listen_address("http-proxy.listen-address"),
+        http_tls=_http_tls(v),
+        host_whitelist=v.allow_list("http-proxy.host-whitelist"),
+        auth=_proxy_auth(v),
+        store=_store(v),
+        connector_tls=connector_tls,
+        shutdown_grace_period=v.duration("shutdown-grace-period"),
+    )
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+class _Values:
+    """Typed, validated access to one command's raw flag values; errors name the flag."""
+
+    def __init__(self, values: Mapping[str, object], command: str) -> None:
+        self._values = values
+        self._command = command
+
+    def knows(self, name: str) -> bool:
+        return name in _BY_COMMAND[self._command]
+
+    def raw(self, name: str) -> object:
+        if name in self._values:
+            return self._values[name]
+        return command_flag(self._command, name).default
+
+    def string(self, name: str) -> str | None:
+        value = self.raw(name)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"--{name}: expected a string")
+        return value.strip() or None
+
+    def boolean(self, name: str) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return False
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        raise ConfigError(f"--{name}: expected true or false")
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, Sequence) and all(isinstance(item, str) for item in value):
+            return tuple(cast(Sequence[str], value))
+        raise ConfigError(f"--{name}: expected a list of strings")
+
+    def choice(self, name: str) -> str:
+        value = self.string(name)
+        value = None if value is None else value.lower()
+        choices = command_flag(self._command, name).choices or ()
+        if value not in choices:
+            raise ConfigError(f"--{name}: {_q(value or '')} is not one of {', '.join(choices)}")
+        return value
+
+    def duration(self, name: str, *, positive: bool = False) -> float:
+        text = self.string(name) or ""
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            raise ConfigError(f"--{name}: invalid duration {_q(text)}") from None
+        if seconds < 0 or (positive and seconds == 0):
+            need = "positive" if positive else "zero or positive"
+            raise ConfigError(f"--{name}: duration {_q(text)} must be {need}")
+        return seconds
+
+    def listen_address(self, name: str) -> ListenAddress:
+        value = self.string(name)
+        if value is None:
+            raise ConfigError(f"--{name}: an address is required")
+        host, port = _split_host_port(name, value, allow_zero=True)
+        return ListenAddress(host, port)
+
+    def server_address(self, name: str) -> tuple[str, int]:
+        value = self.string(name)
+        if value is None:
+            raise ConfigError(f"--{name}: an address is required")
+        host, port = _split_host_port(name, value, allow_zero=False)
+        if not host:
+            raise ConfigError(f"--{name}: a host is required in {_q(value)}")
+        return host, port
+
+    def allow_list(self, name: str) -> AllowList:
+        try:
+            return AllowList.parse(self.strings(name))
+        except AllowListError as exc:
+            raise ConfigError(f"--{name}: {exc}") from None
+
+    def file(self, name: str) -> Path:
+        return _readable_file(name, self.string(name))
+
+    def optional_file(self, name: str) -> Path | None:
+        value = self.string(name)
+        return None if value is None else _readable_file(name, value)
+
+
+def _port(text: str, name: str, value: str, *, allow_zero: bool) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 5:
+        raise ConfigError(f"--{name}: invalid port in {_q(value)}")
+    port = int(text)
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ConfigError(f"--{name}: port {port} out of range {low}-65535 in {_q(value)}")
+    return port
+
+
+def _split_host_port(name: str, value: str, *, allow_zero: bool) -> tuple[str, int]:
+    """``host:port``, ``:port`` or ``[v6]:port`` -> ``(host, port)`` (host unbracketed)."""
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or value[end + 1 : end + 2] != ":":
+            raise ConfigError(f"--{name}: invalid address {_q(value)}, expected [host]:port")
+        host, port_text = value[1:end], value[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"--{name}: invalid IPv6 address in {_q(value)}") from None
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep:
+            raise ConfigError(f"--{name}: invalid address {_q(value)}, expected host:port")
+        if ":" in host:
+            raise ConfigError(
+                f"--{name}: invalid address {_q(value)}, IPv6 addresses must be in brackets"
+            )
+    if any(c.isspace() or c in "/@?#[]" for c in host):
+        raise ConfigError(f"--{name}: invalid host in {_q(value)}")
+    return host, _port(port_text, name, value, allow_zero=allow_zero)
+
+
+def _readable_file(name: str, value: str | None) -> Path:
+    if not value:
+        raise ConfigError(f"--{name}: a file name is required")
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"--{name}: file {_q(value)} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"--{name}: {_q(value)} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"--{name}: file {_q(value)} is not readable")
+    return path
+
+
+def _key_pair(v: _Values, cert_flag: str, key_flag: str) -> tuple[Path | None, Path | None]:
+    """An optional certificate and its key: both or neither."""
+    cert = v.optional_file(cert_flag)
+    key = v.optional_file(key_flag)
+    if (cert is None) != (key is None):
+        given, other = (cert_flag, key_flag) if cert is not None else (key_flag, cert_flag)
+        raise ConfigError(f"--{given} requires --{other}")
+    return cert, key
+
+
+def _server_tls(v: _Values) -> ServerTls | None:
+    key = v.string("agent-server.tls.file.key")
+    cert = v.string("agent-server.tls.file.cert")
+    client_ca = v.string("agent-server.tls.file.client-ca")
+    if key is None and cert is None:
+        if client_ca is not None:
+            raise ConfigError(
+                "--agent-server.tls.file.client-ca requires --agent-server.tls.file.cert "
+                "and --agent-server.tls.file.key"
+            )
+        return None
+    if key is None or cert is None:
+        given, other = ("cert", "key") if cert is not None else ("key", "cert")
+        raise ConfigError(
+            f"--agent-server.tls.file.{given} requires --agent-server.tls.file.{other}"
+        )
+    return ServerTls(
+        cert_file=_readable_file("agent-server.tls.file.cert", cert),
+        key_file=_readable_file("agent-server.tls.file.key", key),
+        client_ca_file=v.optional_file("agent-server.tls.file.client-ca"),
+    )
+
+
+def _http_tls(v: _Values) -> TcpTls | None:
+    if not v.boolean("http-proxy.tls.enable"):
+        return None
+    v.duration("http-proxy.tls.refresh")  # validated for compatibility only
+    missing = [
+        f"--http-proxy.tls.file.{part}"
+        for part in ("key", "cert")
+        if v.string(f"http-proxy.tls.file.{part}") is None
+    ]
+    if missing:
+        raise ConfigError(f"--http-proxy.tls.enable requires {' and '.join(missing)}")
+    return TcpTls(
+        cert_file=v.file("http-proxy.tls.file.cert"),
+        key_file=v.file("http-proxy.tls.file.key"),
+    )
+
+
+def _proxy_auth(v: _Values) -> ProxyAuth:
+    if v.choice("auth.type") == "jwt":
+        return ProxyAuth(
+            type="jwt",
+            jwt_public_key=v.file("auth.jwt.public-key"),
+            jwt_audience=v.string("auth.jwt.audience"),
+        )
+    return ProxyAuth(type="noauth")
+
+
+def _store(v: _Values) -> StoreConfig:
+    store_type = v.choice("store.type")
+    raw_addresses = v.string("store.memcached.address") or ""
+    addresses = tuple(a.strip() for a in raw_addresses.split(",") if a.strip())
+    timeout = v.duration("store.memcached.timeout", positive=True)
+    proxy_address = (
+        v.string("store.http-proxy-address") if v.knows("store.http-proxy-address") else None
+    )
+    if store_type == "memcached":
+        if not addresses:
+            raise ConfigError("--store.memcached.address is required with --store.type memcached")
+        for address in addresses:
+            _split_host_port("store.memcached.address", address, allow_zero=False)
+        if proxy_address is not None:
+            _split_host_port("store.http-proxy-address", proxy_address, allow_zero=False)
+    return StoreConfig(
+        type="memcached" if store_type == "memcached" else "none",
+        memcached_addresses=addresses or StoreConfig().memcached_addresses,
+        memcached_timeout=timeout,
+        http_proxy_address=proxy_address,
+    )
+
+
+def _token(v: _Values, name: str) -> str:
+    """The JWT from the flag or from ``file:PATH``; messages never contain the token."""
+    source = v.string(name)
+    if source is None:
+        raise ConfigError(f"--{name} is required with --auth.type jwt")
+    if not source.startswith(TOKEN_FILE_PREFIX):
+        return source
+    filename = source[len(TOKEN_FILE_PREFIX) :].strip()
+    if not filename:
+        raise ConfigError(f"--{name}: 'file:' needs a file name")
+    try:
+        token = Path(filename).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"--{name}: token file {_q(filename)} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(f"--{name}: cannot read token file {_q(filename)}: {reason}") from None
+    if not token:
+        raise ConfigError(f"--{name}: token file {_q(filename)} is empty")
+    return token

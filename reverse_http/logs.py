@@ -1,0 +1,212 @@
+"""Logging set-up for the daemons: stdlib ``logging`` to stderr, text or JSON lines.
+
+Structured fields ride on the record. Either spell them with :func:`log_fields`::
+
+    log.info("agent connected", extra=log_fields(agent_id=agent_id, remote=addr))
+
+(which is ``extra={"fields": {...}}``), or pass plain ``extra={"agent_id": ...}``
+keys, or bind them once with :class:`FieldsAdapter`. All three end up as
+``key=value`` pairs in text and as top-level keys in JSON. Nothing is redacted
+here: never pass a secret as a field.
+
+Text::
+
+    2026-11-24T17:00:00.123Z INFO  reverse_http.proxy.server: agent connected agent_id=4711
+
+JSON (one object per line)::
+
+    {"time": "2026-11-24T17:00:00.123Z", "level": "INFO", "logger": "...", "msg": "...", ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Final, TextIO
+
+from .config import LogConfig
+
+__all__ = [
+    "TRACE",
+    "FieldsAdapter",
+    "JsonFormatter",
+    "TextFormatter",
+    "log_fields",
+    "reset_logging",
+    "setup_logging",
+]
+
+#: Below DEBUG: per-packet and per-frame detail.
+TRACE: Final = 5
+logging.addLevelName(TRACE, "TRACE")
+
+LEVELS: Final[Mapping[str, int]] = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+#: aioquic logs every packet at DEBUG on this logger; it only follows us at ``trace``.
+_NOISY_LOGGERS: Final = ("quic",)
+
+_LEVEL_LABELS: Final[Mapping[int, str]] = {
+    TRACE: "TRACE",
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARN",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "FATAL",
+}
+
+#: Attributes every LogRecord has; anything else on a record came from ``extra``.
+_RECORD_ATTRS: Final = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "fields",
+}
+
+_RESERVED_JSON_KEYS: Final = frozenset({"time", "level", "logger", "msg", "exc"})
+
+_HANDLER_MARK: Final = "_reverse_http_handler"
+
+
+def log_fields(**fields: object) -> dict[str, object]:
+    """``extra=`` for structured fields: ``log.info("msg", extra=log_fields(k=v))``."""
+    return {"fields": fields}
+
+
+class FieldsAdapter(logging.LoggerAdapter[logging.Logger]):
+    """A logger with bound fields; per-call ``extra`` fields are merged over them."""
+
+    def __init__(self, logger: logging.Logger, **fields: object) -> None:
+        super().__init__(logger, {"fields": fields})
+
+    def bind(self, **fields: object) -> FieldsAdapter:
+        return FieldsAdapter(self.logger, **{**self.fields, **fields})
+
+    @property
+    def fields(self) -> dict[str, object]:
+        assert self.extra is not None
+        bound = self.extra["fields"]
+        assert isinstance(bound, dict)
+        return bound
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        extra = dict(kwargs.get("extra") or {})
+        call_fields = extra.pop("fields", None) or {}
+        kwargs["extra"] = {"fields": {**self.fields, **extra, **call_fields}}
+        return msg, kwargs
+
+    def trace(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.log(TRACE, msg, *args, **kwargs)
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, object]:
+    """The structured fields of ``record``: ``extra`` keys, then ``extra["fields"]``."""
+    out = {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS}
+    nested = record.__dict__.get("fields")
+    if isinstance(nested, Mapping):
+        out.update({str(k): v for k, v in nested.items()})
+    return out
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    seconds = int(record.created)
+    millis = int((record.created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def _level_label(levelno: int) -> str:
+    label = _LEVEL_LABELS.get(levelno)
+    if label is not None:
+        return label
+    name = logging.getLevelName(levelno)
+    return name if isinstance(name, str) else str(levelno)
+
+
+def _logfmt_value(value: object) -> str:
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (bool, int, float)) or value is None:
+        text = json.dumps(value)
+    else:
+        text = _json_default(value)
+    if text and not any(c.isspace() or c in '"=\\' or not c.isprintable() for c in text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+class TextFormatter(logging.Formatter):
+    """``<time> <LEVEL> <logger>: <message> key=value ...``, traceback on following lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        line = f"{_timestamp(record)} {_level_label(record.levelno):<5} {record.name}: {message}"
+        fields = record_fields(record)
+        if fields:
+            line += " " + " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        elif record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, msg, fields, and ``exc`` if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, object] = {
+            "time": _timestamp(record),
+            "level": _level_label(record.levelno),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record_fields(record).items():
+            obj[f"fields.{key}" if key in _RESERVED_JSON_KEYS else key] = value
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        elif record.stack_info:
+            obj["exc"] = self.formatStack(record.stack_info)
+        return json.dumps(obj, ensure_ascii=False, default=_json_default)
+
+
+def setup_logging(config: LogConfig, stream: TextIO | None = None) -> None:
+    """Send every logger's records at ``config.level`` and above to ``stream`` (stderr).
+
+    Idempotent: a second call replaces the handler the first one installed.
+    """
+    level = LEVELS[config.level]
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
+    setattr(handler, _HANDLER_MARK, True)
+    reset_logging()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(level if level <= TRACE else max(level, logging.INFO))
+
+
+def reset_logging() -> None:
+    """Undo :func:`setup_logging`: remove its handler and restore default levels."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _HANDLER_MARK, False):
+            root.removeHandler(old)
+            old.close()
+    root.setLevel(logging.WARNING)
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
