@@ -1,10 +1,10 @@
-"""Developer and CI sessions: `nox -s lint tests` is what CI runs (see README)."""
+"""Developer and CI sessions. `nox -s lint tests integration` is what CI runs (see README)."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "integration"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -12,9 +12,16 @@ PYTHON = "3.11"
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Unit and end-to-end tests over real loopback sockets."""
+    """Unit and end-to-end tests over real loopback sockets (memcached included)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *(session.posargs or ["-q"]))
+    session.run("pytest", "-m", "not integration", *(session.posargs or ["-q"]))
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """HA failover: real processes behind real nginx UDP and TCP load balancers."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "integration", *(session.posargs or ["-q", "-s"]))
 
 
 @nox.session(python=PYTHON)
@@ -27,6 +34,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Throughput and latency benchmarks; prints tables, asserts nothing."""
+    """Throughput and latency benchmarks; they print tables and assert nothing."""
     session.install("-e", ".")
     session.run("python", "bench/quic_throughput.py", *session.posargs)
+    session.run("python", "bench/tunnel.py")

@@ -11,7 +11,6 @@ Peak RSS (VmHWM) of proxy and agent is reported too.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import shutil
 import socket

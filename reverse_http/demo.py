@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import tempfile
 from pathlib import Path
 
@@ -71,7 +72,7 @@ async def run_demo(
             )
             web_port = listeners[0].socket.getsockname()[1]
             proxy = await nursery.start(
-                run_proxy,
+                functools.partial(run_proxy, handle_signals=False),
                 ProxyConfig(
                     agent_listen=ListenAddress("127.0.0.1", agent_port),
                     agent_tls=ServerTls(cert_file=certs.cert, key_file=certs.key),
@@ -80,7 +81,7 @@ async def run_demo(
                 ),
             )
             agent = await nursery.start(
-                run_agent,
+                functools.partial(run_agent, handle_signals=False),
                 AgentConfig(
                     credentials=AgentCredentials(type="noauth", agent_id=AGENT_ID),
                     server_host="127.0.0.1",
@@ -108,6 +109,11 @@ async def run_demo(
                     f"http://{target}/"
                 )
                 say("Press Ctrl-C to stop.")
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        break
+                agent.stop()
+                proxy.shutdown()
                 await proxy.wait_stopped()
             nursery.cancel_scope.cancel()
     return ok

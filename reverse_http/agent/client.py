@@ -93,9 +93,12 @@ class _StateLog:
 
 
 async def run_agent(
-    config: AgentConfig, *, task_status: trio.TaskStatus[AgentHandle] = trio.TASK_STATUS_IGNORED
+    config: AgentConfig,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[AgentHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until SIGTERM/SIGINT or ``AgentHandle.stop()``."""
+    """Run until SIGTERM/SIGINT (when ``handle_signals``) or ``AgentHandle.stop()``."""
     try:
         client_configuration(config.transport, config.tls, config.server_host)
     except TlsConfigError as exc:
@@ -103,7 +106,8 @@ async def run_agent(
     handle = AgentHandle(config)
     task_status.started(handle)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, handle)
+        if handle_signals:
+            nursery.start_soon(_watch_signals, handle)
         nursery.start_soon(_reconnect_forever, handle)
         await handle._stop.wait()
         if handle.connection is not None and not handle.connection.is_closed:
@@ -173,6 +177,8 @@ async def _one_connection(handle: AgentHandle, state: _StateLog, target: str) ->
                 f"proxy {target} closed this connection: another agent with the same id "
                 f"connected ({info.reason}); retrying with backoff",
             )
+        elif info is not None and not info.by_peer and info.reason == REASON_CLIENT_CLOSED:
+            state(logging.INFO, f"connection to proxy {target} closed")
         else:
             state(logging.WARNING, f"connection to proxy {target} lost: {info}")
         attempt.cancel_scope.cancel()

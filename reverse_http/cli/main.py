@@ -503,6 +503,33 @@ def version(
         typer.echo(__version__)
 
 
+@app.command(cls=OneLineCommand, help="Run proxy, agent and a local web page in one process.")
+def demo(
+    http_port: Annotated[int, typer.Option("--http-port", help="Proxy port for clients.")] = 3128,
+    agent_port: Annotated[
+        int, typer.Option("--agent-port", help="Proxy UDP port for agents.")
+    ] = 4242,
+    once: Annotated[bool, typer.Option("--once", help="Check one request, then exit.")] = False,
+) -> None:
+    """Zero-configuration tour: loopback only, throwaway development certificates."""
+    from ..config import LogConfig
+    from ..demo import run_demo
+    from ..logs import setup_logging
+
+    setup_logging(LogConfig(level="warn"))
+    worked: list[bool] = []
+
+    async def tour(_: None) -> None:
+        worked.append(await run_demo(http_port, agent_port, once=once))
+
+    try:
+        _run_daemon(tour, None)
+    except ConfigError as exc:
+        raise CliError(f"{PROG_NAME} demo", str(exc)) from None
+    if not all(worked):
+        raise typer.Exit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     app(args=None if argv is None else list(argv), prog_name=PROG_NAME)

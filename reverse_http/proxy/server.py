@@ -87,16 +87,25 @@ class ProxyServer:
 
 
 async def run_proxy(
-    config: ProxyConfig, *, task_status: trio.TaskStatus[ProxyServer] = trio.TASK_STATUS_IGNORED
+    config: ProxyConfig,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[ProxyServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until SIGTERM/SIGINT (or ``ProxyServer.shutdown()``); raises ConfigError on bad setup."""
+    """Run until SIGTERM/SIGINT (or ``ProxyServer.shutdown()``); raises ConfigError on bad setup.
+
+    Without ``handle_signals`` the caller owns the signals (trio delivers each to one
+    receiver only) and calls ``shutdown()`` itself.
+    """
     try:
-        await _run_proxy(config, task_status)
+        await _run_proxy(config, handle_signals, task_status)
     except* ConfigError as group:
         raise group.exceptions[0] from None
 
 
-async def _run_proxy(config: ProxyConfig, task_status: trio.TaskStatus[ProxyServer]) -> None:
+async def _run_proxy(
+    config: ProxyConfig, handle_signals: bool, task_status: trio.TaskStatus[ProxyServer]
+) -> None:
     authenticator = Authenticator.from_config(config.auth)
     server = ProxyServer(config)
     policy = SessionPolicy(
@@ -111,7 +120,8 @@ async def _run_proxy(config: ProxyConfig, task_status: trio.TaskStatus[ProxyServ
         listeners = await open_http_listeners(config.http_listen, config.http_tls)
         server.frontend = frontend = SessionFrontend(listeners, policy)
         async with trio.open_nursery() as nursery, _open_store(config) as store:
-            nursery.start_soon(watch_signals, server._shutdown, nursery.cancel_scope)
+            if handle_signals:
+                nursery.start_soon(watch_signals, server._shutdown, nursery.cancel_scope)
             try:
                 server.quic = quic = await nursery.start(
                     serve_quic,
