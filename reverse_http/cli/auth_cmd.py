@@ -9,11 +9,11 @@ mode 0600. User mistakes print one ``error:`` line to stderr and exit with statu
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from reverse_http.auth.jwt import ROLES, issue_token
@@ -62,7 +62,7 @@ def _fail(message: str) -> typer.Exit:
 
 def _read_input(path: str, flag: str) -> tuple[bytes, str]:
     if path == STDIO:
-        return click.get_binary_stream("stdin").read(), "<stdin>"
+        return sys.stdin.buffer.read(), "<stdin>"
     try:
         return Path(path).read_bytes(), path
     except OSError as exc:
@@ -80,7 +80,7 @@ def _load_private(path: str, flag: str = "--in") -> PrivateKey:
 def _write_output(path: str, data: bytes, *, secret: bool, flag: str = "--out") -> None:
     """Write to stdout or a file; secret files get 0600 even when they already exist."""
     if path == STDIO:
-        stream = click.get_binary_stream("stdout")
+        stream = sys.stdout.buffer
         stream.write(data)
         stream.flush()
         return

@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import IO, Annotated, Any, ClassVar, Final, TypeVar
 
 import typer
+
+# typer >= 0.29 vendors click as typer._click (pinned in pyproject); plain click
+# objects do not mix with it.
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__, _build
@@ -28,15 +32,6 @@ from ..errors import ConfigError
 from ..logs import log_fields, setup_logging
 from . import options
 from .auth_cmd import auth_app
-
-try:  # recent typer (0.29 here) vendors click as typer._click; plain click objects don't mix
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
-except ImportError:  # pragma: no cover - older typer on top of click
-    from click.exceptions import (  # type: ignore[assignment]
-        ClickException,
-        NoArgsIsHelpError,
-        UsageError,
-    )
 
 __all__ = [
     "PROG_NAME",
