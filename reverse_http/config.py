@@ -34,6 +34,8 @@ class TcpTls:
 
     cert_file: Path
     key_file: Path
+    #: Re-read the files this often (0: only on SIGHUP).
+    refresh: float = 0.0
 
 
 @dataclass(frozen=True)

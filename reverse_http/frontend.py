@@ -19,6 +19,7 @@ from .config import ListenAddress, TcpTls
 from .errors import ConfigError
 from .netaddr import format_address
 from .session import SessionPolicy, handle_client
+from .tlsreload import ReloadableFiles, SwappableServerContext
 
 log = logging.getLogger(__name__)
 
@@ -94,24 +95,32 @@ class SessionFrontend:
 
 async def open_http_listeners(
     listen: ListenAddress, tls: TcpTls | None, flag: str = "--http-proxy"
-) -> list[Listener]:
-    """Bind the CONNECT listeners; ConfigError names the flag on failure."""
+) -> tuple[list[Listener], ReloadableFiles | None]:
+    """Bind the CONNECT listeners; ConfigError names the flag on failure.
+
+    With TLS, also returns the certificate files as reloadable material.
+    """
     try:
         tcp = await trio.open_tcp_listeners(listen.port, host=listen.host or None)
     except OSError as exc:
         raise ConfigError(f"{flag}.listen-address {listen}: {os_reason(exc)}") from None
     if tls is None:
-        return list(tcp)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        return list(tcp), None
     try:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        swappable = SwappableServerContext(tls.cert_file, tls.key_file)
     except (OSError, ssl.SSLError) as exc:
         for ln in tcp:
             await ln.aclose()
         raise ConfigError(
             f"{flag}.tls.file.cert/key ({tls.cert_file}, {tls.key_file}): {exc}"
         ) from None
-    return [trio.SSLListener(ln, ctx, https_compatible=True) for ln in tcp]
+    files = ReloadableFiles(
+        f"{flag.lstrip('-')} TLS", [tls.cert_file, tls.key_file], swappable.reload
+    )
+    listeners: list[Listener] = [
+        trio.SSLListener(ln, swappable.outer, https_compatible=True) for ln in tcp
+    ]
+    return listeners, files
 
 
 async def watch_signals(shutdown: trio.Event, everything: trio.CancelScope) -> None:

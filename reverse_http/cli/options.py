@@ -167,7 +167,7 @@ def _http_proxy_flags(default_listen: str) -> tuple[Flag, ...]:
         Flag("http-proxy.tls.enable", "Serve the HTTP proxy over TLS.", False, kind="bool"),
         _duration_flag(
             "http-proxy.tls.refresh",
-            "Interval for refreshing HTTP proxy TLS certificates (accepted, not used).",
+            "Interval for re-reading the HTTP proxy TLS files (0: only on SIGHUP).",
             "0s",
         ),
         _file_flag("http-proxy.tls.file.key", "HTTP proxy TLS key file."),
@@ -201,7 +201,7 @@ _PROXY_ONLY: Final = (
     Flag("agent-server.listen-address", "Agent server listen address (UDP).", ":4242"),
     _duration_flag(
         "agent-server.tls.refresh",
-        "Interval for refreshing server TLS certificates (accepted, not used).",
+        "Interval for re-reading the agent server TLS files (0: only on SIGHUP).",
         "0s",
     ),
     _file_flag(
@@ -227,7 +227,7 @@ _AGENT_ONLY: Final = (
     _whitelist_flag("agent-client.host-whitelist"),
     _duration_flag(
         "agent-client.tls.refresh",
-        "Interval for refreshing client TLS certificates (accepted, not used).",
+        "Accepted for compatibility: TLS files are read at every connection attempt.",
         "0s",
     ),
     Flag(
@@ -257,7 +257,7 @@ _LB_ONLY: Final = (
     ),
     _duration_flag(
         "http-connector.tls.refresh",
-        "Interval for refreshing client TLS certificates (accepted, not used).",
+        "Accepted for compatibility: TLS files are read at every connection attempt.",
         "0s",
     ),
     Flag(
@@ -724,7 +724,7 @@ def _server_tls(v: _Values) -> ServerTls | None:
 def _http_tls(v: _Values) -> TcpTls | None:
     if not v.boolean("http-proxy.tls.enable"):
         return None
-    v.duration("http-proxy.tls.refresh")  # validated for compatibility only
+    refresh = v.duration("http-proxy.tls.refresh")
     missing = [
         f"--http-proxy.tls.file.{part}"
         for part in ("key", "cert")
@@ -735,6 +735,7 @@ def _http_tls(v: _Values) -> TcpTls | None:
     return TcpTls(
         cert_file=v.file("http-proxy.tls.file.cert"),
         key_file=v.file("http-proxy.tls.file.key"),
+        refresh=refresh,
     )
 
 

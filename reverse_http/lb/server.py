@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .. import tlsreload
 from ..allowlist import parse_authority
 from ..auth.authenticator import Authenticator
 from ..config import ConnectorTls, LbConfig
@@ -81,10 +82,13 @@ async def _run_lb(config: LbConfig, task_status: trio.TaskStatus[LbServer]) -> N
             header_timeout=config.header_timeout,
             max_header_bytes=config.max_header_bytes,
         )
-        listeners = await open_http_listeners(config.http_listen, config.http_tls)
+        listeners, tls_files = await open_http_listeners(config.http_listen, config.http_tls)
         server.frontend = frontend = SessionFrontend(listeners, policy)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals, server._shutdown, nursery.cancel_scope)
+            if tls_files is not None:
+                assert config.http_tls is not None
+                await nursery.start(tlsreload.watch, [tls_files], config.http_tls.refresh)
             await nursery.start(frontend.run)
             log.info(
                 "lb listening: clients on tcp %s%s; routes from memcached %s",

@@ -15,6 +15,7 @@ Shutdown: stop accepting clients and agents, let running sessions finish for
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import trio
 
+from .. import tlsreload
 from ..auth.authenticator import Authenticator, AuthError
 from ..config import ProxyConfig
 from ..devcerts import make_dev_certs
@@ -117,7 +119,7 @@ async def _run_proxy(
     )
     with tempfile.TemporaryDirectory(prefix="reverse-http-devcerts-") as tmp:
         settings = _quic_settings(config, Path(tmp))
-        listeners = await open_http_listeners(config.http_listen, config.http_tls)
+        listeners, http_tls_files = await open_http_listeners(config.http_listen, config.http_tls)
         server.frontend = frontend = SessionFrontend(listeners, policy)
         async with trio.open_nursery() as nursery, _open_store(config) as store:
             if handle_signals:
@@ -134,6 +136,11 @@ async def _run_proxy(
                 raise ConfigError(
                     f"--agent-server.listen-address {config.agent_listen}: {os_reason(exc)}"
                 ) from None
+            await nursery.start(
+                functools.partial(tlsreload.watch, sighup=handle_signals),
+                _reloadables(config, settings, quic, http_tls_files),
+                _refresh_interval(config),
+            )
             if store is not None:
                 address = config.store.http_proxy_address or _advertised(frontend.addresses[0])
                 server.registrar = RouteRegistrar(
@@ -214,6 +221,34 @@ def _quic_settings(config: ProxyConfig, devcert_dir: Path) -> ServerSettings:
     except TlsConfigError as exc:
         raise ConfigError(f"--agent-server.tls.file.*: {exc}") from None
     return settings
+
+
+def _reloadables(
+    config: ProxyConfig,
+    settings: ServerSettings,
+    quic: QuicServer,
+    http_tls_files: tlsreload.ReloadableFiles | None,
+) -> list[tlsreload.ReloadableFiles]:
+    materials = [] if http_tls_files is None else [http_tls_files]
+    if config.agent_tls is not None:
+        tls = config.agent_tls
+        paths = [tls.cert_file, tls.key_file]
+        if tls.client_ca_file is not None:
+            paths.append(tls.client_ca_file)
+        materials.append(
+            tlsreload.ReloadableFiles(
+                "agent server TLS", paths, functools.partial(quic.reload_tls, settings)
+            )
+        )
+    return materials
+
+
+def _refresh_interval(config: ProxyConfig) -> float:
+    intervals = [config.agent_tls_refresh]
+    if config.http_tls is not None:
+        intervals.append(config.http_tls.refresh)
+    active = [i for i in intervals if i > 0]
+    return min(active) if active else 0.0
 
 
 @asynccontextmanager

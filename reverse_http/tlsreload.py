@@ -1,0 +1,122 @@
+"""Certificate rotation without dropping connections.
+
+New material is used for new handshakes only; established QUIC connections and
+TLS sessions keep what they negotiated. A file that changed but does not load
+(half-written, wrong key) leaves the old material in place and is logged once
+until it changes again.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import trio
+
+log = logging.getLogger(__name__)
+
+Reload = Callable[[], None]
+
+
+def _stamp(paths: Sequence[Path]) -> tuple[tuple[int, int], ...]:
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((-1, -1))
+    return tuple(out)
+
+
+class ReloadableFiles:
+    """Files behind one piece of TLS material and how to load them."""
+
+    def __init__(self, name: str, paths: Sequence[Path], load: Reload) -> None:
+        self.name = name
+        self.paths = list(paths)
+        self._load = load
+        self._stamp = _stamp(self.paths)
+        self._failed_stamp: tuple[tuple[int, int], ...] | None = None
+        self.reloads = 0
+
+    def reload(self, *, force: bool = False) -> bool:
+        """Load again if the files changed (or ``force``); True when new material is in use."""
+        stamp = _stamp(self.paths)
+        if not force and stamp == self._stamp:
+            return False
+        try:
+            self._load()
+        except Exception as exc:
+            if stamp != self._failed_stamp:
+                log.error(
+                    "%s: keeping the current certificate; new files do not load: %s", self.name, exc
+                )
+                self._failed_stamp = stamp
+            return False
+        self._stamp = stamp
+        self._failed_stamp = None
+        self.reloads += 1
+        log.info(
+            "%s: loaded new TLS material from %s", self.name, ", ".join(str(p) for p in self.paths)
+        )
+        return True
+
+
+async def watch(
+    materials: Sequence[ReloadableFiles],
+    refresh: float,
+    *,
+    sighup: bool = True,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Reload on SIGHUP at once, and every ``refresh`` seconds when files changed."""
+    if not materials:
+        task_status.started()
+        return
+    async with trio.open_nursery() as nursery:
+        if sighup:
+            nursery.start_soon(_on_sighup, materials)
+        task_status.started()
+        if refresh > 0:
+            while True:
+                await trio.sleep(refresh)
+                for m in materials:
+                    m.reload()
+
+
+async def _on_sighup(materials: Sequence[ReloadableFiles]) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            log.info("SIGHUP: reloading TLS material")
+            for m in materials:
+                m.reload(force=True)
+
+
+class SwappableServerContext:
+    """An SSLContext for listeners whose certificate can be replaced live.
+
+    The listener keeps one outer context; its SNI callback hands each new
+    handshake the current inner context, so replacing the inner one affects
+    new connections only.
+    """
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert, self.key = cert, key
+        self._current = self._build()
+        self.outer = self._build()
+        self.outer.sni_callback = self._pick
+
+    def _build(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def _pick(self, sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        sslobj.context = self._current
+
+    def reload(self) -> None:
+        self._current = self._build()
