@@ -11,6 +11,7 @@ Peak RSS (VmHWM) of proxy and agent is reported too.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import socket
@@ -68,6 +69,15 @@ async def _sink_target(stream: trio.SocketStream, size: int) -> None:
         pass
 
 
+async def _quiet_target(stream: trio.SocketStream) -> None:
+    async with stream:
+        try:
+            while await stream.receive_some(4096):
+                pass
+        except trio.BrokenResourceError:
+            pass
+
+
 async def _connect_once(proxy_port: int, dest: str) -> trio.SocketStream:
     stream = await trio.open_tcp_stream("127.0.0.1", proxy_port)
     await stream.send_all(
@@ -88,13 +98,20 @@ async def latency_and_parallel(proxy_port: int, connects: int, parallel: int) ->
     results: dict[str, float] = {}
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
-            trio.serve_tcp, lambda s: _sink_target(s, 1 << 20), 0, "127.0.0.1"
+            functools.partial(trio.serve_tcp, host="127.0.0.1"),
+            lambda s: _sink_target(s, 1 << 20),
+            0,
         )
         dest = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        # latency against a quiet target: it accepts and waits for the client to leave
+        quiet = await nursery.start(
+            functools.partial(trio.serve_tcp, host="127.0.0.1"), _quiet_target, 0
+        )
+        quiet_dest = f"127.0.0.1:{quiet[0].socket.getsockname()[1]}"
         samples = []
         for _ in range(connects):
             t0 = time.perf_counter()
-            stream = await _connect_once(proxy_port, dest)
+            stream = await _connect_once(proxy_port, quiet_dest)
             samples.append((time.perf_counter() - t0) * 1000)
             await stream.aclose()
         samples.sort()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 
 import trio
 
@@ -16,6 +18,22 @@ log = logging.getLogger(__name__)
 #: The proxy writes its CONNECT right after opening the stream.
 REQUEST_TIMEOUT = 10.0
 MAX_HEADER_BYTES = 16 * 1024
+
+
+async def dial_tcp(host: str, port: int) -> trio.SocketStream:
+    """TCP to host:port; an IP literal skips the resolver and happy-eyeballs machinery."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return await trio.open_tcp_stream(host, port)
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
 
 
 async def serve_tunnel(stream: QuicStream, allow: AllowList, dial_timeout: float) -> None:
@@ -40,7 +58,7 @@ async def _serve(stream: QuicStream, allow: AllowList, dial_timeout: float) -> N
         target: trio.SocketStream | None = None
         with trio.move_on_after(dial_timeout):
             try:
-                target = await trio.open_tcp_stream(request.host, request.port)
+                target = await dial_tcp(request.host, request.port)
             except OSError as exc:
                 raise HttpError(503, f"dial {request.authority}: {exc.strerror or exc}") from None
         if target is None:
