@@ -19,6 +19,9 @@ from aioquic.quic.stream import QuicStream as AioStream
 from . import compat as _compat  # noqa: F401  (verifies the internals used below)
 from .congestion import BurstPacer
 
+#: Below this much room in a packet, a STREAM frame is not worth its header.
+_MIN_FRAME_ROOM = 64
+
 
 class TunnelQuicConnection(QuicConnection):
     def __init__(
@@ -62,6 +65,20 @@ class TunnelQuicConnection(QuicConnection):
 
     def forget_stream(self, stream_id: int) -> None:
         self._rh_consumed.pop(stream_id, None)
+
+    def _write_stream_frame(
+        self,
+        builder: QuicPacketBuilder,
+        space: QuicPacketSpace,
+        stream: AioStream,
+        max_offset: int,
+    ) -> int:
+        # aioquic offers every stream with pending data to every packet, even a
+        # full one; with many busy streams that walk dominated the CPU profile.
+        if builder.remaining_flight_space < _MIN_FRAME_ROOM:
+            return 0
+        used: int = super()._write_stream_frame(builder, space, stream, max_offset)
+        return used
 
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: AioStream
