@@ -94,6 +94,7 @@ class ProxyConfig:
     max_header_bytes: int = 16 * 1024
     #: Running sessions may finish for this long after SIGTERM.
     shutdown_grace_period: float = 30.0
+    metrics_listen: ListenAddress | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class AgentConfig:
     reconnect_max_backoff: float = 30.0
     #: A connection that lived this long resets the backoff.
     healthy_after: float = 10.0
+    metrics_listen: ListenAddress | None = None
 
 
 @dataclass(frozen=True)
@@ -142,3 +144,4 @@ class LbConfig:
     header_timeout: float = 10.0
     max_header_bytes: int = 16 * 1024
     shutdown_grace_period: float = 30.0
+    metrics_listen: ListenAddress | None = None

@@ -18,7 +18,7 @@ import trio
 from .config import ListenAddress, TcpTls
 from .errors import ConfigError
 from .netaddr import format_address
-from .session import SessionPolicy, handle_client
+from .session import SessionPolicy, handle_client, refuse
 from .tlsreload import ReloadableFiles, SwappableServerContext
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ class SessionFrontend:
     def __init__(self, listeners: list[Listener], policy: SessionPolicy) -> None:
         self.listeners = listeners
         self.policy = policy
+        #: Shutting down: new clients get 503 while running sessions finish.
+        self.draining = False
         self.active_sessions = 0
         self.sessions_total = 0
         self._idle = trio.Event()
@@ -58,14 +60,16 @@ class SessionFrontend:
         self._accept_scope.cancel()
 
     async def drain(self, grace: float) -> None:
-        """Stop accepting; wait up to ``grace`` seconds for sessions; cancel the rest."""
-        self.stop_accepting()
+        """Answer new clients 503, wait up to ``grace`` seconds for running sessions,
+        then stop accepting and cancel what is left."""
+        self.draining = True
         if self.active_sessions:
             log.info(
                 "shutting down: waiting up to %gs for %d session(s)", grace, self.active_sessions
             )
             with trio.move_on_after(grace):
                 await self._idle.wait()
+        self.stop_accepting()
         if self._sessions_scope is not None:
             self._sessions_scope.cancel()
 
@@ -81,6 +85,9 @@ class SessionFrontend:
             sessions.start_soon(self._session, stream)
 
     async def _session(self, stream: trio.abc.Stream) -> None:
+        if self.draining:
+            await refuse(stream, 503, "shutting down")
+            return
         self.active_sessions += 1
         self.sessions_total += 1
         if self.active_sessions == 1:

@@ -6,6 +6,7 @@ Shared by the proxy (upstream: a QUIC stream to the agent) and the LB server
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import trio
 
 from .allowlist import AllowList
 from .auth.authenticator import Authenticator, AuthError
+from .metrics import Metrics
 from .relay import RelayStats, relay
 from .wire.http import (
     PROXY_AUTHENTICATE,
@@ -47,6 +49,7 @@ class SessionPolicy:
     allow: AllowList
     open_upstream: OpenUpstream
     header_timeout: float = 10.0
+    metrics: Metrics | None = None
     max_header_bytes: int = 16 * 1024
 
 
@@ -60,6 +63,8 @@ class SessionRecord:
     status: int = 0
     detail: str = ""
     started: float = field(default_factory=trio.current_time)
+    #: From accept to the 200 sent back (None: no tunnel was set up).
+    setup_seconds: float | None = None
     stats: RelayStats = field(default_factory=RelayStats)
 
     def emit(self) -> None:
@@ -92,10 +97,11 @@ async def handle_client(
     client: trio.abc.Stream,
     policy: SessionPolicy,
     peer: str,
-    on_session: Callable[[SessionRecord], Awaitable[None]] | None = None,
 ) -> None:
     """Serve one client connection; always closes it, never raises for client faults."""
     record = SessionRecord(client=peer)
+    if policy.metrics is not None:
+        policy.metrics.session_started()
     try:
         async with client:
             await _serve(client, policy, record)
@@ -104,8 +110,16 @@ async def handle_client(
     finally:
         if record.status:
             record.emit()
-        if on_session is not None:
-            await on_session(record)
+        if policy.metrics is not None:
+            r = record
+            policy.metrics.session_finished(r.status, r.stats.up, r.stats.down, r.setup_seconds)
+
+
+async def refuse(client: trio.abc.Stream, status: int, detail: str) -> None:
+    """Answer ``status`` and close, e.g. while shutting down."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        async with client:
+            await client.send_all(response_bytes(status, detail))
 
 
 async def _serve(client: trio.abc.Stream, policy: SessionPolicy, record: SessionRecord) -> None:
@@ -135,6 +149,7 @@ async def _serve(client: trio.abc.Stream, policy: SessionPolicy, record: Session
     async with upstream.stream:
         record.status = 200
         await client.send_all(response_bytes(200))
+        record.setup_seconds = trio.current_time() - record.started
         if upstream.leftover:
             await client.send_all(upstream.leftover)
             record.stats.down += len(upstream.leftover)

@@ -94,7 +94,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Captured:
     """Replace the daemons (and logging set-up) with recorders."""
     cap = Captured()
 
-    async def fake_daemon(config: Any) -> None:
+    async def fake_daemon(config: Any, **_kwargs: Any) -> None:
         cap.configs.append(config)
         if cap.raise_exc is not None:
             raise cap.raise_exc

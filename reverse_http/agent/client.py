@@ -21,8 +21,10 @@ import trio
 
 from ..config import AgentConfig
 from ..errors import ConfigError
+from ..metrics import Health, Metrics, serve_metrics
 from ..quic import Connection, ConnectionError, QuicStream, connect
 from ..quic.settings import TlsConfigError, client_configuration
+from ..systemd import Notifier, run_watchdog
 from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
 from .tunnel import serve_tunnel
 
@@ -68,6 +70,8 @@ class AgentHandle:
     proxy_draining: bool = False
     #: The last state change, as logged ("connected to ...", "cannot connect ...").
     last_state: str = ""
+    metrics: Metrics = field(default_factory=Metrics)
+    health: Health = field(default_factory=Health)
     _stop: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -96,25 +100,47 @@ async def run_agent(
     config: AgentConfig,
     *,
     handle_signals: bool = True,
+    notifier: Notifier | None = None,
     task_status: trio.TaskStatus[AgentHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until SIGTERM/SIGINT (when ``handle_signals``) or ``AgentHandle.stop()``."""
+    """Run until SIGTERM/SIGINT (when ``handle_signals``) or ``AgentHandle.stop()``.
+
+    Ready (systemd, /readyz) means connected and authenticated.
+    """
     try:
         client_configuration(config.transport, config.tls, config.server_host)
     except TlsConfigError as exc:
         raise ConfigError(f"--agent-client.tls.file.*: {exc}") from None
     handle = AgentHandle(config)
-    task_status.started(handle)
+    handle.health.add_check("connected", lambda: handle.is_connected)
+    notify = notifier or Notifier(None)
     async with trio.open_nursery() as nursery:
+        if config.metrics_listen is not None:
+            await nursery.start(
+                serve_metrics,
+                config.metrics_listen.host,
+                config.metrics_listen.port,
+                handle.metrics,
+                handle.health,
+            )
+        task_status.started(handle)
         if handle_signals:
             nursery.start_soon(_watch_signals, handle)
+        nursery.start_soon(run_watchdog, notify)
+        nursery.start_soon(_notify_ready, handle, notify)
         nursery.start_soon(_reconnect_forever, handle)
         await handle._stop.wait()
+        notify.stopping()
         if handle.connection is not None and not handle.connection.is_closed:
             with trio.move_on_after(5):
                 await handle.connection.close(CODE_CLIENT_CLOSED, REASON_CLIENT_CLOSED)
         nursery.cancel_scope.cancel()
     log.info("agent stopped")
+
+
+async def _notify_ready(handle: AgentHandle, notifier: Notifier) -> None:
+    await handle.connected.wait()
+    notifier.ready("connected")
 
 
 async def _watch_signals(handle: AgentHandle) -> None:

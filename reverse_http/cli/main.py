@@ -14,8 +14,10 @@ with exit status 2: usage errors, :class:`ConfigError` from the builders, and
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, Annotated, Any, ClassVar, Final, TypeVar
@@ -30,6 +32,7 @@ from typer.core import TyperCommand, TyperGroup
 from .. import __version__, _build
 from ..errors import ConfigError
 from ..logs import log_fields, setup_logging
+from ..systemd import Notifier
 from . import options
 from .auth_cmd import auth_app
 
@@ -321,6 +324,11 @@ def _only(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
+def _notifier() -> Notifier:
+    """systemd's notify socket, if any: the CLI is the one place that reads the environment."""
+    return Notifier.from_environ(os.environ)
+
+
 def _run_daemon(run: Callable[[T], Awaitable[object]], config: T) -> None:
     """``trio.run(run, config)``; start-up errors become one line, Ctrl-C exit 130."""
     import trio
@@ -386,6 +394,7 @@ def proxy(
     ] = "localhost:11211",
     store_memcached_timeout: Annotated[str, _proxy_opt("store.memcached.timeout")] = "1s",
     shutdown_grace_period: Annotated[str, _proxy_opt("shutdown-grace-period")] = "30s",
+    metrics_listen_address: Annotated[str, _proxy_opt("metrics.listen-address")] = "",
     log_level: Annotated[str, _proxy_opt("log.level")] = "info",
     log_format: Annotated[str, _proxy_opt("log.format")] = "text",
     config: Annotated[str | None, _CONFIG_OPTION] = None,
@@ -397,7 +406,7 @@ def proxy(
     _log_config_source(ctx)
     from ..proxy.server import run_proxy
 
-    _run_daemon(run_proxy, proxy_config)
+    _run_daemon(functools.partial(run_proxy, notifier=_notifier()), proxy_config)
 
 
 @app.command(cls=AgentCommand, help="Start agent.")
@@ -425,6 +434,7 @@ def agent(
     auth_type: Annotated[str, _agent_opt("auth.type")] = "noauth",
     auth_noauth_agent_id: Annotated[str | None, _agent_opt("auth.noauth.agent-id")] = None,
     auth_jwt_token: Annotated[str | None, _agent_opt("auth.jwt.token")] = None,
+    metrics_listen_address: Annotated[str, _agent_opt("metrics.listen-address")] = "",
     log_level: Annotated[str, _agent_opt("log.level")] = "info",
     log_format: Annotated[str, _agent_opt("log.format")] = "text",
     config: Annotated[str | None, _CONFIG_OPTION] = None,
@@ -436,7 +446,7 @@ def agent(
     _log_config_source(ctx)
     from ..agent.client import run_agent
 
-    _run_daemon(run_agent, agent_config)
+    _run_daemon(functools.partial(run_agent, notifier=_notifier()), agent_config)
 
 
 @app.command(cls=LbCommand, help="Start load balancer.")
@@ -471,6 +481,7 @@ def lb(
     store_memcached_address: Annotated[str, _lb_opt("store.memcached.address")] = "localhost:11211",
     store_memcached_timeout: Annotated[str, _lb_opt("store.memcached.timeout")] = "1s",
     shutdown_grace_period: Annotated[str, _lb_opt("shutdown-grace-period")] = "30s",
+    metrics_listen_address: Annotated[str, _lb_opt("metrics.listen-address")] = "",
     log_level: Annotated[str, _lb_opt("log.level")] = "info",
     log_format: Annotated[str, _lb_opt("log.format")] = "text",
     config: Annotated[str | None, _CONFIG_OPTION] = None,
@@ -482,7 +493,7 @@ def lb(
     _log_config_source(ctx)
     from ..lb.server import run_lb
 
-    _run_daemon(run_lb, lb_config)
+    _run_daemon(functools.partial(run_lb, notifier=_notifier()), lb_config)
 
 
 @app.command(cls=OneLineCommand, help="Show version.")

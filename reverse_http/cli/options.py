@@ -279,9 +279,15 @@ _LB_ONLY: Final = (
 )
 
 #: Flags of each daemon command, in help order.
-PROXY_FLAGS: Final[tuple[Flag, ...]] = (*_PROXY_ONLY, *_LOG_FLAGS)
-AGENT_FLAGS: Final[tuple[Flag, ...]] = (*_AGENT_ONLY, *_LOG_FLAGS)
-LB_FLAGS: Final[tuple[Flag, ...]] = (*_LB_ONLY, *_LOG_FLAGS)
+_METRICS_FLAG: Final = Flag(
+    "metrics.listen-address",
+    "Serve /metrics (Prometheus), /healthz and /readyz here; empty: off.",
+    "",
+)
+
+PROXY_FLAGS: Final[tuple[Flag, ...]] = (*_PROXY_ONLY, _METRICS_FLAG, *_LOG_FLAGS)
+AGENT_FLAGS: Final[tuple[Flag, ...]] = (*_AGENT_ONLY, _METRICS_FLAG, *_LOG_FLAGS)
+LB_FLAGS: Final[tuple[Flag, ...]] = (*_LB_ONLY, _METRICS_FLAG, *_LOG_FLAGS)
 COMMANDS: Final[Mapping[str, tuple[Flag, ...]]] = {
     "proxy": PROXY_FLAGS,
     "agent": AGENT_FLAGS,
@@ -492,6 +498,7 @@ def build_proxy_config(values: Mapping[str, object]) -> ProxyConfig:
         auth=_proxy_auth(v),
         store=_store(v),
         shutdown_grace_period=v.duration("shutdown-grace-period"),
+        metrics_listen=_metrics_listen(v),
     )
 
 
@@ -520,6 +527,7 @@ def build_agent_config(values: Mapping[str, object]) -> AgentConfig:
         server_port=port,
         tls=tls,
         host_whitelist=v.allow_list("agent-client.host-whitelist"),
+        metrics_listen=_metrics_listen(v),
     )
 
 
@@ -543,6 +551,7 @@ def build_lb_config(values: Mapping[str, object]) -> LbConfig:
         store=_store(v),
         connector_tls=connector_tls,
         shutdown_grace_period=v.duration("shutdown-grace-period"),
+        metrics_listen=_metrics_listen(v),
     )
 
 
@@ -737,6 +746,12 @@ def _http_tls(v: _Values) -> TcpTls | None:
         key_file=v.file("http-proxy.tls.file.key"),
         refresh=refresh,
     )
+
+
+def _metrics_listen(v: _Values) -> ListenAddress | None:
+    if not v.string("metrics.listen-address"):
+        return None
+    return v.listen_address("metrics.listen-address")
 
 
 def _proxy_auth(v: _Values) -> ProxyAuth:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -28,10 +28,12 @@ from ..auth.authenticator import Authenticator
 from ..config import ConnectorTls, LbConfig
 from ..errors import ConfigError
 from ..frontend import SessionFrontend, open_http_listeners, watch_signals
+from ..metrics import Health, Metrics, serve_metrics
 from ..netaddr import format_address
 from ..session import OpenUpstream, SessionPolicy, Upstream
 from ..store.base import RouteStore, StoreUnavailable
 from ..store.memcached import open_memcached_store
+from ..systemd import Notifier, run_watchdog
 from ..wire.http import ConnectRequest, HttpError, connect_request_bytes, read_response_head
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ class LbServer:
     config: LbConfig
     store: RouteStore | None = None
     frontend: SessionFrontend | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    health: Health = field(default_factory=Health)
+    listening: bool = False
     _shutdown: trio.Event = field(default_factory=trio.Event)
     _stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -58,16 +63,21 @@ class LbServer:
 
 
 async def run_lb(
-    config: LbConfig, *, task_status: trio.TaskStatus[LbServer] = trio.TASK_STATUS_IGNORED
+    config: LbConfig,
+    *,
+    notifier: Notifier | None = None,
+    task_status: trio.TaskStatus[LbServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``LbServer.shutdown()``); raises ConfigError on bad setup."""
     try:
-        await _run_lb(config, task_status)
+        await _run_lb(config, notifier or Notifier(None), task_status)
     except* ConfigError as group:
         raise group.exceptions[0] from None
 
 
-async def _run_lb(config: LbConfig, task_status: trio.TaskStatus[LbServer]) -> None:
+async def _run_lb(
+    config: LbConfig, notifier: Notifier, task_status: trio.TaskStatus[LbServer]
+) -> None:
     if config.store.type != "memcached":
         raise ConfigError("--store.type: the LB server needs memcached")
     authenticator = Authenticator.from_config(config.auth)
@@ -78,10 +88,14 @@ async def _run_lb(config: LbConfig, task_status: trio.TaskStatus[LbServer]) -> N
         policy = SessionPolicy(
             authenticator=authenticator,
             allow=config.host_whitelist,
-            open_upstream=owner_upstream(store, connector_ssl, config.connect_timeout),
+            open_upstream=owner_upstream(
+                store, connector_ssl, config.connect_timeout, server.metrics.store_error
+            ),
             header_timeout=config.header_timeout,
             max_header_bytes=config.max_header_bytes,
+            metrics=server.metrics,
         )
+        server.health.add_check("listeners", lambda: server.listening)
         listeners, tls_files = await open_http_listeners(config.http_listen, config.http_tls)
         server.frontend = frontend = SessionFrontend(listeners, policy)
         async with trio.open_nursery() as nursery:
@@ -89,7 +103,17 @@ async def _run_lb(config: LbConfig, task_status: trio.TaskStatus[LbServer]) -> N
             if tls_files is not None:
                 assert config.http_tls is not None
                 await nursery.start(tlsreload.watch, [tls_files], config.http_tls.refresh)
+            if config.metrics_listen is not None:
+                await nursery.start(
+                    serve_metrics,
+                    config.metrics_listen.host,
+                    config.metrics_listen.port,
+                    server.metrics,
+                    server.health,
+                )
+            nursery.start_soon(run_watchdog, notifier)
             await nursery.start(frontend.run)
+            server.listening = True
             log.info(
                 "lb listening: clients on tcp %s%s; routes from memcached %s",
                 ", ".join(format_address(a) for a in frontend.addresses),
@@ -97,7 +121,10 @@ async def _run_lb(config: LbConfig, task_status: trio.TaskStatus[LbServer]) -> N
                 ",".join(config.store.memcached_addresses),
             )
             task_status.started(server)
+            notifier.ready("listening")
             await server._shutdown.wait()
+            notifier.stopping("draining")
+            server.listening = False
             await frontend.drain(config.shutdown_grace_period)
             nursery.cancel_scope.cancel()
     server._stopped.set()
@@ -132,12 +159,16 @@ def connector_context(tls: ConnectorTls) -> ssl.SSLContext | None:
 
 
 def owner_upstream(
-    store: RouteStore, tls: ssl.SSLContext | None, connect_timeout: float
+    store: RouteStore,
+    tls: ssl.SSLContext | None,
+    connect_timeout: float,
+    on_store_error: Callable[[], None] = lambda: None,
 ) -> OpenUpstream:
     async def open_upstream(agent_id: str, request: ConnectRequest, authorization: str) -> Upstream:
         try:
             address = await store.get_route(agent_id)
         except StoreUnavailable as exc:
+            on_store_error()
             raise HttpError(503, f"route store unavailable: {exc}") from None
         if address is None:
             raise HttpError(503, f"agent {agent_id} is not connected to any proxy")

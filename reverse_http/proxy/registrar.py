@@ -38,6 +38,8 @@ class RouteRegistrar:
         self._max_backoff = max_backoff
         self.healthy = True
         self.errors = 0
+        #: Told about every failed store call (metrics).
+        self.on_error: Callable[[], None] | None = None
 
     def agent_up(self, agent_id: str) -> None:
         self._pending[agent_id] = True
@@ -61,6 +63,8 @@ class RouteRegistrar:
                     next_refresh = trio.current_time() + self._refresh_every
             except StoreUnavailable as exc:
                 self.errors += 1
+                if self.on_error is not None:
+                    self.on_error()
                 if self.healthy:
                     log.error("route store unreachable, serving local agents only: %s", exc)
                     self.healthy = False

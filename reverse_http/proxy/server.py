@@ -32,12 +32,14 @@ from ..config import ProxyConfig
 from ..devcerts import make_dev_certs
 from ..errors import ConfigError
 from ..frontend import SessionFrontend, open_http_listeners, os_reason, watch_signals
+from ..metrics import Health, Metrics, serve_metrics
 from ..netaddr import format_address
 from ..quic import Connection, ConnectionError, QuicServer, ServerSettings, ServerTls, serve_quic
 from ..quic.settings import TlsConfigError, server_configuration
 from ..session import SessionPolicy
 from ..store.base import RouteStore
 from ..store.memcached import open_memcached_store
+from ..systemd import Notifier, run_watchdog
 from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
 from .agents import AgentRegistry
 from .connect import agent_upstream
@@ -49,6 +51,7 @@ CODE_AUTH_FAILURE = 500
 CODE_EMPTY_AGENT_ID = 400
 CODE_SHUTDOWN = 0
 REASON_SHUTDOWN = "proxy server shutdown"
+QUIC_STATS_INTERVAL = 5.0
 
 
 @dataclass
@@ -60,6 +63,9 @@ class ProxyServer:
     quic: QuicServer | None = None
     frontend: SessionFrontend | None = None
     registrar: RouteRegistrar | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    health: Health = field(default_factory=Health)
+    listening: bool = False
     _shutdown: trio.Event = field(default_factory=trio.Event)
     _stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -92,6 +98,7 @@ async def run_proxy(
     config: ProxyConfig,
     *,
     handle_signals: bool = True,
+    notifier: Notifier | None = None,
     task_status: trio.TaskStatus[ProxyServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``ProxyServer.shutdown()``); raises ConfigError on bad setup.
@@ -100,23 +107,29 @@ async def run_proxy(
     receiver only) and calls ``shutdown()`` itself.
     """
     try:
-        await _run_proxy(config, handle_signals, task_status)
+        await _run_proxy(config, handle_signals, notifier or Notifier(None), task_status)
     except* ConfigError as group:
         raise group.exceptions[0] from None
 
 
 async def _run_proxy(
-    config: ProxyConfig, handle_signals: bool, task_status: trio.TaskStatus[ProxyServer]
+    config: ProxyConfig,
+    handle_signals: bool,
+    notifier: Notifier,
+    task_status: trio.TaskStatus[ProxyServer],
 ) -> None:
     authenticator = Authenticator.from_config(config.auth)
     server = ProxyServer(config)
+    metrics, health = server.metrics, server.health
     policy = SessionPolicy(
         authenticator=authenticator,
         allow=config.host_whitelist,
         open_upstream=agent_upstream(server.registry, config.agent_dial_timeout),
         header_timeout=config.header_timeout,
         max_header_bytes=config.max_header_bytes,
+        metrics=metrics,
     )
+    health.add_check("listeners", lambda: server.listening)
     with tempfile.TemporaryDirectory(prefix="reverse-http-devcerts-") as tmp:
         settings = _quic_settings(config, Path(tmp))
         listeners, http_tls_files = await open_http_listeners(config.http_listen, config.http_tls)
@@ -127,7 +140,7 @@ async def _run_proxy(
             try:
                 server.quic = quic = await nursery.start(
                     serve_quic,
-                    lambda conn: _serve_agent(conn, server.registry, authenticator),
+                    lambda conn: _serve_agent(conn, server.registry, authenticator, metrics),
                     config.agent_listen.host,
                     config.agent_listen.port,
                     settings,
@@ -148,9 +161,23 @@ async def _run_proxy(
                 )
                 server.registry.on_up = server.registrar.agent_up
                 server.registry.on_down = server.registrar.agent_down
-                nursery.start_soon(server.registrar.run)
+                server.registrar.on_error = metrics.store_error
+                registrar = server.registrar
+                health.add_check("store", lambda: registrar.healthy)
+                nursery.start_soon(registrar.run)
                 log.info("registering agents in the route store as %s", address)
+            if config.metrics_listen is not None:
+                await nursery.start(
+                    serve_metrics,
+                    config.metrics_listen.host,
+                    config.metrics_listen.port,
+                    metrics,
+                    health,
+                )
+            nursery.start_soon(_publish_quic_stats, server.registry, metrics)
+            nursery.start_soon(run_watchdog, notifier)
             await nursery.start(frontend.run)
+            server.listening = True
             log.info(
                 "proxy listening: agents on udp %s, clients on tcp %s%s",
                 format_address(quic.local_address),
@@ -158,7 +185,10 @@ async def _run_proxy(
                 " (TLS)" if config.http_tls else "",
             )
             task_status.started(server)
+            notifier.ready("listening")
             await server._shutdown.wait()
+            notifier.stopping("draining")
+            server.listening = False
             quic.stop_accepting()
             await frontend.drain(config.shutdown_grace_period)
             if server.registrar is not None:
@@ -169,7 +199,9 @@ async def _run_proxy(
     log.info("proxy stopped")
 
 
-async def _serve_agent(conn: Connection, registry: AgentRegistry, auth: Authenticator) -> None:
+async def _serve_agent(
+    conn: Connection, registry: AgentRegistry, auth: Authenticator, metrics: Metrics
+) -> None:
     """Authenticate an agent on its first stream, then own its registration."""
     peer = format_address(conn.peer_address)
     try:
@@ -180,6 +212,7 @@ async def _serve_agent(conn: Connection, registry: AgentRegistry, auth: Authenti
     except (trio.TooSlowError, FramingError, AuthError, UnicodeDecodeError) as exc:
         reason = "authentication timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
         log.warning("agent from %s refused: %s", peer, reason)
+        metrics.agent_disconnected("", "auth_failed")
         conn.abort(CODE_AUTH_FAILURE, reason)
         return
     except (trio.BrokenResourceError, ConnectionError) as exc:
@@ -187,6 +220,7 @@ async def _serve_agent(conn: Connection, registry: AgentRegistry, auth: Authenti
         return
     if not agent_id:
         log.warning("agent from %s refused: empty agent id", peer)
+        metrics.agent_disconnected("", "auth_failed")
         conn.abort(CODE_EMPTY_AGENT_ID, "empty agent id")
         return
     try:
@@ -195,13 +229,37 @@ async def _serve_agent(conn: Connection, registry: AgentRegistry, auth: Authenti
     except trio.BrokenResourceError:
         return
     registry.register(agent_id, conn)
+    metrics.agent_connected(agent_id)
     log.info("agent %s connected from %s", agent_id, peer)
     try:
         await conn.wait_closed()
     finally:
         registry.unregister(agent_id, conn)
-        log.info("agent %s from %s disconnected (%s)", agent_id, peer, conn.close_info or "ended")
+        info = conn.close_info
+        label = (
+            Metrics.disconnect_reason(info.kind, info.error_code, info.by_peer, info.reason)
+            if info is not None
+            else "error"
+        )
+        metrics.agent_disconnected(agent_id, label)
+        log.info("agent %s from %s disconnected (%s)", agent_id, peer, info or "ended")
         await stream.aclose()
+
+
+async def _publish_quic_stats(registry: AgentRegistry, metrics: Metrics) -> None:
+    """RTT, congestion window and losses of every agent connection, every few seconds."""
+    while True:
+        for agent_id in registry.agent_ids():
+            conn = registry.get(agent_id)
+            if conn is not None:
+                stats = conn.stats()
+                metrics.update_quic(
+                    agent_id,
+                    stats["rtt_seconds"],
+                    stats["congestion_window_bytes"],
+                    stats["lost_packets"],
+                )
+        await trio.sleep(QUIC_STATS_INTERVAL)
 
 
 def _quic_settings(config: ProxyConfig, devcert_dir: Path) -> ServerSettings:

@@ -7,7 +7,7 @@ at or above the path's bandwidth-delay product costs nothing and keeps pacing sa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aioquic.quic.congestion.base import QuicCongestionControl, register_congestion_control
 from aioquic.quic.congestion.reno import RenoCongestionControl
@@ -20,6 +20,13 @@ _registered_caps: dict[int, str] = {}
 
 class CappedRenoCongestionControl(RenoCongestionControl):
     cap: int = 4 * 1024 * 1024
+    #: Packets declared lost so far (for metrics).
+    lost_packets: int = 0
+
+    def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
+        packets = list(packets)
+        self.lost_packets += len(packets)
+        super().on_packets_lost(now=now, packets=packets)
 
     def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
         super().on_packet_acked(now=now, packet=packet)

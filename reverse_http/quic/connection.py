@@ -133,6 +133,7 @@ class Connection:
             "rtt_seconds": float(loss._rtt_smoothed),
             "congestion_window_bytes": float(loss.congestion_window),
             "bytes_in_flight": float(loss.bytes_in_flight),
+            "lost_packets": float(getattr(loss._cc, "lost_packets", 0)),
             "streams": float(len(self._streams)),
         }
 
