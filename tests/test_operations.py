@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -38,10 +39,8 @@ class NotifySocket:
         while not any(needle in m for m in self.messages):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {needle!r} in {self.messages}")
-            try:
+            with contextlib.suppress(TimeoutError):
                 self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                pass
 
     def close(self) -> None:
         self.sock.close()
