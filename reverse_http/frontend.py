@@ -12,11 +12,13 @@ import errno
 import logging
 import signal
 import ssl
+from dataclasses import dataclass, field
 
 import trio
 
 from .config import ListenAddress, TcpTls
 from .errors import ConfigError
+from .metrics import Health, Metrics
 from .netaddr import format_address
 from .session import SessionPolicy, handle_client, refuse
 from .tlsreload import ReloadableFiles, SwappableServerContext
@@ -24,6 +26,24 @@ from .tlsreload import ReloadableFiles, SwappableServerContext
 log = logging.getLogger(__name__)
 
 Listener = trio.abc.Listener[trio.abc.Stream]
+
+
+@dataclass(kw_only=True)
+class DaemonState:
+    """What every daemon exposes to the CLI, tests and health checks."""
+
+    metrics: Metrics = field(default_factory=Metrics)
+    health: Health = field(default_factory=Health)
+    #: Listeners bound and not draining (readiness).
+    listening: bool = False
+    _shutdown: trio.Event = field(default_factory=trio.Event)
+    _stopped: trio.Event = field(default_factory=trio.Event)
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
 
 
 class SessionFrontend:

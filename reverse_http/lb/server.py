@@ -18,7 +18,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -27,8 +27,8 @@ from ..allowlist import parse_authority
 from ..auth.authenticator import Authenticator
 from ..config import ConnectorTls, LbConfig
 from ..errors import ConfigError
-from ..frontend import SessionFrontend, open_http_listeners, watch_signals
-from ..metrics import Health, Metrics, serve_metrics
+from ..frontend import DaemonState, SessionFrontend, open_http_listeners, watch_signals
+from ..metrics import serve_metrics
 from ..netaddr import format_address
 from ..session import OpenUpstream, SessionPolicy, Upstream
 from ..store.base import RouteStore, StoreUnavailable
@@ -39,27 +39,16 @@ from ..wire.http import ConnectRequest, HttpError, connect_request_bytes, read_r
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LbServer:
+@dataclass(kw_only=True)
+class LbServer(DaemonState):
     config: LbConfig
     store: RouteStore | None = None
     frontend: SessionFrontend | None = None
-    metrics: Metrics = field(default_factory=Metrics)
-    health: Health = field(default_factory=Health)
-    listening: bool = False
-    _shutdown: trio.Event = field(default_factory=trio.Event)
-    _stopped: trio.Event = field(default_factory=trio.Event)
 
     @property
     def http_port(self) -> int:
         assert self.frontend is not None
         return self.frontend.addresses[0][1]
-
-    def shutdown(self) -> None:
-        self._shutdown.set()
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
 
 async def run_lb(
@@ -82,7 +71,7 @@ async def _run_lb(
         raise ConfigError("--store.type: the LB server needs memcached")
     authenticator = Authenticator.from_config(config.auth)
     connector_ssl = connector_context(config.connector_tls)
-    server = LbServer(config)
+    server = LbServer(config=config)
     async with _store(config) as store:
         server.store = store
         policy = SessionPolicy(

@@ -31,8 +31,8 @@ from ..auth.authenticator import Authenticator, AuthError
 from ..config import ProxyConfig
 from ..devcerts import make_dev_certs
 from ..errors import ConfigError
-from ..frontend import SessionFrontend, open_http_listeners, os_reason, watch_signals
-from ..metrics import Health, Metrics, serve_metrics
+from ..frontend import DaemonState, SessionFrontend, open_http_listeners, os_reason, watch_signals
+from ..metrics import Metrics, serve_metrics
 from ..netaddr import format_address
 from ..quic import Connection, ConnectionError, QuicServer, ServerSettings, ServerTls, serve_quic
 from ..quic.settings import TlsConfigError, server_configuration
@@ -54,8 +54,8 @@ REASON_SHUTDOWN = "proxy server shutdown"
 QUIC_STATS_INTERVAL = 5.0
 
 
-@dataclass
-class ProxyServer:
+@dataclass(kw_only=True)
+class ProxyServer(DaemonState):
     """Handles a running proxy exposes to tests and to the CLI."""
 
     config: ProxyConfig
@@ -63,11 +63,6 @@ class ProxyServer:
     quic: QuicServer | None = None
     frontend: SessionFrontend | None = None
     registrar: RouteRegistrar | None = None
-    metrics: Metrics = field(default_factory=Metrics)
-    health: Health = field(default_factory=Health)
-    listening: bool = False
-    _shutdown: trio.Event = field(default_factory=trio.Event)
-    _stopped: trio.Event = field(default_factory=trio.Event)
 
     @property
     def agent_port(self) -> int:
@@ -86,12 +81,6 @@ class ProxyServer:
     @property
     def active_sessions(self) -> int:
         return self.frontend.active_sessions if self.frontend else 0
-
-    def shutdown(self) -> None:
-        self._shutdown.set()
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
 
 async def run_proxy(
@@ -119,7 +108,7 @@ async def _run_proxy(
     task_status: trio.TaskStatus[ProxyServer],
 ) -> None:
     authenticator = Authenticator.from_config(config.auth)
-    server = ProxyServer(config)
+    server = ProxyServer(config=config)
     metrics, health = server.metrics, server.health
     policy = SessionPolicy(
         authenticator=authenticator,
