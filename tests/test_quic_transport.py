@@ -425,3 +425,18 @@ async def test_killed_peer_is_noticed_within_liveness_timeout(
             assert trio.current_time() - start <= liveness + 1
             assert server_conn.is_closed
             await proc.wait()
+
+
+async def test_close_does_not_wait_for_a_reset_stream(certs: CertFiles) -> None:
+    """Data on a stream the peer stopped can never be acknowledged: close() must not wait."""
+    async with quic_pair(certs) as pair:
+        server_conn = await pair.server_conn()
+        ours, theirs = await pair.stream_pair(server_conn)
+        await theirs.send_all(b"unread by the peer")
+        await ours.aclose()  # STOP_SENDING towards the server
+        with trio.fail_after(10):
+            while theirs._tx_error is None:
+                await trio.sleep(0.01)
+        start = trio.current_time()
+        await server_conn.close(0, "bye")
+        assert trio.current_time() - start < 2

@@ -45,7 +45,13 @@ def check_aioquic() -> None:
         and name not in QuicConnection.__init__.__code__.co_names
     ]
     stream = _AioStream(stream_id=0, max_stream_data_local=1, max_stream_data_remote=1)
-    for attr in ("_buffer_start", "_buffer_stop", "highest_offset", "is_finished"):
+    for attr in (
+        "_buffer_start",
+        "_buffer_stop",
+        "_reset_error_code",
+        "highest_offset",
+        "is_finished",
+    ):
         if not hasattr(stream.sender, attr):
             missing.append(f"QuicStreamSender.{attr}")
     for attr in ("highest_offset", "is_finished"):

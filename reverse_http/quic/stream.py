@@ -80,9 +80,12 @@ class QuicStream(trio.abc.HalfCloseableStream):
     def unacked(self) -> int:
         """Bytes written but not yet acknowledged by the peer."""
         aio = self._aio
-        if aio is None:
+        if aio is None or self._tx_error is not None:
+            return 0  # a reset send side will never be acknowledged
+        sender = aio.sender
+        if sender._reset_error_code is not None or sender.is_finished:
             return 0
-        return int(aio.sender._buffer_stop - aio.sender._buffer_start)
+        return int(sender._buffer_stop - sender._buffer_start)
 
     @property
     def receive_buffered(self) -> int:
