@@ -440,3 +440,79 @@ async def test_close_does_not_wait_for_a_reset_stream(certs: CertFiles) -> None:
         start = trio.current_time()
         await server_conn.close(0, "bye")
         assert trio.current_time() - start < 2
+
+
+async def test_mutual_tls_requires_a_client_certificate_from_the_ca(
+    certs: CertFiles, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from reverse_http.devcerts import issue_cert, make_ca
+    from reverse_http.quic import ServerSettings, ServerTls, serve_quic
+
+    d = tmp_path_factory.mktemp("mtls")
+    client_cert, client_key = issue_cert(
+        d, certs.ca_cert, certs.ca_key, "agent", ["agent"], client=True
+    )
+    rogue_dir = d / "rogue"
+    rogue_dir.mkdir()
+    rogue_ca, rogue_ca_key = make_ca(rogue_dir)
+    rogue_cert, rogue_key = issue_cert(d, rogue_ca, rogue_ca_key, "rogue", ["rogue"], client=True)
+    settings = ServerSettings(
+        tls=ServerTls(cert_file=certs.cert, key_file=certs.key, client_ca_file=certs.ca_cert)
+    )
+    async with trio.open_nursery() as n:
+        server = await n.start(serve_quic, echo_streams, "127.0.0.1", 0, settings)
+        port = server.local_address[1]
+
+        def tls(cert: object = None, key: object = None) -> ClientTls:
+            return ClientTls(
+                root_ca_file=certs.ca_cert,
+                server_name="localhost",
+                cert_file=cert,
+                key_file=key,  # type: ignore[arg-type]
+            )
+
+        with trio.fail_after(15):
+            good = await connect(
+                n, "127.0.0.1", port, TransportSettings(), tls(client_cert, client_key)
+            )
+            stream = await good.open_stream()
+            await stream.send_all(b"with a client certificate")
+            await stream.send_eof()
+            assert await read_to_eof(stream) == b"with a client certificate"
+            for bad in (tls(), tls(rogue_cert, rogue_key)):
+                try:
+                    rejected = await connect(n, "127.0.0.1", port, TransportSettings(), bad)
+                except ConnectionError as exc:
+                    info = exc.info
+                else:
+                    info = await rejected.wait_closed()
+                assert info.by_peer and "certificate" in info.reason, info
+        n.cancel_scope.cancel()
+
+
+async def test_ipv6_loopback(certs: CertFiles) -> None:
+    import socket as _socket
+
+    if not _socket.has_ipv6:
+        pytest.skip("no IPv6")
+    from reverse_http.quic import ServerSettings, ServerTls, serve_quic
+
+    settings = ServerSettings(tls=ServerTls(cert_file=certs.cert, key_file=certs.key))
+    async with trio.open_nursery() as n:
+        try:
+            server = await n.start(serve_quic, echo_streams, "::1", 0, settings)
+        except OSError:
+            pytest.skip("IPv6 loopback unavailable")
+        conn = await connect(
+            n,
+            "::1",
+            server.local_address[1],
+            TransportSettings(),
+            ClientTls(root_ca_file=certs.ca_cert, server_name="localhost"),
+        )
+        stream = await conn.open_stream()
+        await stream.send_all(b"over v6")
+        await stream.send_eof()
+        with trio.fail_after(10):
+            assert await read_to_eof(stream) == b"over v6"
+        n.cancel_scope.cancel()
