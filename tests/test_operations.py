@@ -280,3 +280,45 @@ def test_metrics_flag_is_accepted_by_every_daemon(daemon: str) -> None:
         [*reverse_http_exe(), daemon, "--help"], capture_output=True, text=True, check=True
     )
     assert "--metrics.listen-address" in done.stdout
+
+
+def test_second_sigterm_exits_at_once(certs: CertFiles, tmp_path: Path) -> None:
+    """During a long drain (a session holds it open), a second signal ends the process."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    target = srv.getsockname()[1]
+    udp, http = free_port(socket.SOCK_DGRAM), free_port()
+    notify = NotifySocket(tmp_path / "n.sock")
+    proxy = start(
+        proxy_args(certs, udp, http, "--shutdown-grace-period=60s"), notify, tmp_path / "p.log"
+    )
+    agent = start(agent_args(certs, udp), NotifySocket(tmp_path / "a.sock"), tmp_path / "a.log")
+    auth = base64.b64encode(b"4711:noauth").decode()
+    try:
+        notify.wait_for("READY=1")
+        deadline = time.monotonic() + 20
+        while True:
+            client = socket.create_connection(("127.0.0.1", http), timeout=10)
+            client.sendall(
+                f"CONNECT 127.0.0.1:{target} HTTP/1.1\r\nHost: x\r\n"
+                f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode()
+            )
+            if client.recv(4096).startswith(b"HTTP/1.1 200"):
+                break
+            client.close()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        proxy.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING=1")
+        assert proxy.poll() is None  # draining: the open session keeps it alive
+        start_second = time.monotonic()
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(timeout=10)
+        assert time.monotonic() - start_second < 5
+        client.close()
+    finally:
+        for p in (proxy, agent):
+            if p.poll() is None:
+                p.kill()
+        srv.close()
