@@ -28,6 +28,20 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int, kind: int = socket.SOCK_STREAM) -> list[int]:
+    """``count`` distinct free ports: all are held at once, so none is handed out twice."""
+    held = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, kind)
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 @pytest.fixture
 def udp_port() -> int:
     return free_port(socket.SOCK_DGRAM)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Memcached, free_port
+from conftest import Memcached, free_port, free_ports
 from reverse_http.devcerts import CertFiles
 
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -177,13 +177,19 @@ class Cluster:
     def start(self, n_agents: int = 1) -> None:
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        # every TCP port at once: daemons bind some time after the choice, and two
+        # separate picks may otherwise hand the same port to two of them
+        tcp = free_ports(5)
+        self.tcp_lb_port = tcp[4]
+        lb_ports = tcp[2:4]
+        udp = free_ports(3, socket.SOCK_DGRAM)
+        self.udp_lb_port = udp[2]
         for i in range(2):
-            self.proxy_http_ports.append(free_port())
-            self.proxy_udp_ports.append(free_port(socket.SOCK_DGRAM))
+            self.proxy_http_ports.append(tcp[i])
+            self.proxy_udp_ports.append(udp[i])
             proxy = Daemon(f"proxy-{i + 1}", self.proxy_args(i), logs)
             proxy.start()
             self.proxies.append(proxy)
-        lb_ports = [free_port() for _ in range(2)]
         for i, port in enumerate(lb_ports):
             lb = Daemon(
                 f"lb-{i + 1}",
@@ -212,6 +218,8 @@ class Cluster:
         self.nginx.start()
         for port in [*self.proxy_http_ports, *lb_ports, self.tcp_lb_port]:
             wait_tcp(port)
+        for daemon in [*self.proxies, *self.lbs]:
+            assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()
         for i in range(n_agents):
             self.start_agent(str(4711 + i))
 

@@ -17,7 +17,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Memcached, free_port
+from conftest import Memcached, free_port, free_ports
 from reverse_http.config import ListenAddress
 from reverse_http.devcerts import CertFiles
 from tests.ha_cluster import reverse_http_exe, wait_tcp
@@ -87,7 +87,8 @@ def ordered(messages: list[str], *needles: str) -> bool:
 def test_daemons_notify_systemd_in_order(
     certs: CertFiles, memcached: Memcached, tmp_path: Path
 ) -> None:
-    udp, http, lb_port = free_port(socket.SOCK_DGRAM), free_port(), free_port()
+    udp = free_port(socket.SOCK_DGRAM)
+    http, lb_port = free_ports(2)
     sockets = {name: NotifySocket(tmp_path / f"{name}.sock") for name in ("proxy", "agent", "lb")}
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:

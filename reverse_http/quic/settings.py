@@ -38,7 +38,8 @@ class TransportSettings:
     connection_receive_window: int = 16 * 1024 * 1024
     #: Streams the peer may have open at once (aioquic hard-codes 128).
     max_concurrent_streams: int = 4096
-    handshake_timeout: float = 10.0
+    #: As quic-go's default; a dead backend behind a UDP LB costs at most this per try.
+    handshake_timeout: float = 5.0
     idle_timeout: float = 30.0
     #: PING after this long without hearing from the peer; keeps NAT bindings alive.
     keepalive_interval: float = 10.0
