@@ -46,7 +46,8 @@ async def relay(
                 await dst.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             if stats.error is None:
-                stats.error = f"{'client' if up else 'upstream'} side: {exc or type(exc).__name__}"
+                direction = "client -> upstream" if up else "upstream -> client"
+                stats.error = f"{direction}: {exc or type(exc).__name__}"
             scope.cancel()
 
     async with trio.open_nursery() as nursery:

@@ -516,3 +516,14 @@ async def test_ipv6_loopback(certs: CertFiles) -> None:
         with trio.fail_after(10):
             assert await read_to_eof(stream) == b"over v6"
         n.cancel_scope.cancel()
+
+
+async def test_refused_streams_are_reset_not_buffered(certs: CertFiles) -> None:
+    async with quic_pair(certs) as pair:
+        server_conn = await pair.server_conn()
+        server_conn.refuse_new_streams()
+        stream = await pair.client.open_stream()
+        with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+            while True:
+                await stream.send_all(b"z" * 65536)
+        assert not server_conn._streams

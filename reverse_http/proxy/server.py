@@ -196,6 +196,8 @@ async def _serve_agent(
     try:
         with trio.fail_after(AUTH_TIMEOUT):
             stream = await conn.accept_stream()
+            # Agents open exactly one stream (this one); tunnels are opened by us.
+            conn.refuse_new_streams()
             token = (await read_message(stream)).decode("utf-8")
         agent_id = auth.agent_id_for(token)
     except (trio.TooSlowError, FramingError, AuthError, UnicodeDecodeError) as exc:

@@ -88,6 +88,7 @@ class Connection:
         self._terminated = trio.Event()
         self._drained = trio.Event()
         self._draining = False
+        self._refusing_streams = False
         self._close_requested: tuple[int, str] | None = None
         self._close_seen = False
         self._closed_by_peer = False
@@ -181,6 +182,13 @@ class Connection:
         if not self._terminated.is_set():
             self._terminate(self._local_info(error_code, reason, "application"))
         return self._info_or_unknown()
+
+    def refuse_new_streams(self) -> None:
+        """Reset every stream the peer opens from now on (it has no business opening any).
+
+        Unaccepted streams would otherwise each hold up to a receive window of memory.
+        """
+        self._refusing_streams = True
 
     def abort(self, error_code: int = 0, reason: str = "") -> None:
         """Close now, discarding unsent data; the run task finishes the close."""
@@ -358,7 +366,7 @@ class Connection:
         if stream is None:
             if bool(sid & 1) != self._is_client or (not event.data and event.end_stream is False):
                 return
-            if self._draining or not self._handshake_done.is_set():
+            if self._draining or self._refusing_streams or not self._handshake_done.is_set():
                 self._quic.reset_stream(sid, 0x10C)
                 self._quic.stop_stream(sid, 0x10C)
                 return
