@@ -3,15 +3,23 @@
 Each direction reads only after its previous write completed, so nothing is
 buffered beyond one chunk per direction: a slow reader on either side slows
 the other side down (backpressure end to end).
+
+A clean end (EOF) is passed on as EOF; a broken side is passed on as an abort
+(QUIC RESET_STREAM / STOP_SENDING, TCP RST), so a truncated transfer never
+looks complete to the other end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
 from dataclasses import dataclass
 
 import trio
 
 CHUNK = 64 * 1024
+_LINGER_RST = struct.pack("ii", 1, 0)
 
 
 @dataclass
@@ -28,6 +36,7 @@ async def relay(
 ) -> RelayStats:
     """Relay until both directions saw EOF, or either broke (then both are aborted)."""
     stats = stats or RelayStats()
+    closed_by_us: set[int] = set()
 
     async def pump(
         src: trio.abc.Stream, dst: trio.abc.Stream, up: bool, scope: trio.CancelScope
@@ -43,8 +52,11 @@ async def relay(
                 await dst.send_eof()
             else:
                 # No half-close on this transport (TLS): ending the write side ends it all.
+                closed_by_us.add(id(dst))
                 await dst.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            if isinstance(exc, trio.ClosedResourceError) and id(src) in closed_by_us:
+                return  # the other direction finished and closed this TLS stream
             if stats.error is None:
                 direction = "client -> upstream" if up else "upstream -> client"
                 stats.error = f"{direction}: {exc or type(exc).__name__}"
@@ -53,4 +65,19 @@ async def relay(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump, a, b, True, nursery.cancel_scope)
         nursery.start_soon(pump, b, a, False, nursery.cancel_scope)
+    if stats.error is not None:
+        abort(a)
+        abort(b)
     return stats
+
+
+def abort(stream: trio.abc.Stream) -> None:
+    """Make the coming close an abort: RESET_STREAM on QUIC, RST on TCP."""
+    stream_abort = getattr(stream, "abort", None)
+    if callable(stream_abort):
+        stream_abort()
+        return
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(inner, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            inner.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)

@@ -527,3 +527,22 @@ async def test_refused_streams_are_reset_not_buffered(certs: CertFiles) -> None:
             while True:
                 await stream.send_all(b"z" * 65536)
         assert not server_conn._streams
+
+
+async def test_refusing_also_resets_streams_already_waiting(certs: CertFiles) -> None:
+    async with quic_pair(certs) as pair:
+        server_conn = await pair.server_conn()
+        streams = [await pair.client.open_stream() for _ in range(10)]
+        for s in streams:
+            await s.send_all(b"queued before the refusal")
+        with trio.fail_after(10):
+            while len(server_conn._streams) < 10:
+                await trio.sleep(0.01)
+        server_conn.refuse_new_streams()
+        for s in streams:
+            with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+                while True:
+                    await s.send_all(b"z" * 65536)
+        with trio.fail_after(10):
+            while server_conn._streams:
+                await trio.sleep(0.01)

@@ -24,9 +24,7 @@ def install(src: CertFiles, cert: Path, key: Path) -> None:
         os.replace(tmp, dest)
 
 
-async def test_rotation_on_sighup_keeps_old_connections(
-    certs: CertFiles, tmp_path: Path
-) -> None:
+async def test_rotation_on_sighup_keeps_old_connections(certs: CertFiles, tmp_path: Path) -> None:
     other = make_dev_certs(tmp_path / "other-ca")
     live = tmp_path / "live"
     live.mkdir()

@@ -369,3 +369,28 @@ async def test_slow_client_reader_keeps_buffers_bounded(certs: CertFiles) -> Non
                 got += len(await result.stream.receive_some(65536))
         await result.stream.aclose()
         n.cancel_scope.cancel()
+
+
+async def test_a_broken_target_is_an_abort_for_the_client_not_a_clean_end(
+    certs: CertFiles,
+) -> None:
+    """The target resets mid-transfer: the client must not see a clean EOF (truncation)."""
+    import socket as _socket
+    import struct
+
+    async def resetting(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"partial answer")
+        stream.socket.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+
+    async with trio.open_nursery() as n, tunnel(certs) as t:
+        listeners = await n.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), resetting, 0)
+        port = listeners[0].socket.getsockname()[1]
+        result = await open_connect(t.http_port, f"127.0.0.1:{port}", noauth())
+        assert result.stream is not None
+        got = result.head.split(b"\r\n\r\n", 1)[1]
+        with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+            while chunk := await result.stream.receive_some():
+                got += chunk
+        assert got == b"partial answer"
+        n.cancel_scope.cancel()

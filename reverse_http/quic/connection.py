@@ -184,11 +184,20 @@ class Connection:
         return self._info_or_unknown()
 
     def refuse_new_streams(self) -> None:
-        """Reset every stream the peer opens from now on (it has no business opening any).
+        """Reset every stream the peer opened and did not get accepted yet, and every
+        stream it opens from now on (it has no business opening any).
 
         Unaccepted streams would otherwise each hold up to a receive window of memory.
         """
         self._refusing_streams = True
+        while True:
+            try:
+                stream = self._accept_recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            stream.abort()
+            stream._closed = True
+            self._stream_closed(stream)
 
     def abort(self, error_code: int = 0, reason: str = "") -> None:
         """Close now, discarding unsent data; the run task finishes the close."""

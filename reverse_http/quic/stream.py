@@ -165,6 +165,16 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self._tx_eof = True
         self._conn._send(self, b"", end_stream=True)
 
+    def abort(self) -> None:
+        """Abort both directions: the peer sees a reset, not a clean end of stream."""
+        self._abort_send()
+        if not self._rx_eof and self._rx_error is None and not self._closed:
+            self._conn._stop(self, STREAM_ABORTED)
+            self._rx_error = "stream aborted"
+            self._rx.clear()
+            self._rx_buffered = 0
+            self._readers.unpark_all()
+
     def _abort_send(self) -> None:
         if self._tx_error is None and not self._tx_eof:
             self._tx_error = "send aborted"
