@@ -211,6 +211,38 @@ async def test_agent_readiness_follows_its_proxy(certs: CertFiles) -> None:
         n.cancel_scope.cancel()
 
 
+def open_session_via_proxy(
+    certs: CertFiles, tmp_path: Path, target: int, grace: str
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], NotifySocket, socket.socket, bytes]:
+    """Proxy and agent processes, and one CONNECT session to ``target`` through them."""
+    udp, http = free_port(socket.SOCK_DGRAM), free_port()
+    notify = NotifySocket(tmp_path / "n.sock")
+    proxy = start(
+        proxy_args(certs, udp, http, f"--shutdown-grace-period={grace}"), notify, tmp_path / "p.log"
+    )
+    agent = start(agent_args(certs, udp), NotifySocket(tmp_path / "a.sock"), tmp_path / "a.log")
+    auth = base64.b64encode(b"4711:noauth").decode()
+    try:
+        notify.wait_for("READY=1")
+        deadline = time.monotonic() + 20
+        while True:
+            client = socket.create_connection(("127.0.0.1", http), timeout=10)
+            client.sendall(
+                f"CONNECT 127.0.0.1:{target} HTTP/1.1\r\nHost: x\r\n"
+                f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode()
+            )
+            head = client.recv(4096)
+            if head.startswith(b"HTTP/1.1 200"):
+                return proxy, agent, notify, client, head
+            client.close()  # the agent is not connected yet
+            assert time.monotonic() < deadline, head
+            time.sleep(0.1)
+    except BaseException:
+        for p in (proxy, agent):
+            p.kill()
+        raise
+
+
 def test_sigterm_drains_running_sessions_and_refuses_new_ones(
     certs: CertFiles, tmp_path: Path
 ) -> None:
@@ -230,28 +262,9 @@ def test_sigterm_drains_running_sessions_and_refuses_new_ones(
             conn.sendall(b"x" * (size - size // 2))
 
     threading.Thread(target=slow_source, daemon=True).start()
-    udp, http = free_port(socket.SOCK_DGRAM), free_port()
-    notify = NotifySocket(tmp_path / "n.sock")
-    proxy = start(
-        proxy_args(certs, udp, http, "--shutdown-grace-period=20s"), notify, tmp_path / "p.log"
-    )
-    agent = start(agent_args(certs, udp), NotifySocket(tmp_path / "a.sock"), tmp_path / "a.log")
-    auth = base64.b64encode(b"4711:noauth").decode()
+    proxy, agent, notify, client, head = open_session_via_proxy(certs, tmp_path, target, "20s")
+    http = int(client.getpeername()[1])
     try:
-        notify.wait_for("READY=1")
-        deadline = time.monotonic() + 20
-        while True:
-            client = socket.create_connection(("127.0.0.1", http), timeout=10)
-            client.sendall(
-                f"CONNECT 127.0.0.1:{target} HTTP/1.1\r\nHost: x\r\n"
-                f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode()
-            )
-            head = client.recv(4096)
-            if head.startswith(b"HTTP/1.1 200"):
-                break
-            client.close()  # the agent is not connected yet
-            assert time.monotonic() < deadline, head
-            time.sleep(0.1)
         got = len(head.split(b"\r\n\r\n", 1)[1])
         while got < size // 2:
             got += len(client.recv(65536))
@@ -289,27 +302,8 @@ def test_second_sigterm_exits_at_once(certs: CertFiles, tmp_path: Path) -> None:
     srv.bind(("127.0.0.1", 0))
     srv.listen(4)
     target = srv.getsockname()[1]
-    udp, http = free_port(socket.SOCK_DGRAM), free_port()
-    notify = NotifySocket(tmp_path / "n.sock")
-    proxy = start(
-        proxy_args(certs, udp, http, "--shutdown-grace-period=60s"), notify, tmp_path / "p.log"
-    )
-    agent = start(agent_args(certs, udp), NotifySocket(tmp_path / "a.sock"), tmp_path / "a.log")
-    auth = base64.b64encode(b"4711:noauth").decode()
+    proxy, agent, notify, client, _ = open_session_via_proxy(certs, tmp_path, target, "60s")
     try:
-        notify.wait_for("READY=1")
-        deadline = time.monotonic() + 20
-        while True:
-            client = socket.create_connection(("127.0.0.1", http), timeout=10)
-            client.sendall(
-                f"CONNECT 127.0.0.1:{target} HTTP/1.1\r\nHost: x\r\n"
-                f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode()
-            )
-            if client.recv(4096).startswith(b"HTTP/1.1 200"):
-                break
-            client.close()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
         proxy.send_signal(signal.SIGTERM)
         notify.wait_for("STOPPING=1")
         assert proxy.poll() is None  # draining: the open session keeps it alive

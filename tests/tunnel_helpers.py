@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -78,15 +78,22 @@ async def _echo(stream: trio.SocketStream, target: Target) -> None:
 
 
 @asynccontextmanager
-async def echo_target() -> AsyncIterator[Target]:
+async def _target(
+    handler: Callable[[trio.SocketStream, Target], Awaitable[None]],
+) -> AsyncIterator[Target]:
+    """A TCP server on a free loopback port for as long as the block runs."""
     async with trio.open_nursery() as nursery:
         target = Target(0)
         listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, host=LOOPBACK), lambda s: _echo(s, target), 0
+            functools.partial(trio.serve_tcp, host=LOOPBACK), lambda s: handler(s, target), 0
         )
         target.port = listeners[0].socket.getsockname()[1]
         yield target
         nursery.cancel_scope.cancel()
+
+
+def echo_target() -> AbstractAsyncContextManager[Target]:
+    return _target(_echo)
 
 
 async def _http(stream: trio.SocketStream, target: Target) -> None:
@@ -125,16 +132,8 @@ async def _http(stream: trio.SocketStream, target: Target) -> None:
             pass
 
 
-@asynccontextmanager
-async def http_target() -> AsyncIterator[Target]:
-    async with trio.open_nursery() as nursery:
-        target = Target(0)
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, host=LOOPBACK), lambda s: _http(s, target), 0
-        )
-        target.port = listeners[0].socket.getsockname()[1]
-        yield target
-        nursery.cancel_scope.cancel()
+def http_target() -> AbstractAsyncContextManager[Target]:
+    return _target(_http)
 
 
 @dataclass
