@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .accepting import accept_forever
 from .config import ListenAddress, TcpTls
 from .errors import ConfigError
 from .metrics import Health, Metrics
@@ -69,7 +70,9 @@ class SessionFrontend:
                 with self._accept_scope:
                     async with trio.open_nursery() as accepting:
                         for listener in self.listeners:
-                            accepting.start_soon(self._accept_loop, listener, sessions)
+                            accepting.start_soon(
+                                accept_forever, listener, sessions, self._session, "client"
+                            )
             finally:
                 with trio.CancelScope(shield=True):
                     for listener in self.listeners:
@@ -92,17 +95,6 @@ class SessionFrontend:
         self.stop_accepting()
         if self._sessions_scope is not None:
             self._sessions_scope.cancel()
-
-    async def _accept_loop(self, listener: Listener, sessions: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                # EMFILE and friends: back off briefly instead of spinning.
-                log.warning("accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
-            sessions.start_soon(self._session, stream)
 
     async def _session(self, stream: trio.abc.Stream) -> None:
         if self.draining:

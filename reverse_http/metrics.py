@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 from collections.abc import Callable
 
@@ -23,6 +24,7 @@ import prometheus_client
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .accepting import accept_forever
 from .errors import ConfigError
 from .netaddr import format_address
 
@@ -367,26 +369,18 @@ async def serve_metrics(
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(_accept_loop, listener, nursery, metrics, health)
+                nursery.start_soon(
+                    accept_forever,
+                    listener,
+                    nursery,
+                    functools.partial(_connection, metrics=metrics, health=health),
+                    "metrics",
+                )
             task_status.started(bound)
     finally:
         with trio.CancelScope(shield=True):
             for listener in listeners:
                 await listener.aclose()
-
-
-async def _accept_loop(
-    listener: trio.SocketListener, nursery: trio.Nursery, metrics: Metrics, health: Health
-) -> None:
-    while True:
-        try:
-            stream = await listener.accept()
-        except OSError as exc:
-            # EMFILE and friends: back off briefly instead of spinning.
-            log.warning("metrics accept failed: %s", exc)
-            await trio.sleep(0.1)
-            continue
-        nursery.start_soon(_connection, stream, metrics, health)
 
 
 async def _connection(stream: trio.SocketStream, metrics: Metrics, health: Health) -> None:

@@ -34,7 +34,7 @@ from ..session import OpenUpstream, SessionPolicy, Upstream
 from ..store.base import RouteStore, StoreUnavailable
 from ..store.memcached import open_memcached_store
 from ..systemd import Notifier, run_watchdog
-from ..wire.http import ConnectRequest, HttpError, connect_request_bytes, read_response_head
+from ..wire.http import ConnectRequest, HttpError, request_tunnel
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +187,8 @@ async def forward_connect(
                 stream = trio.SSLStream(tcp, tls, server_hostname=host, https_compatible=True)
                 await stream.do_handshake()
             extra = [("Proxy-Authorization", authorization)] if authorization else []
-            await stream.send_all(connect_request_bytes(request.host, request.port, extra))
             try:
-                head = await read_response_head(stream, request.authority)
+                head = await request_tunnel(stream, request.host, request.port, extra)
             except HttpError as exc:
                 raise HttpError(502, f"proxy {address}: {exc.detail}") from None
             if head.status == 200:

@@ -6,7 +6,7 @@ import trio
 
 from ..quic import Connection, ConnectionError, QuicStream
 from ..session import OpenUpstream, Upstream
-from ..wire.http import ConnectRequest, HttpError, connect_request_bytes, read_response_head
+from ..wire.http import ConnectRequest, HttpError, request_tunnel
 from .agents import AgentRegistry
 
 
@@ -26,9 +26,8 @@ async def open_tunnel(conn: Connection, request: ConnectRequest, dial_timeout: f
     try:
         with trio.move_on_after(dial_timeout):
             stream = await conn.open_stream()
-            await stream.send_all(connect_request_bytes(request.host, request.port))
             try:
-                head = await read_response_head(stream, request.authority)
+                head = await request_tunnel(stream, request.host, request.port)
             except HttpError as exc:
                 raise HttpError(503, f"agent answered badly: {exc.detail}") from None
             if head.status == 200:

@@ -157,3 +157,14 @@ async def read_response_head(
         if isinstance(event, h11.InformationalResponse):
             continue
         raise HttpError(502, "unexpected answer from upstream")
+
+
+async def request_tunnel(
+    stream: trio.abc.Stream, host: str, port: int, extra: Sequence[tuple[str, str]] = ()
+) -> ResponseHead:
+    """Send the reference's CONNECT on ``stream`` and read the answer head.
+
+    Raises HttpError(502) when the answer is not HTTP; the status is the caller's to judge.
+    """
+    await stream.send_all(connect_request_bytes(host, port, extra))
+    return await read_response_head(stream, format_authority(host, port))
