@@ -7,90 +7,14 @@ cut; ``trio.testing.MockClock`` (autojump) runs minutes of protocol time instant
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from aioquic.buffer import Buffer
-from aioquic.quic.packet import pull_quic_header
 
 from reverse_http.devcerts import CertFiles
-from reverse_http.quic import Connection, ConnectionError, TransportSettings
-from reverse_http.quic.protocol import TunnelQuicConnection
-from reverse_http.quic.settings import client_configuration, server_configuration
-from tests.quic_helpers import client_tls, server_settings
-
-CLIENT_ADDR = ("127.0.0.1", 50000)
-SERVER_ADDR = ("127.0.0.1", 4242)
-
-
-class Link:
-    """A lossless wire between two connections, with a switch to cut it."""
-
-    def __init__(self, nursery: trio.Nursery, certs: CertFiles, server_t: TransportSettings):
-        self.up = True
-        self.nursery = nursery
-        self.settings = server_settings(certs, server_t)
-        self.client: Connection | None = None
-        self.server: Connection | None = None
-        self.sent: dict[str, list[float]] = {"c2s": [], "s2c": []}
-
-    async def client_send(self, datagrams: list[tuple[bytes, Any]]) -> None:
-        for data, _ in datagrams:
-            self.sent["c2s"].append(trio.current_time())
-            if not self.up:
-                continue
-            if self.server is None:
-                self.server = self._make_server(data)
-            self.server.feed(data, CLIENT_ADDR)
-
-    async def server_send(self, datagrams: list[tuple[bytes, Any]]) -> None:
-        for data, _ in datagrams:
-            self.sent["s2c"].append(trio.current_time())
-            if self.up and self.client is not None:
-                self.client.feed(data, SERVER_ADDR)
-
-    def _make_server(self, first: bytes) -> Connection:
-        header = pull_quic_header(Buffer(data=first), host_cid_length=8)
-        t = self.settings.transport
-        quic = TunnelQuicConnection(
-            configuration=server_configuration(self.settings),
-            original_destination_connection_id=header.destination_cid,
-            stream_receive_window=t.stream_receive_window,
-            max_concurrent_streams=t.max_concurrent_streams,
-        )
-        conn = Connection(quic, t, self.server_send, CLIENT_ADDR)
-        self.nursery.start_soon(conn.run)
-        return conn
-
-
-@asynccontextmanager
-async def linked(
-    certs: CertFiles,
-    client_t: TransportSettings,
-    server_t: TransportSettings | None = None,
-    *,
-    start_cut: bool = False,
-) -> AsyncIterator[tuple[Link, Connection]]:
-    async with trio.open_nursery() as nursery:
-        link = Link(nursery, certs, server_t or client_t)
-        link.up = not start_cut
-        quic = TunnelQuicConnection(
-            configuration=client_configuration(client_t, client_tls(certs), "localhost"),
-            stream_receive_window=client_t.stream_receive_window,
-            max_concurrent_streams=client_t.max_concurrent_streams,
-        )
-        conn = Connection(quic, client_t, link.client_send, SERVER_ADDR)
-        link.client = conn
-        quic.connect(SERVER_ADDR, now=trio.current_time())
-        nursery.start_soon(conn.run)
-        try:
-            yield link, conn
-        finally:
-            nursery.cancel_scope.cancel()
+from reverse_http.quic import ConnectionError, TransportSettings
+from tests.quic_memory import linked
 
 
 def max_gap(times: list[float], since: float) -> float:

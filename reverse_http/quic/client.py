@@ -11,6 +11,7 @@ import socket
 import trio
 
 from .connection import CloseInfo, Connection, ConnectionError
+from .driver import Driver
 from .endpoint import UdpEndpoint
 from .protocol import TunnelQuicConnection
 from .settings import ClientTls, TransportSettings, client_configuration
@@ -59,32 +60,39 @@ async def _client_connection(
         quic = TunnelQuicConnection(
             configuration=configuration,
             stream_receive_window=transport.stream_receive_window,
+            connection_receive_window=transport.connection_receive_window,
             max_concurrent_streams=transport.max_concurrent_streams,
             pacing_burst_packets=transport.pacing_burst_packets,
         )
-        conn = Connection(quic, transport, endpoint.send, sockaddr)
+        driver = Driver(endpoint.send_nowait)
+        conn = Connection(quic, transport, driver, sockaddr)
         quic.connect(sockaddr, now=trio.current_time())
+        driver.touch(conn)
+        driver.flush()  # the Initial
         established = False
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(endpoint.receive_loop, conn.feed)
-            nursery.start_soon(_run_then_cancel, conn, nursery.cancel_scope)
-            try:
-                await conn.wait_handshake()
-                established = True
-            except ConnectionError:
-                pass
-            if established:
-                task_status.started(conn)
+        try:
+            async with trio.open_nursery() as nursery:
+                conn.cancel_on_close(nursery.cancel_scope)
+
+                def feed(data: bytes, addr: object) -> None:
+                    conn.datagram_received(data, addr, trio.current_time())
+
+                nursery.start_soon(endpoint.run, feed, driver.flush)
+                nursery.start_soon(driver.run)
+                try:
+                    await conn.wait_handshake()
+                    established = True
+                except ConnectionError:
+                    pass
+                if established:
+                    task_status.started(conn)
+                else:
+                    nursery.cancel_scope.cancel()
+        finally:
+            conn.abort_now()
         if not established:
             raise ConnectionError(
                 conn.close_info or CloseInfo(0, "handshake failed", False, "transport")
             )
     finally:
         endpoint.close()
-
-
-async def _run_then_cancel(conn: Connection, scope: trio.CancelScope) -> None:
-    try:
-        await conn.run()
-    finally:
-        scope.cancel()

@@ -1,36 +1,46 @@
-"""One QUIC connection driven by one trio task.
+"""One QUIC connection: the trio-facing side of a sans-IO ``TunnelQuicConnection``.
 
-:meth:`Connection.run` is the only place that feeds datagrams and time into the
-sans-IO ``TunnelQuicConnection``; stream objects enqueue data synchronously and
-kick it. It also adds what aioquic leaves out: keepalive PINGs, dead-peer
-detection, a handshake deadline, graceful drain before CONNECTION_CLOSE, and
-waking blocked writers as acknowledgements free their buffers.
+A connection has no task. Its endpoint feeds it datagrams (:meth:`datagram_received`)
+and its :class:`~.driver.Driver` services it when input arrived, when the
+application wrote, or when its deadline is due; servicing is synchronous. It adds
+what aioquic leaves out: keepalive PINGs, dead-peer detection, a handshake
+deadline, graceful drain before CONNECTION_CLOSE, a bounded queue for stream
+opens beyond the peer's limit, and waking writers as acknowledgements free
+their buffers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import math
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 from aioquic.quic import events
-from aioquic.quic.connection import QuicConnectionState
 from aioquic.tls import verify_certificate
 
+from .driver import Driver
 from .protocol import TunnelQuicConnection
 from .settings import TransportSettings
 from .stream import QuicStream
 
 Address = Any  # socket address tuple as used by the UDP socket
-SendDatagrams = Callable[[list[tuple[bytes, Address]]], Awaitable[None]]
 
-#: Inbound datagrams queued for a connection task that has not caught up yet;
-#: beyond this they are dropped like a full socket buffer would.
-MAX_INBOX = 4096
+
+class State(enum.Enum):
+    """Where a connection is in its life; only ever moves down this list."""
+
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    #: close() was called: new streams are refused, sent data is being acknowledged.
+    DRAINING = "draining"
+    #: CONNECTION_CLOSE sent or received; aioquic's closing or draining period.
+    CLOSING = "closing"
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True)
@@ -58,12 +68,17 @@ class ConnectionError(Exception):
         self.info = info
 
 
+class StreamLimitError(Exception):
+    """No stream could be opened: the peer's stream limit is reached and the queue
+    of waiting opens is full."""
+
+
 class Connection:
     def __init__(
         self,
         quic: TunnelQuicConnection,
         settings: TransportSettings,
-        send_datagrams: SendDatagrams,
+        driver: Driver,
         peer_address: Address,
         *,
         client_ca_file: Path | None = None,
@@ -72,94 +87,124 @@ class Connection:
     ) -> None:
         self._quic = quic
         self._settings = settings
-        self._send_datagrams = send_datagrams
+        self._driver = driver
         self.peer_address = peer_address
         self._client_ca_file = client_ca_file
         self._on_cid_issued = on_cid_issued
         self._on_cid_retired = on_cid_retired
-        self._is_client: bool = quic.configuration.is_client
-        self._inbox: deque[tuple[bytes, Address]] = deque()
-        self._wake = trio.Event()
+        self._is_client = quic.is_client
+        self.state = State.HANDSHAKE
         self._streams: dict[int, QuicStream] = {}
-        self._closing_streams: set[QuicStream] = set()
+        #: Closed by the application, still known to aioquic (awaiting acknowledgement).
+        self._closing_streams: set[int] = set()
+        self._discarded: list[int] = []
         self._want_write: set[QuicStream] = set()
         self._accept_send, self._accept_recv = trio.open_memory_channel[QuicStream](math.inf)
-        self._handshake_done = trio.Event()
+        self._opens = trio.lowlevel.ParkingLot()
+        self._settled = trio.Event()  # handshake done, or the connection ended
         self._terminated = trio.Event()
         self._drained = trio.Event()
-        self._draining = False
         self._refusing_streams = False
-        self._close_requested: tuple[int, str] | None = None
-        self._close_seen = False
-        self._closed_by_peer = False
+        self._close_request: tuple[int, str] | None = None
+        self._cancel_on_close: list[trio.CancelScope] = []
         self.close_info: CloseInfo | None = None
+        self._ending: CloseInfo | None = None
         self.alpn: str | None = None
         self._created_at = trio.current_time()
-        self._last_rx = self._created_at
+        self._handshake_at = math.inf
         self._last_ping = -math.inf
         self._ping_uid = 0
-        self.datagrams_dropped = 0
+        self._timer_at = math.inf
+        self._send_hwm = settings.connection_send_buffer
+        self._send_lwm = settings.connection_send_buffer // 2
+        #: The connection's send budget was exhausted; writers wait for it to halve.
+        self._send_budget_exhausted = False
+        quic.on_stream_acked = self._on_stream_acked
+        quic.on_stream_discarded = self._on_stream_discarded
+        quic.on_streams_available = self._on_streams_available
+        driver.add(self)
 
     def __repr__(self) -> str:
-        return f"<Connection {self.peer_address!r}>"
+        return f"<Connection {self.peer_address!r} {self.state.value}>"
 
     # --- public API ------------------------------------------------------------------
 
     @property
     def is_closed(self) -> bool:
-        return self._terminated.is_set()
+        return self.state is State.CLOSED
 
     @property
     def ending(self) -> CloseInfo | None:
-        """Why the connection is ending or ended (known before the draining period
-        is over); None while it is healthy."""
-        if self.close_info is not None:
-            return self.close_info
-        if self._close_seen:
-            return self._info_or_unknown()
-        return None
+        """Why the connection is ending or ended (known before the closing period is
+        over); None while it is healthy."""
+        return self.close_info or self._ending
 
     @property
     def handshake_complete(self) -> bool:
-        return self._handshake_done.is_set()
+        return self._handshake_at < math.inf
 
     @property
     def host_cid(self) -> bytes:
         return bytes(self._quic.host_cid)
 
+    @property
+    def quic(self) -> TunnelQuicConnection:
+        return self._quic
+
     def stats(self) -> dict[str, float]:
         """RTT, congestion window and losses, for metrics and logs."""
-        loss = self._quic._loss
-        return {
-            "rtt_seconds": float(loss._rtt_smoothed),
-            "congestion_window_bytes": float(loss.congestion_window),
-            "bytes_in_flight": float(loss.bytes_in_flight),
-            "lost_packets": float(getattr(loss._cc, "lost_packets", 0)),
-            "streams": float(len(self._streams)),
-        }
+        stats = self._quic.stats()
+        stats["streams"] = float(len(self._streams))
+        return stats
+
+    def cancel_on_close(self, scope: trio.CancelScope) -> None:
+        """Cancel ``scope`` when the connection ends (its owner's work depends on it)."""
+        if self.is_closed:
+            scope.cancel()
+        else:
+            self._cancel_on_close.append(scope)
 
     async def wait_handshake(self) -> None:
         """Return once the handshake completed; raise if the connection ended first."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_set_on, self._terminated, nursery.cancel_scope)
-            await self._handshake_done.wait()
-            nursery.cancel_scope.cancel()
-        if not self._handshake_done.is_set():
+        await self._settled.wait()
+        if not self.handshake_complete or self.is_closed:
             raise ConnectionError(self._info_or_unknown())
 
     async def wait_closed(self) -> CloseInfo:
         await self._terminated.wait()
         return self._info_or_unknown()
 
+    @property
+    def pending_opens(self) -> int:
+        """Stream opens waiting for the peer's stream limit."""
+        return len(self._opens)
+
     async def open_stream(self) -> QuicStream:
+        """A new bidirectional stream; waits (in order) while the peer's stream limit
+        is reached. Raises :class:`StreamLimitError` when too many opens wait already."""
         await trio.lowlevel.checkpoint()
         self._check_open()
-        stream_id = self._quic.get_next_available_stream_id()
+        quic = self._quic
+        if self._opens or not quic.can_open_stream():
+            if len(self._opens) >= self._settings.max_pending_stream_opens:
+                raise StreamLimitError(
+                    f"{len(self._opens)} stream opens already wait for the peer's stream limit"
+                )
+            while True:
+                try:
+                    await self._opens.park()
+                except trio.Cancelled:
+                    self._on_streams_available()  # pass on a wake-up we cannot use
+                    raise
+                self._check_open()
+                if quic.can_open_stream():
+                    break
+        stream_id = quic.get_next_available_stream_id()
         stream = QuicStream(self, stream_id, self._settings.stream_send_buffer)
         self._streams[stream_id] = stream
         # get_next_available_stream_id does not reserve the id; an empty write does.
-        self._quic.send_stream_data(stream_id, b"", end_stream=False)
-        stream._attach(self._quic._streams[stream_id])
+        quic.send_stream_data(stream_id, b"", end_stream=False)
+        self._on_streams_available()  # credit for more: wake the next in line
         return stream
 
     async def accept_stream(self) -> QuicStream:
@@ -171,16 +216,17 @@ class Connection:
 
     async def close(self, error_code: int = 0, reason: str = "") -> CloseInfo:
         """Let unacknowledged stream data drain, then send CONNECTION_CLOSE."""
-        if not self._terminated.is_set() and self._close_requested is None:
-            self._draining = True
-            self._kick()
+        if self.state in (State.HANDSHAKE, State.OPEN):
+            self.state = State.DRAINING
+            self._refusing_streams = True
+            self._check_drained()
             with trio.move_on_after(self._settings.close_drain_timeout):
                 await self._drained.wait()
             self._request_close(error_code, reason)
         with trio.move_on_after(self._settings.close_drain_timeout):
             await self._terminated.wait()
-        if not self._terminated.is_set():
-            self._terminate(self._local_info(error_code, reason, "application"))
+        if not self.is_closed:
+            self._terminate(CloseInfo(error_code, reason, False, "application"))
         return self._info_or_unknown()
 
     def refuse_new_streams(self) -> None:
@@ -200,112 +246,122 @@ class Connection:
             self._stream_closed(stream)
 
     def abort(self, error_code: int = 0, reason: str = "") -> None:
-        """Close now, discarding unsent data; the run task finishes the close."""
+        """Close now, discarding unsent data."""
         self._request_close(error_code, reason)
 
-    # --- datagram input (called synchronously by the endpoint) --------------------------
-
-    def feed(self, data: bytes, addr: Address) -> None:
-        if len(self._inbox) >= MAX_INBOX:
-            self.datagrams_dropped += 1
+    def abort_now(self, reason: str = "aborted") -> None:
+        """Send CONNECTION_CLOSE and end at once (the owner is going away)."""
+        if self.is_closed:
             return
-        self._inbox.append((data, addr))
-        self._wake.set()
+        if self.state is not State.CLOSING:
+            self._quic.close(error_code=0, reason_phrase=reason)
+            self._transmit(trio.current_time())
+        self._terminate(CloseInfo(0, reason, False, "application"))
 
-    # --- the connection task ---------------------------------------------------------------
+    def _fail(self, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            self._quic.close(error_code=1, reason_phrase=reason)
+            self._transmit(trio.current_time())
+        self._terminate(CloseInfo(1, reason, False, "application"))
 
-    async def run(self) -> None:
-        """Drive the connection until it terminates; cancelling it aborts the connection."""
-        self._wake.set()
-        try:
-            while not self._terminated.is_set():
-                deadline = self._next_deadline()
-                if not self._wake.is_set():
-                    with trio.move_on_at(deadline):
-                        await self._wake.wait()
-                self._wake = trio.Event()
-                self._step(trio.current_time())
-                await self._transmit()
-        finally:
-            if not self._terminated.is_set():
-                self._quic.close(error_code=0, reason_phrase="aborted")
-                with trio.CancelScope(shield=True), trio.move_on_after(0.5):
-                    await self._transmit()
-                self._terminate(self._local_info(0, "aborted", "application"))
+    # --- input (synchronous, from the endpoint) ------------------------------------------
 
-    def _step(self, now: float) -> None:
+    def datagram_received(self, data: bytes, addr: Address, now: float) -> None:
+        if self.is_closed:
+            return
+        self._quic.receive_datagram(data, addr, now)
+        self._driver.touch(self)
+
+    # --- servicing (synchronous, from the driver) -------------------------------------------
+
+    def _service(self, now: float) -> None:
+        if self.is_closed:
+            return
         quic = self._quic
-        if self._inbox:
-            before = quic._close_at
-            inbox = self._inbox
-            while inbox:
-                data, addr = inbox.popleft()
-                quic.receive_datagram(data, addr, now)
-            if quic._close_at != before:
-                self._last_rx = now
-        timer = quic.get_timer()
-        if timer is not None and now >= timer:
-            quic.handle_timer(now)
+        if quic.has_peer_address:
+            timer = quic.get_timer()
+            if timer is not None and now >= timer:
+                quic.handle_timer(now)
         self._dispatch_events()
-        if self._close_requested is not None:
-            code, reason = self._close_requested
-            self._close_requested = None
-            quic.close(error_code=code, reason_phrase=reason)
-        elif not self._terminated.is_set():
+        if self._close_request is not None:
+            code, reason = self._close_request
+            self._close_request = None
+            if self.state is not State.CLOSING and quic.close_event is None:
+                quic.close(error_code=code, reason_phrase=reason)
+        elif not self.is_closed:
             self._check_liveness(now)
+        self._transmit(now)
+        if not self.is_closed:
+            self._driver.schedule(self, self._next_deadline())
 
-    async def _transmit(self) -> None:
-        if not self._quic._network_paths:  # a server connection not fed yet
-            return
-        datagrams = self._quic.datagrams_to_send(now=trio.current_time())
-        # NEW_CONNECTION_ID frames surface as events while datagrams are built.
-        self._dispatch_events()
-        if datagrams:
-            await self._send_datagrams(datagrams)
-        self._after_io()
+    def _transmit(self, now: float) -> None:
+        quic = self._quic
+        if quic.has_peer_address:
+            datagrams = quic.datagrams_to_send(now=now)
+            # NEW_CONNECTION_ID frames surface as events while datagrams are built.
+            self._dispatch_events()
+            if datagrams:
+                self._driver.send(datagrams)
+        if self._send_budget_exhausted and quic.unacked_bytes < self._send_lwm:
+            self._send_budget_exhausted = False
+            for stream in list(self._want_write):
+                if stream._writer_may_proceed():
+                    self._want_write.discard(stream)
+                    stream._writers.unpark_all()
+        self._check_drained()
 
-    def _after_io(self) -> None:
-        if self._want_write:
-            ready = [s for s in self._want_write if s._writer_may_proceed()]
-            for s in ready:
-                self._want_write.discard(s)
-                s._writers.unpark_all()
-        if self._closing_streams:
-            self._reap_streams()
+    def _kick(self) -> None:
+        """Output is pending: service now unless a service is running (it will see it)."""
+        driver = self._driver
+        driver.touch(self)
+        driver.flush()
+
+    def _check_drained(self) -> None:
         if (
-            self._draining
+            self.state is State.DRAINING
             and not self._drained.is_set()
-            and all(s.unacked == 0 for s in self._streams.values())
+            and self._quic.unacked_bytes <= 0
         ):
             self._drained.set()
 
     def _next_deadline(self) -> float:
-        timer = self._quic.get_timer()
+        timer = self._quic.get_timer() if self._quic.has_peer_address else None
         deadline = math.inf if timer is None else timer
         return min(deadline, *self._own_deadlines())
+
+    @property
+    def _last_rx(self) -> float:
+        rx = self._quic.last_authenticated_rx
+        return max(self._handshake_at if rx is None else rx, self._handshake_at)
 
     def _own_deadlines(self) -> tuple[float, float]:
         """(probe or handshake deadline, liveness deadline); one expression for waiting
         and checking, so float rounding can never leave a deadline due but unhandled."""
         s = self._settings
-        if not self._handshake_done.is_set():
+        if not self.handshake_complete:
             return self._created_at + s.handshake_timeout, math.inf
-        probe_at = max(self._last_rx, self._last_ping) + s.probe_after
-        live_until = self._last_rx + s.liveness_timeout if s.liveness_timeout else math.inf
+        if self.state is State.CLOSING:
+            return math.inf, math.inf
+        last_rx = self._last_rx
+        probe_after = s.probe_after if self._is_client else s.server_probe_after
+        probe_at = max(last_rx, self._last_ping) + probe_after
+        live_until = last_rx + s.liveness_timeout if s.liveness_timeout else math.inf
         return probe_at, live_until
 
     def _check_liveness(self, now: float) -> None:
         first, live_until = self._own_deadlines()
-        if not self._handshake_done.is_set():
+        if not self.handshake_complete:
             if now >= first:
                 self._quic.close(error_code=0, reason_phrase="handshake timeout")
-                self._terminate(self._local_info(0, "handshake timeout", "handshake-timeout"))
+                self._transmit(now)
+                self._terminate(CloseInfo(0, "handshake timeout", False, "handshake-timeout"))
             return
         if now >= live_until:
             self._quic.close(error_code=0, reason_phrase="peer unresponsive")
+            self._transmit(now)
             timeout = self._settings.liveness_timeout
             self._terminate(
-                self._local_info(0, f"no packet from peer for {timeout:g}s", "liveness")
+                CloseInfo(0, f"no packet from peer for {timeout:g}s", False, "liveness")
             )
             return
         if now >= first:
@@ -336,35 +392,37 @@ class Connection:
                 self._on_handshake(event)
             elif isinstance(event, events.ConnectionTerminated):
                 self._terminate(self._terminated_info(event))
-        if not self._close_seen and quic._close_event is not None:
+        if self._discarded:
+            self._forget_discarded()
+        close_event = quic.close_event
+        if self._ending is None and close_event is not None:
             # Fail streams now rather than after the closing or draining period.
-            self._close_seen = True
-            self._closed_by_peer = quic._state == QuicConnectionState.DRAINING
-            info = self._terminated_info(quic._close_event)
+            self._ending = info = self._terminated_info(close_event, quic.closed_by_peer)
+            if self.state is not State.CLOSED:
+                self.state = State.CLOSING
+            self._settled.set()
             for stream in list(self._streams.values()):
                 stream._on_connection_lost(f"connection closed: {info}")
+            self._opens.unpark_all()
 
     def _on_handshake(self, event: events.HandshakeCompleted) -> None:
         self.alpn = event.alpn_protocol
-        self._last_rx = trio.current_time()
         if self._client_ca_file is not None and not self._is_client:
             problem = self._verify_client_certificate()
             if problem:
                 self._request_close(0x100 + 42, problem)  # TLS alert bad_certificate
                 return
-        self._handshake_done.set()
+        self._handshake_at = trio.current_time()
+        if self.state is State.HANDSHAKE:
+            self.state = State.OPEN
+        self._settled.set()
 
     def _verify_client_certificate(self) -> str | None:
-        tls = self._quic.tls
-        cert = getattr(tls, "_peer_certificate", None)
+        cert, chain = self._quic.peer_certificate()
         if cert is None:
             return "client certificate required"
         try:
-            verify_certificate(
-                certificate=cert,
-                chain=getattr(tls, "_peer_certificate_chain", []),
-                cafile=str(self._client_ca_file),
-            )
+            verify_certificate(certificate=cert, chain=chain, cafile=str(self._client_ca_file))
         except Exception as exc:
             return f"client certificate rejected: {exc}"
         return None
@@ -375,117 +433,142 @@ class Connection:
         if stream is None:
             if bool(sid & 1) != self._is_client or (not event.data and event.end_stream is False):
                 return
-            if self._draining or self._refusing_streams or not self._handshake_done.is_set():
-                self._quic.reset_stream(sid, 0x10C)
-                self._quic.stop_stream(sid, 0x10C)
+            if self._refusing_streams or not self.handshake_complete:
+                self._quic.released(len(event.data))
+                with contextlib.suppress(ValueError, RuntimeError):
+                    self._quic.reset_stream(sid, 0x10C)
+                    self._quic.stop_stream(sid, 0x10C)
                 return
             stream = QuicStream(self, sid, self._settings.stream_send_buffer)
-            aio = self._quic._streams.get(sid)
-            if aio is not None:
-                stream._attach(aio)
             self._streams[sid] = stream
             self._accept_send.send_nowait(stream)
         stream._on_data(event.data, event.end_stream)
 
+    # --- called by the protocol layer --------------------------------------------------------
+
+    def _on_stream_acked(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream in self._want_write and stream._writer_may_proceed():
+            self._want_write.discard(stream)
+            stream._writers.unpark_all()
+
+    def _on_stream_discarded(self, stream_id: int) -> None:
+        # Events of this stream may still be queued: forget it once they are dispatched.
+        self._discarded.append(stream_id)
+
+    def _forget_discarded(self) -> None:
+        for sid in self._discarded:
+            if sid in self._closing_streams:
+                self._closing_streams.discard(sid)
+                self._streams.pop(sid, None)
+        self._discarded.clear()
+
+    def _on_streams_available(self) -> None:
+        quic = self._quic
+        if self._opens and quic.can_open_stream():
+            self._opens.unpark()
+
     # --- called by streams ---------------------------------------------------------------
 
-    def _kick(self) -> None:
-        self._wake.set()
-
     def _check_open(self) -> None:
-        if self._terminated.is_set() or self._close_requested is not None or self._close_seen:
+        if self.state is not State.OPEN or self._close_request is not None:
             raise ConnectionError(self._info_or_unknown())
 
+    def send_room(self) -> int:
+        """Bytes the connection's send budget still allows."""
+        room = self._send_hwm - self._quic.unacked_bytes
+        if room <= 0:
+            self._send_budget_exhausted = True
+        return room
+
     def _send(self, stream: QuicStream, data: bytes, end_stream: bool) -> None:
-        if self._terminated.is_set():
+        if self.is_closed:
             raise trio.BrokenResourceError(f"connection closed: {self._info_or_unknown()}")
         try:
             self._quic.send_stream_data(stream.stream_id, data, end_stream)
         except (RuntimeError, ValueError) as exc:
             raise trio.BrokenResourceError(f"stream {stream.stream_id}: {exc}") from None
-        if stream._aio is None:
-            aio = self._quic._streams.get(stream.stream_id)
-            if aio is not None:
-                stream._attach(aio)
-        self._wake.set()
+        self._kick()
 
     def _reset(self, stream: QuicStream, error_code: int) -> None:
-        if self._terminated.is_set():
+        if self.is_closed:
             return
         try:
             self._quic.reset_stream(stream.stream_id, error_code)
         except (RuntimeError, ValueError):
             return
-        self._wake.set()
+        self._kick()
 
     def _stop(self, stream: QuicStream, error_code: int) -> None:
-        if self._terminated.is_set():
+        if self.is_closed:
             return
         try:
             self._quic.stop_stream(stream.stream_id, error_code)
         except (RuntimeError, ValueError):
             return
-        self._wake.set()
+        self._kick()
 
     def _consumed(self, stream: QuicStream, nbytes: int) -> None:
         if self._quic.consumed(stream.stream_id, nbytes):
-            self._wake.set()
+            self._kick()
+
+    def _released(self, nbytes: int) -> None:
+        if nbytes and self._quic.released(nbytes):
+            self._kick()
 
     def _want_write_for(self, stream: QuicStream) -> None:
         self._want_write.add(stream)
 
     def _stream_closed(self, stream: QuicStream) -> None:
         self._want_write.discard(stream)
-        self._closing_streams.add(stream)
-        self._wake.set()
+        sid = stream.stream_id
+        if self._quic.has_stream(sid):
+            self._closing_streams.add(sid)
+        else:
+            self._streams.pop(sid, None)
 
-    def _reap_streams(self) -> None:
-        """Forget locally closed streams once aioquic has discarded them too."""
-        aio_streams = self._quic._streams
-        done = [s for s in self._closing_streams if s.stream_id not in aio_streams]
-        for s in done:
-            self._closing_streams.discard(s)
-            self._streams.pop(s.stream_id, None)
-            self._quic.forget_stream(s.stream_id)
+    def stream_unacked(self, stream: QuicStream) -> int:
+        return self._quic.stream_unacked(stream.stream_id)
 
     # --- ending --------------------------------------------------------------------------------
 
     def _request_close(self, error_code: int, reason: str) -> None:
-        if self._terminated.is_set() or self._quic._close_event is not None:
+        if self.state in (State.CLOSING, State.CLOSED) or self._quic.close_event is not None:
             return
-        self._close_requested = (error_code, reason)
-        self._wake.set()
+        self._close_request = (error_code, reason)
+        self._kick()
 
     def _terminate(self, info: CloseInfo) -> None:
-        if self._terminated.is_set():
+        if self.is_closed:
             return
         self.close_info = info
+        self.state = State.CLOSED
         for stream in list(self._streams.values()):
             stream._on_connection_lost(f"connection closed: {info}")
         self._accept_send.close()
+        self._opens.unpark_all()
         self._drained.set()
+        self._settled.set()
         self._terminated.set()
-        self._wake.set()
+        self._driver.remove(self)
+        for scope in self._cancel_on_close:
+            scope.cancel()
+        self._cancel_on_close.clear()
 
-    def _terminated_info(self, event: events.ConnectionTerminated) -> CloseInfo:
+    def _terminated_info(
+        self, event: events.ConnectionTerminated, by_peer: bool | None = None
+    ) -> CloseInfo:
         reason = event.reason_phrase or ""
         if reason == "Idle timeout":
             return CloseInfo(event.error_code, reason, False, "idle-timeout")
         kind = "application" if event.frame_type is None else "transport"
-        return CloseInfo(event.error_code, reason, self._closed_by_peer, kind)
-
-    def _local_info(self, code: int, reason: str, kind: str) -> CloseInfo:
-        return CloseInfo(code, reason, False, kind)
+        if by_peer is None:
+            by_peer = self._ending.by_peer if self._ending is not None else False
+        return CloseInfo(event.error_code, reason, by_peer, kind)
 
     def _info_or_unknown(self) -> CloseInfo:
         if self.close_info is not None:
             return self.close_info
-        event = self._quic._close_event
-        if event is not None:
-            return self._terminated_info(event)
+        if self._ending is not None:
+            return self._ending
         return CloseInfo(0, "connection closing", False, "application")
-
-
-async def _set_on(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()

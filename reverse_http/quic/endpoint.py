@@ -12,6 +12,7 @@ import errno
 import logging
 import socket
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,9 @@ Dispatch = Callable[[bytes, Any], None]
 
 #: Datagrams read per wake-up before other tasks get a turn.
 RECV_BATCH = 512
+#: Datagrams queued while the socket buffer is full; beyond this they are dropped
+#: (as the kernel would) and the loss is left to QUIC's recovery.
+MAX_BACKLOG = 8192
 SOL_UDP = 17
 UDP_SEGMENT = 103
 GSO_MAX_SEGMENTS = 64
@@ -38,9 +42,12 @@ class UdpEndpoint:
         self._sock = sock
         self._connected_peer = connected_peer
         self._write_lock = trio.Lock()
+        self._backlog: deque[tuple[bytes, Any, int]] = deque()
+        self._backlog_ready = trio.Event()
         self.datagrams_received = 0
         self.datagrams_sent = 0
         self.send_errors = 0
+        self.backlog_dropped = 0
         self._gso = gso and sys.platform == "linux"
 
     @classmethod
@@ -87,7 +94,15 @@ class UdpEndpoint:
     def close(self) -> None:
         self._sock.close()
 
-    async def receive_loop(self, dispatch: Dispatch) -> None:
+    async def run(self, dispatch: Dispatch, after_batch: Callable[[], None]) -> None:
+        """Receive (``after_batch`` once per batch read) and flush the send backlog."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._backlog_loop)
+            await self.receive_loop(dispatch, after_batch)
+
+    async def receive_loop(
+        self, dispatch: Dispatch, after_batch: Callable[[], None] | None = None
+    ) -> None:
         sock = self._sock
         peer = self._connected_peer
         while True:
@@ -106,9 +121,34 @@ class UdpEndpoint:
                     dispatch(data, peer if peer is not None else addr)
                 except Exception:
                     log.exception("dropping a datagram that crashed its handler")
+            if after_batch is not None:
+                after_batch()
 
-    async def send(self, datagrams: list[tuple[bytes, Any]]) -> None:
-        """Send in order; runs of equal-sized datagrams to one peer go out as one GSO write."""
+    def send_nowait(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        """Send in order without blocking; what the socket refuses waits in a backlog."""
+        for payload, addr, segment in self._batches(datagrams):
+            if self._backlog or not self._try_send(payload, addr, segment):
+                if len(self._backlog) >= MAX_BACKLOG:
+                    self.backlog_dropped += 1
+                    continue
+                self._backlog.append((payload, addr, segment))
+                self._backlog_ready.set()
+
+    async def _backlog_loop(self) -> None:
+        backlog = self._backlog
+        while True:
+            await self._backlog_ready.wait()
+            self._backlog_ready = trio.Event()
+            while backlog:
+                payload, addr, segment = backlog[0]
+                if not self._try_send(payload, addr, segment):
+                    await trio.lowlevel.wait_writable(self._sock)
+                    continue
+                backlog.popleft()
+
+    def _batches(self, datagrams: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any, int]]:
+        """Runs of equal-sized datagrams to one peer, joined for one GSO write each."""
+        out: list[tuple[bytes, Any, int]] = []
         i, n = 0, len(datagrams)
         while i < n:
             data, addr = datagrams[i]
@@ -118,48 +158,48 @@ class UdpEndpoint:
                 limit = min(n, i + GSO_MAX_SEGMENTS, i + GSO_MAX_BYTES // max(size, 1))
                 while j < limit and datagrams[j][1] == addr and len(datagrams[j][0]) == size:
                     j += 1
-                # the last segment of a run may be shorter
                 if j < n and j < limit and datagrams[j][1] == addr and len(datagrams[j][0]) < size:
                     j += 1
             if j - i > 1:
-                payload = b"".join(d for d, _ in datagrams[i:j])
-                await self._send_one(payload, addr, segment=len(data))
+                out.append((b"".join(d for d, _ in datagrams[i:j]), addr, len(data)))
             else:
-                await self._send_one(data, addr)
+                out.append((data, addr, 0))
             i = j
+        return out
 
-    async def _send_one(self, data: bytes, addr: Any, segment: int = 0) -> None:
+    def _try_send(self, data: bytes, addr: Any, segment: int = 0) -> bool:
+        """One (GSO) write; False when the socket buffer is full."""
         sock = self._sock
         dest = None if self._connected_peer is not None else addr
-        while True:
-            try:
-                if segment:
-                    cmsg = [(SOL_UDP, UDP_SEGMENT, segment.to_bytes(2, sys.byteorder))]
-                    if dest is None:
-                        sock.sendmsg([data], cmsg)
-                    else:
-                        sock.sendmsg([data], cmsg, 0, dest)
-                elif dest is None:
-                    sock.send(data)
+        try:
+            if segment:
+                cmsg = [(SOL_UDP, UDP_SEGMENT, segment.to_bytes(2, sys.byteorder))]
+                if dest is None:
+                    sock.sendmsg([data], cmsg)
                 else:
-                    sock.sendto(data, dest)
-            except BlockingIOError:
-                async with self._write_lock:
-                    await trio.lowlevel.wait_writable(sock)
-                continue
-            except OSError as exc:
-                if segment and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT):
-                    # No GSO here (old kernel, no checksum offload): send one by one.
-                    self._gso = False
-                    for k in range(0, len(data), segment):
-                        await self._send_one(data[k : k + segment], addr)
-                    return
-                # EMSGSIZE, ECONNREFUSED, ENETUNREACH...: QUIC treats it as loss.
-                self.send_errors += 1
-                if exc.errno not in (errno.ECONNREFUSED, errno.EMSGSIZE):
-                    log.debug("udp send to %s failed: %s", addr, exc)
-            self.datagrams_sent += 1
-            return
+                    sock.sendmsg([data], cmsg, 0, dest)
+            elif dest is None:
+                sock.send(data)
+            else:
+                sock.sendto(data, dest)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if segment and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT):
+                # No GSO here (old kernel, no checksum offload): send one by one.
+                self._gso = False
+                for k in range(0, len(data), segment):
+                    if not self._try_send(data[k : k + segment], addr):
+                        self._backlog.append((data[k + segment :], addr, segment))
+                        self._backlog_ready.set()
+                        return True
+                return True
+            # EMSGSIZE, ECONNREFUSED, ENETUNREACH...: QUIC treats it as loss.
+            self.send_errors += 1
+            if exc.errno not in (errno.ECONNREFUSED, errno.EMSGSIZE):
+                log.debug("udp send to %s failed: %s", addr, exc)
+        self.datagrams_sent += 1
+        return True
 
 
 _warned_buffer_cap = False

@@ -1,26 +1,226 @@
-"""aioquic's ``QuicConnection`` with receive credit that follows consumption.
+"""aioquic's ``QuicConnection``, adapted for a tunnel with thousands of streams.
 
-Stock aioquic doubles a stream's receive window whenever half of it has *arrived*,
-so a reader that stops reading cannot stop the peer. Here a stream's credit is
-``consumed + window``: the application's reads, reported via :meth:`consumed`,
-are what let the peer send more. Still sans-IO: no clock, no sockets.
+This is the only module that touches aioquic's private attributes and methods;
+:func:`check_aioquic` verifies each of them at import against the pinned release,
+and ``tests/test_quic_internals.py`` exercises them, so an aioquic upgrade that
+moves one fails loudly here rather than misbehaving later.
+
+What changes against stock aioquic (still sans-IO: no clock, no sockets):
+
+- **Packet building visits only streams with work.** Stock aioquic walks every
+  open stream for every packet (``_write_application``); with 10,000 mostly idle
+  tunnel streams that walk was the whole CPU profile. Here streams enter a
+  round-robin queue when they get data, a reset, a STOP_SENDING, lost frames or
+  new flow-control credit, and leave it when they have nothing left to send.
+  Streams that have sent little so far are served first, so a new stream's first
+  bytes (a CONNECT head, its answer) never wait behind bulk transfers.
+- **ACKs ride on data.** A pending ACK goes into any packet that is sent anyway,
+  instead of waiting for its own timer and datagram.
+- **Receive credit follows consumption**, per stream and per connection: the
+  peer may send ``consumed + window``, so a reader that stops reading stops the
+  peer, and the memory a connection holds for unread data is bounded.
+- **Send accounting**: bytes written but not yet acknowledged, per stream and per
+  connection, so writers can be blocked before memory grows.
+- **Stream-count credit** returns to the peer as soon as a stream is finished,
+  and local opens beyond the peer's limit are visible (:meth:`can_open_stream`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
-from aioquic.quic.packet import QuicFrameType
-from aioquic.quic.packet_builder import QuicPacketBuilder
-from aioquic.quic.recovery import QuicPacketSpace
+import aioquic
+from aioquic import tls
+from aioquic.asyncio.server import _encode_invalid_token_close
+from aioquic.buffer import Buffer, size_uint_var  # type: ignore[attr-defined]
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import (
+    CONNECTION_LIMIT_FRAME_CAPACITY,
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    RESET_STREAM_FRAME_CAPACITY,
+    STOP_SENDING_FRAME_CAPACITY,
+    Limit,
+    QuicConnection,
+    QuicConnectionState,
+    QuicNetworkPath,
+    QuicReceiveContext,
+    stream_is_client_initiated,
+)
+from aioquic.quic.packet import QuicFrameType, QuicPacketType
+from aioquic.quic.packet_builder import (
+    QuicDeliveryState,
+    QuicPacketBuilder,
+    QuicPacketBuilderStop,
+)
+from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 from aioquic.quic.stream import QuicStream as AioStream
+from aioquic.tls import Epoch
 
-from . import compat as _compat  # noqa: F401  (verifies the internals used below)
 from .congestion import BurstPacer
+
+__all__ = [
+    "AioStream",
+    "AioquicIncompatible",
+    "TunnelQuicConnection",
+    "check_aioquic",
+    "encode_invalid_token_close",
+]
+
+VERIFIED_SERIES = "1.7."
 
 #: Below this much room in a packet, a STREAM frame is not worth its header.
 _MIN_FRAME_ROOM = 64
+#: Streams that have sent less than this are served before bulk streams.
+FRESH_STREAM_BYTES = 16 * 1024
+
+encode_invalid_token_close = _encode_invalid_token_close
+
+
+class AioquicIncompatible(ImportError):
+    """The installed aioquic does not have the internals reverse-http relies on."""
+
+
+#: Private QuicConnection attributes (set in __init__) used below.
+_CONNECTION_ATTRIBUTES = (
+    "_close_event",
+    "_configuration",
+    "_cryptos",
+    "_crypto_streams",
+    "_handshake_complete",
+    "_handshake_done_pending",
+    "_host_cids",
+    "_is_client",
+    "_local_max_data",
+    "_local_max_streams_bidi",
+    "_local_max_streams_uni",
+    "_local_next_stream_id_bidi",
+    "_loss",
+    "_max_datagram_size",
+    "_network_paths",
+    "_pacing_at",
+    "_peer_cid",
+    "_ping_pending",
+    "_probe_pending",
+    "_quic_logger",
+    "_remote_max_data",
+    "_remote_max_data_used",
+    "_remote_max_streams_bidi",
+    "_remote_max_streams_uni",
+    "_retire_connection_ids",
+    "_spaces",
+    "_state",
+    "_streams",
+    "_streams_blocked_bidi",
+    "_streams_blocked_pending",
+    "_streams_blocked_uni",
+    "_streams_queue",
+    "_datagrams_pending",
+)
+#: Private QuicConnection methods used or overridden below.
+_CONNECTION_METHODS = (
+    "_handle_max_data_frame",
+    "_handle_max_stream_data_frame",
+    "_handle_reset_stream_frame",
+    "_handle_stop_sending_frame",
+    "_handle_stream_frame",
+    "_initialize",
+    "_on_connection_limit_delivery",
+    "_payload_received",
+    "_stream_limit",
+    "_unblock_streams",
+    "_write_ack_frame",
+    "_write_application",
+    "_write_connection_limits",
+    "_write_crypto_frame",
+    "_write_datagram_frame",
+    "_write_handshake_done_frame",
+    "_write_new_connection_id_frame",
+    "_write_path_challenge_frame",
+    "_write_path_response_frame",
+    "_write_ping_frame",
+    "_write_retire_connection_id_frame",
+    "_write_streams_blocked_frame",
+)
+
+
+def check_aioquic() -> None:
+    """Raise :class:`AioquicIncompatible` naming every internal that moved."""
+    version = getattr(aioquic, "__version__", "unknown")
+    if not version.startswith(VERIFIED_SERIES):
+        raise AioquicIncompatible(
+            f"reverse-http needs aioquic {VERIFIED_SERIES}x (installed: {version}); "
+            "its private connection, stream and flow-control internals were verified only there"
+        )
+    init_names = set(QuicConnection.__init__.__code__.co_names)
+    missing = [
+        f"QuicConnection.{name}" for name in _CONNECTION_ATTRIBUTES if name not in init_names
+    ]
+    missing += [
+        f"QuicConnection.{name}"
+        for name in _CONNECTION_METHODS
+        if not callable(getattr(QuicConnection, name, None))
+    ]
+    recovery_names = set(QuicPacketRecovery.__init__.__code__.co_names)
+    missing += [
+        f"QuicPacketRecovery.{name}"
+        for name in ("_cc", "_pacer", "_rtt_smoothed")
+        if name not in recovery_names
+    ]
+    tls_names = set(tls.Context.__init__.__code__.co_names)
+    missing += [
+        f"tls.Context.{name}"
+        for name in ("_peer_certificate", "_peer_certificate_chain", "_request_client_certificate")
+        if name not in tls_names
+    ]
+    stream = AioStream(stream_id=0, max_stream_data_local=1, max_stream_data_remote=1)
+    for attr in (
+        "_buffer_start",
+        "_buffer_stop",
+        "_pending",
+        "_pending_eof",
+        "_reset_error_code",
+        "buffer_is_empty",
+        "highest_offset",
+        "is_finished",
+        "reset_pending",
+        "get_frame",
+        "get_reset_frame",
+        "on_data_delivery",
+        "on_reset_delivery",
+        "next_offset",
+    ):
+        if not hasattr(stream.sender, attr):
+            missing.append(f"QuicStreamSender.{attr}")
+    for attr in ("highest_offset", "is_finished", "stop_pending", "get_stop_frame"):
+        if not hasattr(stream.receiver, attr):
+            missing.append(f"QuicStreamReceiver.{attr}")
+    for attr in ("max_stream_data_local", "max_stream_data_local_sent", "is_blocked"):
+        if not hasattr(stream, attr):
+            missing.append(f"QuicStream.{attr}")
+    limit = Limit(frame_type=0, name="probe", value=1)
+    for attr in ("sent", "used", "value"):
+        if not hasattr(limit, attr):
+            missing.append(f"Limit.{attr}")
+    if not hasattr(QuicConfiguration(is_client=True), "max_stream_data"):
+        missing.append("QuicConfiguration.max_stream_data")
+    if "time" not in getattr(QuicReceiveContext, "__dataclass_fields__", {}):
+        missing.append("QuicReceiveContext.time")
+    if missing:
+        raise AioquicIncompatible(
+            f"aioquic {version} lacks internals reverse-http depends on: {', '.join(missing)}"
+        )
+
+
+check_aioquic()
+
+
+class _NoQueue(list[AioStream]):
+    """Stands in for aioquic's per-connection stream walk list, which we replace."""
+
+    def append(self, _stream: AioStream) -> None:
+        pass
 
 
 class TunnelQuicConnection(QuicConnection):
@@ -29,13 +229,17 @@ class TunnelQuicConnection(QuicConnection):
         *,
         stream_receive_window: int,
         max_concurrent_streams: int,
+        connection_receive_window: int | None = None,
         pacing_burst_packets: int = 16,
         request_client_certificate: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._rh_window = stream_receive_window
+        self._rh_conn_window = connection_receive_window or self._local_max_data.value
+        self._local_max_data.value = self._local_max_data.sent = self._rh_conn_window
         self._rh_consumed: dict[int, int] = {}
+        self._rh_conn_consumed = 0
         self._rh_request_client_cert = request_client_certificate
         # aioquic advertises 128; concurrent CONNECTs need far more.
         limit = self._local_max_streams_bidi
@@ -43,59 +247,529 @@ class TunnelQuicConnection(QuicConnection):
         self._loss._pacer = BurstPacer(
             max_datagram_size=self._max_datagram_size, burst_packets=pacing_burst_packets
         )
+        self._streams_queue = _NoQueue()
+        #: Round-robin send queues (dicts keep insertion order): new streams first.
+        self._rh_fresh: dict[int, AioStream] = {}
+        self._rh_bulk: dict[int, AioStream] = {}
+        #: Streams with data but no connection credit; MAX_DATA requeues them.
+        self._rh_conn_blocked: dict[int, AioStream] = {}
+        #: Streams that owe the peer a MAX_STREAM_DATA.
+        self._rh_credit_due: dict[int, AioStream] = {}
+        #: Bytes written on all streams and not yet acknowledged (or reset).
+        self.unacked_bytes = 0
+        #: Time of the last packet that decrypted (liveness); None before any.
+        self.last_authenticated_rx: float | None = None
+        #: Streams looked at while building packets (scheduler cost, for tests).
+        self.streams_visited = 0
+        #: Told (stream id) when acknowledgements free send buffer.
+        self.on_stream_acked: Callable[[int], None] | None = None
+        #: Told (stream id) when aioquic forgets a finished stream.
+        self.on_stream_discarded: Callable[[int], None] | None = None
+        #: Told when the peer's stream limit lets us open more streams.
+        self.on_streams_available: Callable[[], None] | None = None
+
+    # --- facts other modules need, without reaching into aioquic ---------------------
+
+    @property
+    def is_client(self) -> bool:
+        return bool(self._is_client)
+
+    @property
+    def close_event(self) -> events.ConnectionTerminated | None:
+        """Set as soon as a close is sent or received (before the closing period ends)."""
+        event: events.ConnectionTerminated | None = self._close_event
+        return event
+
+    @property
+    def closed_by_peer(self) -> bool:
+        return bool(self._state == QuicConnectionState.DRAINING)
+
+    @property
+    def has_peer_address(self) -> bool:
+        """False for a server connection that has not received its first datagram."""
+        return bool(self._network_paths)
+
+    @property
+    def peer_cid(self) -> bytes:
+        return bytes(self._peer_cid.cid)
+
+    def peer_certificate(self) -> tuple[Any, list[Any]]:
+        """The peer's certificate and chain (mutual TLS), None if it sent none."""
+        tls = self.tls
+        return getattr(tls, "_peer_certificate", None), getattr(tls, "_peer_certificate_chain", [])
+
+    def stats(self) -> dict[str, float]:
+        loss = self._loss
+        return {
+            "rtt_seconds": float(loss._rtt_smoothed),
+            "congestion_window_bytes": float(loss.congestion_window),
+            "bytes_in_flight": float(loss.bytes_in_flight),
+            "lost_packets": float(getattr(loss._cc, "lost_packets", 0)),
+        }
+
+    def stream_unacked(self, stream_id: int) -> int:
+        """Bytes written on the stream the peer has not acknowledged; 0 once reset."""
+        stream: AioStream | None = self._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        if sender._reset_error_code is not None or sender.is_finished:
+            return 0
+        return int(sender._buffer_stop - sender._buffer_start)
+
+    def has_stream(self, stream_id: int) -> bool:
+        return stream_id in self._streams
+
+    def can_open_stream(self) -> bool:
+        """True while the peer's MAX_STREAMS lets us open one more bidirectional stream."""
+        return bool(self._local_next_stream_id_bidi // 4 < self._remote_max_streams_bidi)
+
+    @property
+    def open_stream_count(self) -> int:
+        return len(self._streams)
+
+    # --- sans-IO API additions ----------------------------------------------------------
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         if self._rh_request_client_cert:
             self.tls._request_client_certificate = True
 
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        super().send_stream_data(stream_id, data, end_stream)
+        self.unacked_bytes += len(data)
+        self._schedule(self._streams[stream_id])
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        stream: AioStream | None = self._streams.get(stream_id)
+        was_reset = stream is not None and stream.sender._reset_error_code is not None
+        super().reset_stream(stream_id, error_code)
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self._after_reset(stream, was_reset)
+            self._schedule(stream)
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        super().stop_stream(stream_id, error_code)
+        self._schedule(self._streams[stream_id])
+
+    def released(self, nbytes: int) -> bool:
+        """Delivered bytes the application dropped unread (reset, close): they free
+        connection credit like consumed bytes; True when a MAX_DATA is due."""
+        self._rh_conn_consumed += nbytes
+        return (
+            self._rh_conn_consumed + self._rh_conn_window - self._local_max_data.sent
+            >= self._rh_conn_window // 2
+        )
+
     def consumed(self, stream_id: int, nbytes: int) -> bool:
         """Record that the application read ``nbytes``; True when new credit is due.
 
         Credit is announced once the unannounced part reaches half a window, which
-        keeps MAX_STREAM_DATA frames (and connection wake-ups) rare.
+        keeps MAX_STREAM_DATA and MAX_DATA frames (and transmissions) rare.
         """
+        due = self.released(nbytes)
         total = self._rh_consumed.get(stream_id, 0) + nbytes
         self._rh_consumed[stream_id] = total
         stream: AioStream | None = self._streams.get(stream_id)
-        if stream is None or not stream.max_stream_data_local:
+        if (
+            stream is not None
+            and stream.max_stream_data_local
+            and total + self._rh_window - stream.max_stream_data_local_sent >= self._rh_window // 2
+        ):
+            self._rh_credit_due[stream_id] = stream
+            due = True
+        return due
+
+    # --- scheduling -----------------------------------------------------------------------
+
+    def _schedule(self, stream: AioStream) -> None:
+        sid = _sid(stream)
+        if sid in self._rh_fresh or sid in self._rh_bulk:
+            return
+        if stream.sender.highest_offset < FRESH_STREAM_BYTES:
+            self._rh_fresh[sid] = stream
+        else:
+            self._rh_bulk[sid] = stream
+
+    def _after_reset(self, stream: AioStream, was_reset: bool) -> None:
+        sender = stream.sender
+        if not was_reset and sender._reset_error_code is not None:
+            self.unacked_bytes -= sender._buffer_stop - sender._buffer_start
+
+    def _maybe_discard(self, stream: AioStream) -> None:
+        """Forget a finished stream at once and give the peer its stream credit back."""
+        if not stream.is_finished:
+            return
+        sid = _sid(stream)
+        if self._streams.get(sid) is not stream:
+            return
+        del self._streams[sid]
+        for queue in (self._rh_fresh, self._rh_bulk, self._rh_conn_blocked, self._rh_credit_due):
+            queue.pop(sid, None)
+        self._rh_consumed.pop(sid, None)
+        if stream_is_client_initiated(sid) != self._is_client:
+            # RFC 9000 section 4.6: one new stream for each one that closes.
+            self._stream_limit(sid).value += 1
+        if self.on_stream_discarded is not None:
+            self.on_stream_discarded(sid)
+
+    def _has_stream_work(self) -> bool:
+        return bool(self._rh_fresh or self._rh_bulk or self._rh_credit_due)
+
+    # --- frames received --------------------------------------------------------------
+
+    def _payload_received(
+        self, context: QuicReceiveContext, plain: bytes, crypto_frame_required: bool = False
+    ) -> tuple[bool, bool]:
+        result: tuple[bool, bool] = super()._payload_received(
+            context, plain, crypto_frame_required=crypto_frame_required
+        )
+        self.last_authenticated_rx = context.time
+        return result
+
+    def _handle_stream_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        sid = _peek_stream_id(buf)
+        super()._handle_stream_frame(context, frame_type, buf)
+        self._after_receive(sid)
+
+    def _handle_reset_stream_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        sid = _peek_stream_id(buf)
+        stream: AioStream | None = self._streams.get(sid)
+        was_finished = stream is not None and stream.receiver.is_finished
+        delivered = stream.receiver._buffer_start if stream is not None else 0
+        super()._handle_reset_stream_frame(context, frame_type, buf)
+        stream = self._streams.get(sid)
+        if stream is not None and not was_finished and stream.receiver.is_finished:
+            # Counted against MAX_DATA but never delivered: nobody will consume it.
+            self.released(stream.receiver.highest_offset - delivered)
+        self._after_receive(sid)
+
+    def _after_receive(self, sid: int) -> None:
+        stream: AioStream | None = self._streams.get(sid)
+        if stream is not None and stream.receiver.is_finished:
+            self._maybe_discard(stream)
+
+    def _handle_stop_sending_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        sid = _peek_stream_id(buf)
+        stream: AioStream | None = self._streams.get(sid)
+        was_reset = stream is not None and stream.sender._reset_error_code is not None
+        super()._handle_stop_sending_frame(context, frame_type, buf)
+        stream = self._streams.get(sid)
+        if stream is not None:
+            self._after_reset(stream, was_reset)
+            self._schedule(stream)
+
+    def _handle_max_stream_data_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        sid = _peek_stream_id(buf)
+        super()._handle_max_stream_data_frame(context, frame_type, buf)
+        stream: AioStream | None = self._streams.get(sid)
+        if stream is not None and _has_data(stream):
+            self._schedule(stream)
+
+    def _handle_max_data_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        before = self._remote_max_data
+        super()._handle_max_data_frame(context, frame_type, buf)
+        if self._remote_max_data > before and self._rh_conn_blocked:
+            blocked, self._rh_conn_blocked = self._rh_conn_blocked, {}
+            for stream in blocked.values():
+                self._schedule(stream)
+
+    def _unblock_streams(self, is_unidirectional: bool) -> None:
+        queue = self._streams_blocked_uni if is_unidirectional else self._streams_blocked_bidi
+        blocked = list(queue)
+        super()._unblock_streams(is_unidirectional)
+        for stream in blocked:
+            if not stream.is_blocked:
+                self._schedule(stream)
+        if not is_unidirectional and self.on_streams_available is not None:
+            self.on_streams_available()
+
+    # --- delivery of frames we sent -------------------------------------------------------
+
+    def _on_stream_delivery(
+        self, delivery: QuicDeliveryState, stream: AioStream, start: int, stop: int, fin: bool
+    ) -> None:
+        sender = stream.sender
+        before = sender._buffer_start
+        sender.on_data_delivery(delivery, start, stop, fin)
+        if delivery == QuicDeliveryState.ACKED:
+            freed = sender._buffer_start - before
+            if freed and sender._reset_error_code is None:
+                self.unacked_bytes -= freed
+                if self.on_stream_acked is not None:
+                    self.on_stream_acked(_sid(stream))
+            if sender.is_finished:
+                self._maybe_discard(stream)
+        elif sender._reset_error_code is None and _sid(stream) in self._streams:
+            self._schedule(stream)
+
+    def _on_reset_delivery(self, delivery: QuicDeliveryState, stream: AioStream) -> None:
+        stream.sender.on_reset_delivery(delivery)
+        if delivery == QuicDeliveryState.ACKED:
+            self._maybe_discard(stream)
+        elif _sid(stream) in self._streams:
+            self._schedule(stream)
+
+    def _on_stop_delivery(self, delivery: QuicDeliveryState, stream: AioStream) -> None:
+        stream.receiver.on_stop_sending_delivery(delivery)
+        if delivery != QuicDeliveryState.ACKED and _sid(stream) in self._streams:
+            self._schedule(stream)
+
+    def _on_credit_delivery(self, delivery: QuicDeliveryState, stream: AioStream) -> None:
+        if delivery != QuicDeliveryState.ACKED and _sid(stream) in self._streams:
+            stream.max_stream_data_local_sent = 0
+            self._rh_credit_due[_sid(stream)] = stream
+
+    # --- packet building --------------------------------------------------------------------
+
+    def _write_application(
+        self, builder: QuicPacketBuilder, network_path: QuicNetworkPath, now: float
+    ) -> None:
+        crypto_stream: AioStream | None = None
+        if self._cryptos[Epoch.ONE_RTT].send.is_valid():
+            crypto = self._cryptos[Epoch.ONE_RTT]
+            crypto_stream = self._crypto_streams[Epoch.ONE_RTT]
+            packet_type = QuicPacketType.ONE_RTT
+        elif self._cryptos[Epoch.ZERO_RTT].send.is_valid():
+            crypto = self._cryptos[Epoch.ZERO_RTT]
+            packet_type = QuicPacketType.ZERO_RTT
+        else:
+            return
+        space = self._spaces[Epoch.ONE_RTT]
+
+        while True:
+            ack_due = space.ack_at is not None and space.ack_at <= now
+            if not ack_due:
+                self._pacing_at = self._loss._pacer.next_send_time(now=now)
+                if self._pacing_at is not None:
+                    break
+            builder.start_packet(packet_type, crypto)
+
+            # An ACK goes out when due, and in any packet that carries stream work.
+            if (
+                packet_type == QuicPacketType.ONE_RTT
+                and space.ack_at is not None
+                and (ack_due or self._has_stream_work())
+            ):
+                self._write_ack_frame(builder=builder, space=space, now=now)
+
+            if self._handshake_complete:
+                self._write_control_frames(builder, network_path, now)
+
+            for stream in list(self._rh_credit_due.values()):
+                self._write_stream_limits(builder, space, stream)
+                del self._rh_credit_due[_sid(stream)]
+
+            if self._ping_pending:
+                self._write_ping_frame(builder, self._ping_pending)
+                self._ping_pending.clear()
+            if self._probe_pending:
+                self._write_ping_frame(builder, comment="probe")
+                self._probe_pending = False
+
+            if crypto_stream is not None and not crypto_stream.sender.buffer_is_empty:
+                self._write_crypto_frame(builder=builder, space=space, stream=crypto_stream)
+
+            while self._datagrams_pending:
+                try:
+                    self._write_datagram_frame(
+                        builder=builder,
+                        data=self._datagrams_pending[0],
+                        frame_type=QuicFrameType.DATAGRAM_WITH_LENGTH,
+                    )
+                except QuicPacketBuilderStop:
+                    break
+                self._datagrams_pending.popleft()
+
+            self._write_streams(builder, space)
+
+            if builder.packet_is_empty:
+                break
+            self._loss._pacer.update_after_send(now=now)
+
+    def _write_control_frames(
+        self, builder: QuicPacketBuilder, network_path: QuicNetworkPath, now: float
+    ) -> None:
+        # PATH_CHALLENGE while a migrated client's path is not validated (RFC 9000 9.3).
+        if not (network_path.is_validated or network_path.local_challenge_sent):
+            self._write_path_challenge_frame(builder=builder, network_path=network_path)
+            if network_path.validation_deadline is None:
+                network_path.validation_deadline = now + 3 * max(
+                    self._loss.get_probe_timeout(), 2 * self._configuration.initial_rtt
+                )
+        if self._handshake_done_pending:
+            self._write_handshake_done_frame(builder=builder)
+            self._handshake_done_pending = False
+        while network_path.remote_challenges:
+            self._write_path_response_frame(
+                builder=builder, challenge=network_path.remote_challenges[0]
+            )
+            network_path.remote_challenges.popleft()
+        for connection_id in self._host_cids:
+            if not connection_id.was_sent:
+                self._write_new_connection_id_frame(builder=builder, connection_id=connection_id)
+        while self._retire_connection_ids:
+            self._write_retire_connection_id_frame(
+                builder=builder, sequence_number=self._retire_connection_ids[0]
+            )
+            self._retire_connection_ids.pop(0)
+        if self._streams_blocked_pending:
+            if self._streams_blocked_bidi:
+                self._write_streams_blocked_frame(
+                    builder=builder,
+                    frame_type=QuicFrameType.STREAMS_BLOCKED_BIDI,
+                    limit=self._remote_max_streams_bidi,
+                )
+            if self._streams_blocked_uni:
+                self._write_streams_blocked_frame(
+                    builder=builder,
+                    frame_type=QuicFrameType.STREAMS_BLOCKED_UNI,
+                    limit=self._remote_max_streams_uni,
+                )
+            self._streams_blocked_pending = False
+        self._write_connection_limits(builder=builder, space=self._spaces[Epoch.ONE_RTT])
+
+    def _write_streams(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        """Fill the packet from the send queues, fresh streams first, round robin.
+
+        A stream stays at the head of its queue while a frame of it does not fit
+        (QuicPacketBuilderStop ends this packet), so it goes first next time.
+        """
+        for queue in (self._rh_fresh, self._rh_bulk):
+            while queue and builder.remaining_flight_space >= _MIN_FRAME_ROOM:
+                sid, stream = next(iter(queue.items()))
+                self.streams_visited += 1
+                more = self._serve_stream(builder, space, stream)
+                if queue.get(sid) is stream:
+                    del queue[sid]
+                if more:
+                    self._schedule(stream)
+
+    def _serve_stream(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: AioStream
+    ) -> bool:
+        """Write this stream's frames; True while it still has something to send."""
+        receiver, sender = stream.receiver, stream.sender
+        if receiver.stop_pending:
+            self._write_stop_sending(builder, stream)
+        if sender.reset_pending:
+            self._write_reset_stream(builder, stream)
             return False
-        due = total + self._rh_window - stream.max_stream_data_local_sent
-        return due >= self._rh_window // 2
+        if sender._reset_error_code is not None or stream.is_blocked or not _has_data(stream):
+            return False
+        max_offset = min(
+            sender.highest_offset + self._remote_max_data - self._remote_max_data_used,
+            stream.max_stream_data_remote,
+        )
+        self._remote_max_data_used += self._write_stream_data(builder, stream, max_offset)
+        if not _has_data(stream):
+            sender.buffer_is_empty = True
+            return False
+        if len(sender._pending) and sender._pending[0].start >= max_offset:
+            if max_offset < stream.max_stream_data_remote:
+                self._rh_conn_blocked[_sid(stream)] = stream
+            return False  # MAX_STREAM_DATA or MAX_DATA requeues it
+        return True
 
-    def forget_stream(self, stream_id: int) -> None:
-        self._rh_consumed.pop(stream_id, None)
-
-    def _write_stream_frame(
-        self,
-        builder: QuicPacketBuilder,
-        space: QuicPacketSpace,
-        stream: AioStream,
-        max_offset: int,
+    def _write_stream_data(
+        self, builder: QuicPacketBuilder, stream: AioStream, max_offset: int
     ) -> int:
-        # aioquic offers every stream with pending data to every packet, even a
-        # full one; with many busy streams that walk dominated the CPU profile.
-        if builder.remaining_flight_space < _MIN_FRAME_ROOM:
+        sender = stream.sender
+        sid = _sid(stream)
+        next_offset = sender.next_offset
+        overhead = 3 + size_uint_var(sid) + (size_uint_var(next_offset) if next_offset else 0)
+        previous_highest = sender.highest_offset
+        frame = sender.get_frame(builder.remaining_flight_space - overhead, max_offset)
+        if frame is None:
             return 0
-        used: int = super()._write_stream_frame(builder, space, stream, max_offset)
-        return used
+        frame_type = QuicFrameType.STREAM_BASE | 2  # with length
+        if frame.offset:
+            frame_type |= 4
+        if frame.fin:
+            frame_type |= 1
+        end = frame.offset + len(frame.data)
+        buf = builder.start_frame(
+            frame_type,
+            capacity=overhead,
+            handler=self._on_stream_delivery,
+            handler_args=(stream, frame.offset, end, frame.fin),
+        )
+        buf.push_uint_var(sid)
+        if frame.offset:
+            buf.push_uint_var(frame.offset)
+        buf.push_uint16(len(frame.data) | 0x4000)
+        buf.push_bytes(frame.data)
+        if self._quic_logger is not None and builder.quic_logger_frames is not None:
+            builder.quic_logger_frames.append(
+                self._quic_logger.encode_stream_frame(frame, stream_id=sid)
+            )
+        return int(sender.highest_offset - previous_highest)
+
+    def _write_reset_stream(self, builder: QuicPacketBuilder, stream: AioStream) -> None:
+        buf = builder.start_frame(
+            QuicFrameType.RESET_STREAM,
+            capacity=RESET_STREAM_FRAME_CAPACITY,
+            handler=self._on_reset_delivery,
+            handler_args=(stream,),
+        )
+        frame = stream.sender.get_reset_frame()
+        buf.push_uint_var(frame.stream_id)
+        buf.push_uint_var(frame.error_code)
+        buf.push_uint_var(frame.final_size)
+        if self._quic_logger is not None and builder.quic_logger_frames is not None:
+            builder.quic_logger_frames.append(
+                self._quic_logger.encode_reset_stream_frame(
+                    error_code=frame.error_code,
+                    final_size=frame.final_size,
+                    stream_id=frame.stream_id,
+                )
+            )
+
+    def _write_stop_sending(self, builder: QuicPacketBuilder, stream: AioStream) -> None:
+        buf = builder.start_frame(
+            QuicFrameType.STOP_SENDING,
+            capacity=STOP_SENDING_FRAME_CAPACITY,
+            handler=self._on_stop_delivery,
+            handler_args=(stream,),
+        )
+        frame = stream.receiver.get_stop_frame()
+        buf.push_uint_var(frame.stream_id)
+        buf.push_uint_var(frame.error_code)
+        if self._quic_logger is not None and builder.quic_logger_frames is not None:
+            builder.quic_logger_frames.append(
+                self._quic_logger.encode_stop_sending_frame(
+                    error_code=frame.error_code, stream_id=frame.stream_id
+                )
+            )
 
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: AioStream
     ) -> None:
-        sid = stream.stream_id
+        """MAX_STREAM_DATA: credit is what the application consumed plus one window."""
+        sid = _sid(stream)
         if sid is None or not stream.max_stream_data_local or stream.receiver.is_finished:
             return
         target = self._rh_consumed.get(sid, 0) + self._rh_window
         if target - stream.max_stream_data_local_sent < self._rh_window // 2:
             return
-        stream.max_stream_data_local = target
         buf = builder.start_frame(
             QuicFrameType.MAX_STREAM_DATA,
             capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
-            handler=self._on_max_stream_data_delivery,
+            handler=self._on_credit_delivery,
             handler_args=(stream,),
         )
+        stream.max_stream_data_local = target
         buf.push_uint_var(sid)
         buf.push_uint_var(target)
         stream.max_stream_data_local_sent = target
@@ -103,3 +777,48 @@ class TunnelQuicConnection(QuicConnection):
             builder.quic_logger_frames.append(
                 self._quic_logger.encode_max_stream_data_frame(maximum=target, stream_id=sid)
             )
+
+    def _write_connection_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace
+    ) -> None:
+        """MAX_DATA follows consumption too; MAX_STREAMS as aioquic batches it."""
+        max_data = self._local_max_data
+        target = self._rh_conn_consumed + self._rh_conn_window
+        if target - max_data.sent >= self._rh_conn_window // 2:
+            max_data.value = max(max_data.value, target)
+        for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
+            if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
+                continue  # batch MAX_STREAMS until the peer has used up half
+            if limit.value != limit.sent:
+                buf = builder.start_frame(
+                    limit.frame_type,
+                    capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
+                    handler=self._on_connection_limit_delivery,
+                    handler_args=(limit,),
+                )
+                buf.push_uint_var(limit.value)
+                limit.sent = limit.value
+                if self._quic_logger is not None and builder.quic_logger_frames is not None:
+                    builder.quic_logger_frames.append(
+                        self._quic_logger.encode_connection_limit_frame(
+                            frame_type=limit.frame_type, maximum=limit.value
+                        )
+                    )
+
+
+def _has_data(stream: AioStream) -> bool:
+    sender = stream.sender
+    return len(sender._pending) > 0 or bool(sender._pending_eof)
+
+
+def _sid(stream: AioStream) -> int:
+    sid = stream.stream_id
+    assert sid is not None  # only crypto streams have none
+    return sid
+
+
+def _peek_stream_id(buf: Buffer) -> int:
+    pos = buf.tell()
+    sid = int(buf.pull_uint_var())
+    buf.seek(pos)
+    return sid

@@ -1,24 +1,24 @@
-"""QUIC server: routes datagrams by connection ID and runs a task per connection.
+"""QUIC server: routes datagrams by connection ID, one handler task per connection.
 
 Nursery tree of :func:`serve_quic`::
 
     serve_quic
-    ├── endpoint receive loop  (routes datagrams, creates connections)
+    ├── endpoint receive loop   (routes datagrams, creates connections, services
+    │                            every connection it fed once per batch)
+    ├── endpoint backlog writer (only busy while the socket buffer is full)
+    ├── driver                  (one deadline heap for all connections' timers)
     └── per connection: _connection_lifetime
-        ├── Connection.run      (the only driver of that QuicConnection)
         └── handler(conn)       (cancelled when the connection ends)
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from aioquic.asyncio.server import _encode_invalid_token_close
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.packet import (
@@ -30,8 +30,9 @@ from aioquic.quic.packet import (
 from aioquic.quic.retry import QuicRetryTokenHandler
 
 from .connection import Connection, ConnectionError
+from .driver import Driver
 from .endpoint import UdpEndpoint
-from .protocol import TunnelQuicConnection
+from .protocol import TunnelQuicConnection, encode_invalid_token_close
 from .settings import ServerSettings, server_configuration
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,11 @@ class QuicServer:
     def __init__(self, settings: ServerSettings, endpoint: UdpEndpoint) -> None:
         self.settings = settings
         self.endpoint = endpoint
+        self.driver = Driver(endpoint.send_nowait)
         self._configuration: QuicConfiguration = server_configuration(settings)
         self._cid_length: int = self._configuration.connection_id_length
         self._routes: dict[bytes, Connection] = {}
+        self._cids: dict[Connection, set[bytes]] = {}
         self._retry = QuicRetryTokenHandler() if settings.retry else None
         self._pending_handshakes = 0
         self._accepting = True
@@ -78,10 +81,11 @@ class QuicServer:
     def dispatch(self, data: bytes, addr: Any) -> None:
         if not data:
             return
+        now = trio.current_time()
         if not data[0] & 0x80:  # short header: the fast path for established traffic
             conn = self._routes.get(data[1 : 1 + self._cid_length])
             if conn is not None:
-                conn.feed(data, addr)
+                conn.datagram_received(data, addr, now)
             return
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=self._cid_length)
@@ -89,7 +93,7 @@ class QuicServer:
             return
         conn = self._routes.get(header.destination_cid)
         if conn is not None:
-            conn.feed(data, addr)
+            conn.datagram_received(data, addr, now)
             return
         cfg = self._configuration
         if (
@@ -118,7 +122,6 @@ class QuicServer:
         odcid: bytes = header.destination_cid
         retry_scid: bytes | None = None
         if self._retry is not None:
-            now = trio.current_time()
             if not header.token:
                 scid = os.urandom(8)
                 token = self._retry.create_token(
@@ -147,7 +150,7 @@ class QuicServer:
                 )
             except ValueError:
                 self._send_now(
-                    _encode_invalid_token_close(
+                    encode_invalid_token_close(
                         version=version,
                         source_cid=header.destination_cid,
                         destination_cid=header.source_cid,
@@ -157,11 +160,11 @@ class QuicServer:
                 return
             retry_scid = header.destination_cid
         conn = self._create_connection(odcid, retry_scid, addr)
-        self._routes[header.destination_cid] = conn
-        self._routes[conn.host_cid] = conn
+        self._route(header.destination_cid, conn)
+        self._route(conn.host_cid, conn)
         self._pending_handshakes += 1
         self._spawn(conn)
-        conn.feed(data, addr)
+        conn.datagram_received(data, addr, now)
 
     def _create_connection(self, odcid: bytes, retry_scid: bytes | None, addr: Any) -> Connection:
         t = self.settings.transport
@@ -171,6 +174,7 @@ class QuicServer:
             original_destination_connection_id=odcid,
             retry_source_connection_id=retry_scid,
             stream_receive_window=t.stream_receive_window,
+            connection_receive_window=t.connection_receive_window,
             max_concurrent_streams=t.max_concurrent_streams,
             pacing_burst_packets=t.pacing_burst_packets,
             request_client_certificate=client_ca is not None,
@@ -178,16 +182,17 @@ class QuicServer:
         conn: Connection
 
         def issued(cid: bytes) -> None:
-            self._routes[cid] = conn
+            self._route(cid, conn)
 
         def retired(cid: bytes) -> None:
             if self._routes.get(cid) is conn:
                 del self._routes[cid]
+            self._cids.get(conn, set()).discard(cid)
 
         conn = Connection(
             quic,
             t,
-            self.endpoint.send,
+            self.driver,
             addr,
             client_ca_file=client_ca,
             on_cid_issued=issued,
@@ -196,12 +201,16 @@ class QuicServer:
         return conn
 
     def _send_now(self, datagram: bytes, addr: Any) -> None:
-        with contextlib.suppress(OSError):
-            self.endpoint._sock.sendto(datagram, addr)
+        self.endpoint.send_nowait([(datagram, addr)])
+
+    def _route(self, cid: bytes, conn: Connection) -> None:
+        self._routes[cid] = conn
+        self._cids.setdefault(conn, set()).add(cid)
 
     def _forget(self, conn: Connection) -> None:
-        for cid in [cid for cid, c in self._routes.items() if c is conn]:
-            del self._routes[cid]
+        for cid in self._cids.pop(conn, ()):
+            if self._routes.get(cid) is conn:
+                del self._routes[cid]
         self.connections.discard(conn)
 
     # --- tasks ------------------------------------------------------------------------------
@@ -209,14 +218,15 @@ class QuicServer:
     async def _run(self, handler: Handler) -> None:
         async with trio.open_nursery() as nursery:
             self._spawn = lambda conn: nursery.start_soon(self._connection_lifetime, conn, handler)
-            await self.endpoint.receive_loop(self.dispatch)
+            nursery.start_soon(self.driver.run)
+            await self.endpoint.run(self.dispatch, self.driver.flush)
 
     async def _connection_lifetime(self, conn: Connection, handler: Handler) -> None:
         handshake_counted = True
         self.connections.add(conn)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_run_connection, conn, nursery.cancel_scope)
+            with trio.CancelScope() as scope:
+                conn.cancel_on_close(scope)
                 try:
                     await conn.wait_handshake()
                 except ConnectionError as exc:
@@ -241,15 +251,8 @@ class QuicServer:
         finally:
             if handshake_counted:
                 self._pending_handshakes -= 1
+            conn.abort_now()
             self._forget(conn)
-
-
-async def _run_connection(conn: Connection, scope: trio.CancelScope) -> None:
-    """Run the connection; when it ends, whatever depends on it is cancelled."""
-    try:
-        await conn.run()
-    finally:
-        scope.cancel()
 
 
 async def serve_quic(

@@ -35,9 +35,14 @@ class TransportSettings:
     pacing_burst_packets: int = 64
     stream_receive_window: int = 1024 * 1024
     stream_send_buffer: int = 1024 * 1024
+    #: Unread bytes one connection buffers across all its streams (MAX_DATA follows reads).
     connection_receive_window: int = 16 * 1024 * 1024
+    #: Unacknowledged bytes one connection holds across all its streams.
+    connection_send_buffer: int = 16 * 1024 * 1024
     #: Streams the peer may have open at once (aioquic hard-codes 128).
-    max_concurrent_streams: int = 4096
+    max_concurrent_streams: int = 16384
+    #: Stream opens that may wait while the peer's stream limit is reached.
+    max_pending_stream_opens: int = 8192
     #: As quic-go's default; a dead backend behind a UDP LB costs at most this per try.
     handshake_timeout: float = 5.0
     idle_timeout: float = 30.0
@@ -60,6 +65,11 @@ class TransportSettings:
             raise ValueError("timeouts must be positive")
         if self.stream_receive_window < 16384 or self.stream_send_buffer < 16384:
             raise ValueError("stream windows must be at least 16 KiB")
+        if (
+            self.connection_receive_window < self.stream_receive_window
+            or self.connection_send_buffer < self.stream_send_buffer
+        ):
+            raise ValueError("connection windows must be at least the stream windows")
 
     @property
     def probe_after(self) -> float:
@@ -67,6 +77,14 @@ class TransportSettings:
         if self.liveness_timeout:
             return min(self.keepalive_interval, self.liveness_timeout / 2)
         return self.keepalive_interval
+
+    @property
+    def server_probe_after(self) -> float:
+        """The server PINGs only clients that are quieter than ours ever are (a Go agent
+        keeps alive every 10 s): our agents' PINGs keep both ends alive at half the cost."""
+        if self.liveness_timeout:
+            return min(self.keepalive_interval, self.liveness_timeout * 0.8)
+        return self.keepalive_interval * 1.5
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 import trio
 
 if TYPE_CHECKING:
-    from aioquic.quic.stream import QuicStream as AioStream
-
     from .connection import Connection
 
 #: Application error code for streams aborted by us (reset / STOP_SENDING).
@@ -28,7 +26,6 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self.stream_id = stream_id
         self._hwm = send_buffer
         self._lwm = send_buffer // 2
-        self._aio: AioStream | None = None
         self._rx: deque[bytes] = deque()
         self._rx_buffered = 0
         self._rx_eof = False
@@ -44,15 +41,15 @@ class QuicStream(trio.abc.HalfCloseableStream):
     def __repr__(self) -> str:
         return f"<QuicStream {self.stream_id} of {self._conn!r}>"
 
-    # --- called by the connection task -------------------------------------------
-
-    def _attach(self, aio: AioStream) -> None:
-        self._aio = aio
+    # --- called by the connection -------------------------------------------------
 
     def _on_data(self, data: bytes, end_stream: bool) -> None:
-        if data and self._rx_error is None and not self._closed:
-            self._rx.append(data)
-            self._rx_buffered += len(data)
+        if data:
+            if self._rx_error is None and not self._closed:
+                self._rx.append(data)
+                self._rx_buffered += len(data)
+            else:
+                self._conn._released(len(data))
         if end_stream:
             self._rx_eof = True
         if self._readers:
@@ -60,9 +57,14 @@ class QuicStream(trio.abc.HalfCloseableStream):
 
     def _on_reset(self, error_code: int) -> None:
         self._rx_error = f"stream reset by peer (code {error_code})"
-        self._rx.clear()
-        self._rx_buffered = 0
+        self._drop_received()
         self._readers.unpark_all()
+
+    def _drop_received(self) -> None:
+        """Forget unread data; it frees connection credit as if it had been read."""
+        self._rx.clear()
+        dropped, self._rx_buffered = self._rx_buffered, 0
+        self._conn._released(dropped)
 
     def _on_stop_sending(self, error_code: int) -> None:
         self._tx_error = f"peer stopped reading (code {error_code})"
@@ -79,20 +81,18 @@ class QuicStream(trio.abc.HalfCloseableStream):
     @property
     def unacked(self) -> int:
         """Bytes written but not yet acknowledged by the peer."""
-        aio = self._aio
-        if aio is None or self._tx_error is not None:
+        if self._tx_error is not None:
             return 0  # a reset send side will never be acknowledged
-        sender = aio.sender
-        if sender._reset_error_code is not None or sender.is_finished:
-            return 0
-        return int(sender._buffer_stop - sender._buffer_start)
+        return self._conn.stream_unacked(self)
 
     @property
     def receive_buffered(self) -> int:
         return self._rx_buffered
 
     def _writer_may_proceed(self) -> bool:
-        return self.unacked < self._lwm or self._tx_error is not None or self._closed
+        if self._tx_error is not None or self._closed:
+            return True
+        return self.unacked < self._lwm and not self._conn._send_budget_exhausted
 
     # --- trio.abc.HalfCloseableStream ------------------------------------------------
 
@@ -107,7 +107,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
             sent_any = False
             try:
                 while view:
-                    room = self._hwm - self.unacked
+                    room = min(self._hwm - self.unacked, self._conn.send_room())
                     if room <= 0:
                         await self._wait_writable()
                         continue
@@ -130,7 +130,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_writable(eof_ok=True)
-            if self.unacked >= self._hwm:
+            if self.unacked >= self._hwm or self._conn.send_room() <= 0:
                 await self._wait_writable()
             else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -171,8 +171,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         if not self._rx_eof and self._rx_error is None and not self._closed:
             self._conn._stop(self, STREAM_ABORTED)
             self._rx_error = "stream aborted"
-            self._rx.clear()
-            self._rx_buffered = 0
+            self._drop_received()
             self._readers.unpark_all()
 
     def _abort_send(self) -> None:
@@ -234,8 +233,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
                     self._finish_send()
             if not self._rx_eof and self._rx_error is None:
                 self._conn._stop(self, STREAM_ABORTED)
-            self._rx.clear()
-            self._rx_buffered = 0
+            self._drop_received()
             self._readers.unpark_all()
             self._writers.unpark_all()
             self._conn._stream_closed(self)

@@ -1,0 +1,123 @@
+"""Time and output for every connection of one UDP endpoint, from one task.
+
+Connections have no task of their own. Datagrams are fed to them synchronously
+by the endpoint's receive loop, which services every connection it touched once
+per receive batch; application writes service their connection inline. What is
+left is time: one heap of deadlines for the whole endpoint, and one task that
+sleeps until the earliest and services the connections that are due. An idle
+connection therefore costs one heap entry, not a task and its timers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger(__name__)
+
+Address = Any
+SendNowait = Callable[[list[tuple[bytes, Address]]], None]
+
+#: Rebuild the heap when stale entries outnumber live connections this much.
+_COMPACT_FACTOR = 4
+
+
+class Driver:
+    def __init__(self, send: SendNowait) -> None:
+        #: Never blocks: the endpoint queues what the socket does not take at once.
+        self.send = send
+        self._heap: list[tuple[float, int, Connection]] = []
+        self._order = itertools.count()
+        self._dirty: dict[Connection, None] = {}
+        self._flushing = False
+        self._wake = trio.Event()
+        self._sleeping_until = math.inf
+        self.connections: set[Connection] = set()
+
+    def add(self, conn: Connection) -> None:
+        self.connections.add(conn)
+
+    def remove(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self._dirty.pop(conn, None)
+        conn._timer_at = math.inf
+
+    def touch(self, conn: Connection) -> None:
+        """``conn`` has input or output pending; the next :meth:`flush` services it."""
+        self._dirty[conn] = None
+
+    def flush(self) -> None:
+        """Service every touched connection (synchronously, never re-entered)."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            now = trio.current_time()
+            dirty = self._dirty
+            while dirty:
+                conn = next(iter(dirty))
+                del dirty[conn]
+                try:
+                    conn._service(now)
+                except Exception:
+                    # A bug costs this connection, never the endpoint's others.
+                    log.exception("servicing %r failed; aborting it", conn)
+                    conn._fail("internal error")
+        finally:
+            self._flushing = False
+
+    def schedule(self, conn: Connection, at: float) -> None:
+        """Service ``conn`` at ``at`` (replacing its previous deadline)."""
+        if at == conn._timer_at:
+            return
+        conn._timer_at = at
+        if at == math.inf:
+            return
+        heapq.heappush(self._heap, (at, next(self._order), conn))
+        if at < self._sleeping_until:
+            self._wake.set()
+        if len(self._heap) > _COMPACT_FACTOR * len(self.connections) + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        self._heap = [
+            (c._timer_at, next(self._order), c) for c in self.connections if c._timer_at < math.inf
+        ]
+        heapq.heapify(self._heap)
+
+    def _next_deadline(self) -> float:
+        heap = self._heap
+        while heap and heap[0][2]._timer_at != heap[0][0]:
+            heapq.heappop(heap)  # superseded by a later schedule()
+        return heap[0][0] if heap else math.inf
+
+    def pending_deadlines(self) -> int:
+        return len(self._heap)
+
+    async def run(self) -> None:
+        """Sleep until the earliest deadline, service what is due, repeat."""
+        while True:
+            self.flush()
+            deadline = self._next_deadline()
+            if not self._wake.is_set():
+                self._sleeping_until = deadline
+                with trio.move_on_at(deadline):
+                    await self._wake.wait()
+                self._sleeping_until = math.inf
+            self._wake = trio.Event()
+            now = trio.current_time()
+            heap = self._heap
+            while heap and heap[0][0] <= now:
+                at, _, conn = heapq.heappop(heap)
+                if conn._timer_at == at:
+                    conn._timer_at = math.nan  # due: the next schedule() always pushes
+                    self._dirty[conn] = None

@@ -1,0 +1,122 @@
+"""Two ``Connection`` objects wired in memory, with no sockets: an in-memory link
+that can be cut, each direction drained by its own task. With
+``trio.testing.MockClock`` (autojump) minutes of protocol time run instantly."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from aioquic.buffer import Buffer
+from aioquic.quic.packet import pull_quic_header
+
+from reverse_http.devcerts import CertFiles
+from reverse_http.quic import Connection, TransportSettings
+from reverse_http.quic.driver import Driver
+from reverse_http.quic.protocol import TunnelQuicConnection
+from reverse_http.quic.settings import client_configuration, server_configuration
+from tests.quic_helpers import client_tls, server_settings
+
+CLIENT_ADDR = ("127.0.0.1", 50000)
+SERVER_ADDR = ("127.0.0.1", 4242)
+
+
+class Link:
+    """A lossless wire between two connections, with a switch to cut it.
+
+    Each direction is a queue drained by its own task, as a socket would be: a
+    send never re-enters the receiving connection.
+    """
+
+    def __init__(self, nursery: trio.Nursery, certs: CertFiles, server_t: TransportSettings):
+        self.up = True
+        self.nursery = nursery
+        self.settings = server_settings(certs, server_t)
+        self.client: Connection | None = None
+        self.server: Connection | None = None
+        self.client_driver = Driver(self.client_send)
+        self.server_driver = Driver(self.server_send)
+        self.sent: dict[str, list[float]] = {"c2s": [], "s2c": []}
+        self.server_created = trio.Event()
+        self._to_server_send, self._to_server = trio.open_memory_channel[bytes](math.inf)
+        self._to_client_send, self._to_client = trio.open_memory_channel[bytes](math.inf)
+        nursery.start_soon(self.client_driver.run)
+        nursery.start_soon(self.server_driver.run)
+        nursery.start_soon(self._pump_to_server)
+        nursery.start_soon(self._pump_to_client)
+
+    def client_send(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        for data, _ in datagrams:
+            self.sent["c2s"].append(trio.current_time())
+            if self.up:
+                self._to_server_send.send_nowait(data)
+
+    def server_send(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        for data, _ in datagrams:
+            self.sent["s2c"].append(trio.current_time())
+            if self.up:
+                self._to_client_send.send_nowait(data)
+
+    async def _pump_to_server(self) -> None:
+        async for data in self._to_server:
+            if self.server is None:
+                self.server = self._make_server(data)
+            self.server.datagram_received(data, CLIENT_ADDR, trio.current_time())
+            self.server_driver.flush()
+
+    async def _pump_to_client(self) -> None:
+        async for data in self._to_client:
+            if self.client is not None:
+                self.client.datagram_received(data, SERVER_ADDR, trio.current_time())
+                self.client_driver.flush()
+
+    def _make_server(self, first: bytes) -> Connection:
+        header = pull_quic_header(Buffer(data=first), host_cid_length=8)
+        t = self.settings.transport
+        quic = TunnelQuicConnection(
+            configuration=server_configuration(self.settings),
+            original_destination_connection_id=header.destination_cid,
+            stream_receive_window=t.stream_receive_window,
+            connection_receive_window=t.connection_receive_window,
+            max_concurrent_streams=t.max_concurrent_streams,
+        )
+        conn = Connection(quic, t, self.server_driver, CLIENT_ADDR)
+        self.server_created.set()
+        return conn
+
+    async def server_conn(self) -> Connection:
+        await self.server_created.wait()
+        assert self.server is not None
+        await self.server.wait_handshake()
+        return self.server
+
+
+@asynccontextmanager
+async def linked(
+    certs: CertFiles,
+    client_t: TransportSettings,
+    server_t: TransportSettings | None = None,
+    *,
+    start_cut: bool = False,
+) -> AsyncIterator[tuple[Link, Connection]]:
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, certs, server_t or client_t)
+        link.up = not start_cut
+        quic = TunnelQuicConnection(
+            configuration=client_configuration(client_t, client_tls(certs), "localhost"),
+            stream_receive_window=client_t.stream_receive_window,
+            connection_receive_window=client_t.connection_receive_window,
+            max_concurrent_streams=client_t.max_concurrent_streams,
+        )
+        conn = Connection(quic, client_t, link.client_driver, SERVER_ADDR)
+        link.client = conn
+        quic.connect(SERVER_ADDR, now=trio.current_time())
+        link.client_driver.touch(conn)
+        link.client_driver.flush()
+        try:
+            yield link, conn
+        finally:
+            nursery.cancel_scope.cancel()
