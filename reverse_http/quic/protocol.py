@@ -117,6 +117,7 @@ _CONNECTION_ATTRIBUTES = (
     "_streams_blocked_uni",
     "_streams_queue",
     "_datagrams_pending",
+    "_events",
 )
 #: Private QuicConnection methods used or overridden below.
 _CONNECTION_METHODS = (
@@ -431,9 +432,13 @@ class TunnelQuicConnection(QuicConnection):
     def _handle_stream_frame(
         self, context: QuicReceiveContext, frame_type: int, buf: Buffer
     ) -> None:
-        sid = _peek_stream_id(buf)
+        queued = len(self._events)
         super()._handle_stream_frame(context, frame_type, buf)
-        self._after_receive(sid)
+        # The receive side finishes exactly when aioquic delivers the end of the stream.
+        if len(self._events) > queued:
+            event = self._events[-1]
+            if isinstance(event, events.StreamDataReceived) and event.end_stream:
+                self._after_receive(event.stream_id)
 
     def _handle_reset_stream_frame(
         self, context: QuicReceiveContext, frame_type: int, buf: Buffer
@@ -651,6 +656,8 @@ class TunnelQuicConnection(QuicConnection):
                 sid, stream = next(iter(queue.items()))
                 self.streams_visited += 1
                 more = self._serve_stream(builder, space, stream)
+                if more and len(queue) == 1 and queue is self._rh_bulk:
+                    continue  # alone in its queue: it stays where it is
                 if queue.get(sid) is stream:
                     del queue[sid]
                 if more:
@@ -673,14 +680,17 @@ class TunnelQuicConnection(QuicConnection):
             stream.max_stream_data_remote,
         )
         self._remote_max_data_used += self._write_stream_data(builder, stream, max_offset)
-        if not _has_data(stream):
-            sender.buffer_is_empty = True
-            return False
-        if len(sender._pending) and sender._pending[0].start >= max_offset:
+        pending = sender._pending
+        if len(pending):
+            if pending[0].start < max_offset:
+                return True
             if max_offset < stream.max_stream_data_remote:
                 self._rh_conn_blocked[_sid(stream)] = stream
             return False  # MAX_STREAM_DATA or MAX_DATA requeues it
-        return True
+        if sender._pending_eof:
+            return True
+        sender.buffer_is_empty = True
+        return False
 
     def _write_stream_data(
         self, builder: QuicPacketBuilder, stream: AioStream, max_offset: int
