@@ -14,9 +14,10 @@ import trio
 
 from reverse_http.devcerts import CertFiles
 from reverse_http.proxy.server import run_proxy
-from reverse_http.quic import QuicStream
+from reverse_http.quic import QuicStream, TransportSettings
 from tests.quic_helpers import pattern
 from tests.tunnel_helpers import (
+    ConnectResult,
     allow,
     echo_target,
     http_target,
@@ -295,25 +296,75 @@ async def test_agent_reconnects_after_proxy_restart(certs: CertFiles) -> None:
         n.cancel_scope.cancel()
 
 
-async def test_500_concurrent_sessions_through_one_agent(certs: CertFiles) -> None:
-    async with echo_target() as target, tunnel(certs) as t:
+async def test_2000_concurrent_sessions_through_one_agent(certs: CertFiles) -> None:
+    """Every session a GET of its own size; every body arrives intact."""
+    sessions = 2000
+    async with http_target() as target, tunnel(certs) as t:
         ok = 0
 
         async def session(i: int) -> None:
             nonlocal ok
+            size = 16384 + 16 * i
             result = await open_connect(t.http_port, f"127.0.0.1:{target.port}", noauth())
-            assert result.status == 200 and result.stream is not None
-            msg = f"session {i} ".encode() * 100
-            assert await _roundtrip(result.stream, msg) == msg
-            await result.stream.aclose()
+            assert result.status == 200 and result.stream is not None, result.head
+            async with result.stream:
+                await result.stream.send_all(
+                    f"GET /bytes/{size} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+                )
+                response = bytearray()
+                while chunk := await result.stream.receive_some(65536):
+                    response += chunk
+            head, _, body = bytes(response).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert body == pattern(size, 42)
             ok += 1
 
-        with trio.fail_after(120):
+        with trio.fail_after(240):
             async with trio.open_nursery() as n:
-                for i in range(500):
+                for i in range(sessions):
                     n.start_soon(session, i)
-        assert ok == 500
-        assert target.connections == 500
+        assert ok == sessions
+        assert target.connections == sessions
+
+
+async def test_connects_beyond_the_agent_stream_limit_wait_then_get_a_clear_503(
+    certs: CertFiles,
+) -> None:
+    agent_transport = TransportSettings(max_concurrent_streams=2)
+    async with echo_target() as target, tunnel(
+        certs,
+        proxy_overrides={"agent_dial_timeout": 1.0},
+        agent_overrides={"transport": agent_transport},
+    ) as t:
+        dest = f"127.0.0.1:{target.port}"
+        held = [await open_connect(t.http_port, dest, noauth()) for _ in range(2)]
+        assert [r.status for r in held] == [200, 200]
+        # both agent streams in use: the next CONNECT waits for one, then gives up
+        refused = await open_connect(t.http_port, dest, noauth())
+        assert refused.status == 503
+        assert b"agent's stream limit reached" in refused.head, refused.head
+        # a CONNECT that waits while a stream frees up gets it
+        async with trio.open_nursery() as n:
+            waiting: list[object] = []
+
+            async def wait_for_stream() -> None:
+                waiting.append(await open_connect(t.http_port, dest, noauth()))
+
+            n.start_soon(wait_for_stream)
+            conn = t.proxy.registry.get("4711")
+            assert conn is not None
+            with trio.fail_after(5):
+                while conn.pending_opens != 1:
+                    await trio.sleep(0.01)
+            assert held[0].stream is not None
+            await held[0].stream.aclose()
+        (late,) = waiting
+        assert isinstance(late, ConnectResult) and late.status == 200
+        assert late.stream is not None
+        assert await _roundtrip(late.stream, b"after the wait") == b"after the wait"
+        for r in (held[1], late):
+            assert r.stream is not None
+            await r.stream.aclose()
 
 
 async def test_slow_client_reader_keeps_buffers_bounded(certs: CertFiles) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from ..quic import Connection, ConnectionError, QuicStream
+from ..quic import Connection, ConnectionError, QuicStream, StreamLimitError
 from ..session import OpenUpstream, Upstream
 from ..wire.http import ConnectRequest, HttpError, request_tunnel
 from .agents import AgentRegistry
@@ -21,11 +21,20 @@ def agent_upstream(registry: AgentRegistry, dial_timeout: float) -> OpenUpstream
 
 
 async def open_tunnel(conn: Connection, request: ConnectRequest, dial_timeout: float) -> Upstream:
-    """A stream to the agent whose CONNECT it accepted; HttpError(403/503) otherwise."""
+    """A stream to the agent whose CONNECT it accepted; HttpError(403/503) otherwise.
+
+    The 503 says where the time went: waiting for the agent's stream limit (its
+    concurrent tunnels are all in use), or waiting for the agent's answer.
+    """
     stream: QuicStream | None = None
     try:
         with trio.move_on_after(dial_timeout):
-            stream = await conn.open_stream()
+            try:
+                stream = await conn.open_stream()
+            except StreamLimitError as exc:
+                raise HttpError(
+                    503, f"agent has no free stream for another tunnel: {exc}"
+                ) from None
             try:
                 head = await request_tunnel(stream, request.host, request.port)
             except HttpError as exc:
@@ -37,6 +46,12 @@ async def open_tunnel(conn: Connection, request: ConnectRequest, dial_timeout: f
                 raise HttpError(403, f"destination {request.authority} is not allowed by the agent")
             raise HttpError(
                 503, f"agent could not reach {request.authority}: {head.status} {head.reason}"
+            )
+        if stream is None:
+            raise HttpError(
+                503,
+                f"agent's stream limit reached: no tunnel stream became free within "
+                f"{dial_timeout:g}s",
             )
         raise HttpError(503, f"agent did not answer within {dial_timeout:g}s")
     except (ConnectionError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -1,7 +1,7 @@
 """QUIC transport: aioquic's sans-IO connection driven from trio UDP sockets."""
 
 from .client import connect
-from .connection import CloseInfo, Connection, ConnectionError
+from .connection import CloseInfo, Connection, ConnectionError, StreamLimitError
 from .server import QuicServer, serve_quic
 from .settings import (
     DEFAULT_ALPN,
@@ -23,6 +23,7 @@ __all__ = [
     "QuicStream",
     "ServerSettings",
     "ServerTls",
+    "StreamLimitError",
     "TlsConfigError",
     "TransportSettings",
     "connect",
