@@ -51,6 +51,7 @@ class QuicServer:
         self._cid_length: int = self._configuration.connection_id_length
         self._routes: dict[bytes, Connection] = {}
         self._cids: dict[Connection, set[bytes]] = {}
+        self._new_initials: list[tuple[bytes, Any, Any]] = []
         self._retry = QuicRetryTokenHandler() if settings.retry else None
         self._pending_handshakes = 0
         self._accepting = True
@@ -95,6 +96,30 @@ class QuicServer:
         if conn is not None:
             conn.datagram_received(data, addr, now)
             return
+        if header.packet_type == QuicPacketType.INITIAL and len(self._new_initials) < 4096:
+            # New connections wait for the end of the batch: established traffic first.
+            self._new_initials.append((data, addr, header))
+            return
+        self._new_connection(data, addr, header, now)
+
+    def _after_batch(self) -> None:
+        """Admit the batch's new connections (a bounded number, in arrival order), then
+        service every connection the batch touched."""
+        initials, self._new_initials = self._new_initials, []
+        admitted = 0
+        now = trio.current_time()
+        for data, addr, header in initials:
+            conn = self._routes.get(header.destination_cid)
+            if conn is not None:  # a retransmitted Initial of one admitted just now
+                conn.datagram_received(data, addr, now)
+            elif admitted < self.settings.handshakes_per_batch:
+                admitted += self._new_connection(data, addr, header, now)
+            else:
+                self.initials_dropped += 1  # the client resends it
+        self.driver.flush()
+
+    def _new_connection(self, data: bytes, addr: Any, header: Any, now: float) -> bool:
+        """Version negotiation, retry, or a new connection; True when one was created."""
         cfg = self._configuration
         if (
             header.packet_type != QuicPacketType.VERSION_NEGOTIATION
@@ -109,14 +134,14 @@ class QuicServer:
                 ),
                 addr,
             )
-            return
+            return False
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
-            return
+            return False
         if not self._accepting or self._spawn is None:
-            return
+            return False
         if self._pending_handshakes >= self.settings.max_pending_handshakes:
             self.initials_dropped += 1
-            return
+            return False
         version = header.version
         assert version is not None  # an Initial always has a long header
         odcid: bytes = header.destination_cid
@@ -140,7 +165,7 @@ class QuicServer:
                     ),
                     addr,
                 )
-                return
+                return False
             try:
                 odcid = self._retry.validate_token(
                     address=addr,
@@ -157,7 +182,7 @@ class QuicServer:
                     ),
                     addr,
                 )
-                return
+                return False
             retry_scid = header.destination_cid
         conn = self._create_connection(odcid, retry_scid, addr)
         self._route(header.destination_cid, conn)
@@ -165,6 +190,7 @@ class QuicServer:
         self._pending_handshakes += 1
         self._spawn(conn)
         conn.datagram_received(data, addr, now)
+        return True
 
     def _create_connection(self, odcid: bytes, retry_scid: bytes | None, addr: Any) -> Connection:
         t = self.settings.transport
@@ -219,7 +245,7 @@ class QuicServer:
         async with trio.open_nursery() as nursery:
             self._spawn = lambda conn: nursery.start_soon(self._connection_lifetime, conn, handler)
             nursery.start_soon(self.driver.run)
-            await self.endpoint.run(self.dispatch, self.driver.flush)
+            await self.endpoint.run(self.dispatch, self._after_batch)
 
     async def _connection_lifetime(self, conn: Connection, handler: Handler) -> None:
         handshake_counted = True

@@ -112,8 +112,12 @@ class ServerSettings:
     transport: TransportSettings = field(default_factory=TransportSettings)
     #: Stateless retry proves the client's address before any state is kept.
     retry: bool = False
-    #: Connections still in handshake beyond this are dropped (Initial floods).
-    max_pending_handshakes: int = 1024
+    #: Connections still in handshake beyond this are dropped (Initial floods). A
+    #: handshake costs milliseconds of CPU: too many at once and none finishes in time.
+    max_pending_handshakes: int = 256
+    #: New connections admitted per receive batch, after the batch's established
+    #: traffic; further Initials are dropped and the clients resend them.
+    handshakes_per_batch: int = 16
 
 
 def _base_configuration(t: TransportSettings, *, is_client: bool) -> QuicConfiguration:
