@@ -38,3 +38,5 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("python", "bench/quic_throughput.py", *session.posargs)
     session.run("python", "bench/tunnel.py")
+    session.run("python", "bench/scale.py", "--quick")
+    session.run("python", "bench/agents.py", "--quick")
