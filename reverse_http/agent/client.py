@@ -162,7 +162,9 @@ async def _reconnect_forever(handle: AgentHandle) -> None:
             await _one_connection(handle, state, target)
         except* AuthRefused as group:
             state(logging.ERROR, f"proxy {target} refused authentication: {group.exceptions[0]}")
-        except* (ConnectionError, OSError, FramingError, trio.TooSlowError) as group:
+        except* (
+            ConnectionError, OSError, FramingError, trio.TooSlowError, trio.BrokenResourceError
+        ) as group:
             reason = _reason(group.exceptions[0])
             state(logging.WARNING, f"cannot connect to proxy {target}: {reason}")
         except* Exception as group:

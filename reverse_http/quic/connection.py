@@ -433,7 +433,9 @@ class Connection:
         if stream is None:
             if bool(sid & 1) != self._is_client or (not event.data and event.end_stream is False):
                 return
-            if self._refusing_streams or not self.handshake_complete:
+            # A stream may arrive before our handshake completes (its packet overtook
+            # a lost or late Finished): it waits in the accept queue like any other.
+            if self._refusing_streams:
                 self._quic.released(len(event.data))
                 with contextlib.suppress(ValueError, RuntimeError):
                     self._quic.reset_stream(sid, 0x10C)
