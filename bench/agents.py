@@ -58,6 +58,7 @@ from bench._common import (
     raise_nofile,
     start_nginx,
     udp_counters,
+    udp_socket_drops,
     wait_port,
 )
 
@@ -240,6 +241,27 @@ def start_swarms(
     return Swarms(daemons, files, counts)
 
 
+def cpu_timeline(
+    samples: list[tuple[float, int | None, float, float]], lines: int = 3, per_line: int = 6
+) -> list[str]:
+    """About ``lines * per_line`` buckets of the connect phase: gauge and CPU shares."""
+    if len(samples) < 2:
+        return []
+    width = max(1.0, samples[-1][0] / (lines * per_line))
+    cells = []
+    start = samples[0]
+    for sample in samples[1:]:
+        if sample[0] - start[0] >= width or sample is samples[-1]:
+            dt = sample[0] - start[0]
+            g = "-" if sample[1] is None else str(sample[1])
+            cells.append(
+                f"{sample[0]:.0f}: {g}, {100 * (sample[2] - start[2]) / dt:.0f}%, "
+                f"{100 * (sample[3] - start[3]) / dt:.0f}%"
+            )
+            start = sample
+    return [" | ".join(cells[i : i + per_line]) for i in range(0, len(cells), per_line)]
+
+
 def swarm_summary(swarms: Swarms) -> list[str]:
     """One line per load generator: agents started/ever connected/connected, CPU share."""
     out = []
@@ -303,16 +325,29 @@ class Proxy:
 
 
 def wait_connected(
-    proxy: Proxy, swarms: Swarms, want: int, timeout: float, key: str = "connected"
+    proxy: Proxy,
+    swarms: Swarms,
+    want: int,
+    timeout: float,
+    key: str = "connected",
+    timeline: list[tuple[float, int | None, float, float]] | None = None,
 ) -> tuple[float | None, int]:
-    """Poll the gauge (and the swarms) until ``want`` agents are connected; (seconds, last)."""
+    """Poll the gauge (and the swarms) until ``want`` agents are connected; (seconds, last).
+
+    ``timeline`` gets (seconds, gauge, proxy CPU s, generators' CPU s) about every second.
+    """
     t0 = time.monotonic()
     last = 0
+    next_sample = 0.0
     assert proxy.daemon is not None
     while time.monotonic() - t0 < timeout:
         g = gauge(proxy.metrics)
         ours = swarms.total(key)
         last = g if g is not None else last
+        now = time.monotonic() - t0
+        if timeline is not None and now >= next_sample:
+            timeline.append((now, g, proxy.daemon.cpu_seconds(), swarms.cpu()))
+            next_sample = now + 1.0
         if g is not None and g >= want and ours >= want:
             return time.monotonic() - t0, g
         if not proxy.daemon.alive:
@@ -342,6 +377,7 @@ class Row:
     exited: int = 0
     drops_connect: int = 0
     drops_idle: int = 0
+    proxy_drops: int | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -370,6 +406,7 @@ class Storm:
     proxy_cores: float = float("nan")
     gen_cores: float = float("nan")
     timeline: list[tuple[int, int | None]] = field(default_factory=list)
+    proxy_drops: int | None = None
     first_reconnect_s: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -397,7 +434,8 @@ def run_m(
         drops0 = udp_counters().get("RcvbufErrors", 0)
         swarms = start_swarms(children, workdir, m, procs, args.ramp, udp, certs.ca_cert, str(m))
         budget = m / args.ramp + args.connect_timeout
-        row.connect_s, row.connected = wait_connected(proxy, swarms, m, budget)
+        timeline: list[tuple[float, int | None, float, float]] = []
+        row.connect_s, row.connected = wait_connected(proxy, swarms, m, budget, timeline=timeline)
         row.ramp_s = max((s.get("ramp_s") or float("nan")) for s in swarms.status())
         if row.connect_s is None:
             row.notes.append(
@@ -405,6 +443,8 @@ def run_m(
                 "per-agent figures are n/a"
             )
             row.notes += swarm_summary(swarms)
+            row.notes.append("while connecting (t s: gauge, proxy %CPU, generators %CPU):")
+            row.notes += cpu_timeline(timeline)
         time.sleep(3)  # let handshakes' garbage go
         drops1 = udp_counters().get("RcvbufErrors", 0)
         row.drops_connect = drops1 - drops0
@@ -416,6 +456,7 @@ def run_m(
         row.swarm_cores = (swarms.cpu() - swarm0) / dt
         row.connected_after_window = gauge(metrics)
         row.drops_idle = udp_counters().get("RcvbufErrors", 0) - drops1
+        row.proxy_drops = udp_socket_drops(udp)
         row.hwm = daemon.status_kib("VmHWM")
         row.exited = swarms.total("exited")
         if storm and row.connect_s is None:
@@ -466,6 +507,7 @@ def reconnect_storm(
     result.proxy_cores = (proxy.daemon.cpu_seconds() - cpu0) / wall
     result.gen_cores = (swarms.cpu() - gen0) / wall
     result.drops = udp_counters().get("RcvbufErrors", 0) - drops0
+    result.proxy_drops = udp_socket_drops(proxy.udp)
     if result.reconnect_s is None:
         result.notes += swarm_summary(swarms)
     result.exited = swarms.total("exited")
@@ -559,24 +601,26 @@ def print_rows(rows: list[Row], ramp: float, window: float) -> None:
         f"  {'agents':>7} {'gen procs':>9} {'ramp s':>7} {'all up s':>8} {'RSS 0 MiB':>9} "
         f"{'RSS M MiB':>9} {'KiB/agent':>9} {'peak MiB':>8} {'proxy cores':>11} "
         f"{'cores/1000':>10} {'gen cores':>9} {'up after':>8} {'loops ended':>11} "
-        f"{'UDP drops':>13}"
+        f"{'UDP drops':>18}"
     )
     print(head)
     for r in rows:
+        drops = f"{r.drops_connect}/{r.drops_idle}/{fmt(r.proxy_drops, 'd')}"
         print(
             f"  {r.m:>7} {r.procs:>9} {fmt(r.ramp_s, '.1f'):>7} {fmt(r.connect_s, '.1f'):>8} "
             f"{fmt(r.rss0 / 1024, '.1f'):>9} {fmt(r.rssm / 1024, '.1f'):>9} "
             f"{fmt(r.kib_per_agent, '.1f'):>9} {fmt(r.hwm / 1024, '.1f'):>8} "
             f"{fmt(r.cores, '.3f'):>11} {fmt(r.cores_per_1000, '.3f'):>10} "
             f"{fmt(r.swarm_cores, '.2f'):>9} {fmt(r.connected_after_window, 'd'):>8} "
-            f"{r.exited:>11} {f'{r.drops_connect}/{r.drops_idle}':>13}"
+            f"{r.exited:>11} {drops:>18}"
         )
         for note in r.notes:
             print(f"    [{r.m}] {note}")
     print(
         "  (all up s: from the first agent's start until the gauge shows M, ramp included;"
         " up after: gauge after the idle window; gen cores: load generators' CPU;"
-        " UDP drops: kernel RcvbufErrors while connecting / during the idle window)"
+        " UDP drops: kernel RcvbufErrors while connecting / during the idle window /"
+        " on the proxy's socket over its life)"
     )
 
 
@@ -598,7 +642,9 @@ def print_storm(s: Storm) -> None:
         + " ".join(f"{t}:{'-' if g is None else g}" for t, g in s.timeline)
     )
     print(f"  agents whose run_agent ended        {s.exited}")
-    print(f"  UDP datagrams dropped (RcvbufErrors) {s.drops}")
+    print(
+        f"  UDP datagrams dropped (RcvbufErrors) {s.drops}, on the proxy's socket {s.proxy_drops}"
+    )
     print(
         f"  proxy / generator CPU (cores)       {fmt(s.proxy_cores, '.2f')} / "
         f"{fmt(s.gen_cores, '.2f')}"
