@@ -189,8 +189,9 @@ async def _one_connection(handle: AgentHandle, state: _StateLog, target: str) ->
         conn = await connect(
             attempt, config.server_host, config.server_port, config.transport, config.tls
         )
-        handle.connection = conn
         await _authenticate(conn, config.credentials.secret)
+        # Connected (and ready) means authenticated, not merely past the QUIC handshake.
+        handle.connection = conn
         handle.connects += 1
         handle.connected.set()
         state(logging.INFO, f"connected to proxy {target} as agent {_agent_label(config)}")
