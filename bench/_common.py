@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -108,6 +109,69 @@ def udp_counters() -> dict[str, int]:
     if len(rows) < 2:
         return {}
     return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:], strict=False)}
+
+
+def tcp_ext_counters() -> dict[str, int]:
+    """TcpExt counters of /proc/net/netstat (ListenOverflows, TCPAbortOnData, ...)."""
+    try:
+        lines = [ln.split() for ln in Path("/proc/net/netstat").read_text().splitlines()]
+    except OSError:
+        return {}
+    rows = [ln for ln in lines if ln and ln[0] == "TcpExt:"]
+    if len(rows) < 2:
+        return {}
+    return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:], strict=False)}
+
+
+class ListenQueues:
+    """Samples the accept queues of loopback TCP listeners (/proc/net/tcp) in a thread.
+
+    ``peaks[name]`` is the longest queue seen; a queue at the listen backlog means
+    SYNs are being dropped there (kernel ListenOverflows).
+    """
+
+    def __init__(self, ports: dict[str, int], every: float = 1.0) -> None:
+        self.ports = {f"0100007F:{port:04X}": name for name, port in ports.items()}
+        self.peaks = dict.fromkeys(ports, 0)
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ListenQueues:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                with open("/proc/net/tcp") as f:
+                    next(f)
+                    for line in f:
+                        cols = line.split(None, 5)
+                        if cols[3] == "0A" and cols[1] in self.ports:
+                            queue = int(cols[4].split(":")[1], 16)
+                            name = self.ports[cols[1]]
+                            self.peaks[name] = max(self.peaks[name], queue)
+            except (OSError, StopIteration, IndexError, ValueError):
+                pass
+
+
+def udp_socket_drops(port: int) -> int | None:
+    """Datagrams dropped on the UDP socket bound to 127.0.0.1:``port`` (/proc/net/udp)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        cols = line.split()
+        if len(cols) > 12 and cols[1] == want:
+            return int(cols[-1])
+    return None
 
 
 def percentile(samples: Sequence[float], q: float) -> float:

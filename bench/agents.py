@@ -19,7 +19,13 @@ Reconnect storm (M = ``--storm-agents``): SIGKILL the proxy, restart it on the s
 ports, and measure the time until all agents are connected again. Meanwhile a
 CONNECT + GET of a tiny file starts every 50 ms through the first agent that
 reconnected; their failures and latency are reported, and whether any agent's
-reconnect loop ended.
+reconnect loop ended. The storm needs all M connected first (else it is skipped).
+
+Each agent pings and is pinged every 2.5 s (the default keepalive/liveness): a
+generator spends about a quarter of a core per 1000 idle agents, so on a 2-core
+machine the generators, not only the proxy, run out of CPU somewhere past 2000-3000
+agents; the CPU timeline printed for a row that does not come up tells which.
+``--quick`` is the small preset `nox -s bench` uses.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ same nginx (one worker, loopback) and the same client code:
   private side only keeps its event loop running: pproxy 2.7.9 fails to print the
   backward listener ("'ProxyBackward' object has no attribute 'sockets'") and, with
   no other server, returns from main() at once. pproxy ignores Proxy-Authorization.
+  Known pproxy limits that show in the tables: one QUIC connection with aioquic's
+  fixed 128 concurrent bidirectional streams (more sessions wait, and pproxy's
+  public side gives a waiting CONNECT up after 60 s); with ``+in`` once, streams are
+  handed over one at a time; tunnels idle for ~60 s are closed.
 
 Scenarios (fresh proxy and agent for every row, so peak RSS and CPU belong to it):
 
@@ -26,7 +30,10 @@ c. Latency: new-connection GET of a tiny file (TCP connect, CONNECT, GET, whole
 
 The client side is this one trio process (raw sockets); its CPU share is printed,
 a value near 100 % means the client, not the tunnel, was the limit. The machine has
-2 cores for client, proxy, agent and nginx.
+2 cores for client, proxy, agent and nginx. Kernel counters per row (ListenOverflows:
+SYNs dropped at a full accept queue; TCPAbortOnData; UDP RcvbufErrors) and the peak
+accept queue of the proxy, nginx and hold listeners (sampled every second) tell
+where connections waited. ``--quick`` is the small preset `nox -s bench` uses.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from bench._common import (
     Children,
     Daemon,
     Failure,
+    ListenQueues,
     Tally,
     agent_args,
     code_under_test,
@@ -66,6 +74,8 @@ from bench._common import (
     read_response,
     side_by_side,
     start_nginx,
+    tcp_ext_counters,
+    udp_counters,
     wait_port,
     wait_tunnel_ready,
 )
@@ -192,8 +202,24 @@ def run_row(
     try:
         cpu0 = time.process_time()
         t0 = time.monotonic()
-        result = trio.run(load, tunnel.http_port, *args)
+        tcp0, udp0 = tcp_ext_counters(), udp_counters()
+        listeners = {"proxy": tunnel.http_port, "nginx": env.nginx_port, "hold": env.hold_port}
+        with ListenQueues(listeners) as queues:
+            result = trio.run(load, tunnel.http_port, *args)
+        result["accept_queue_peaks"] = queues.peaks
         result["client_cpu_pct"] = 100 * (time.process_time() - cpu0) / (time.monotonic() - t0)
+        tcp1, udp1 = tcp_ext_counters(), udp_counters()
+        for key, new, old in (
+            ("listen_overflows", tcp1, tcp0),
+            ("abort_on_data", tcp1, tcp0),
+            ("udp_drops", udp1, udp0),
+        ):
+            name = {
+                "listen_overflows": "ListenOverflows",
+                "abort_on_data": "TCPAbortOnData",
+                "udp_drops": "RcvbufErrors",
+            }[key]
+            result[key] = new.get(name, 0) - old.get(name, 0)
     except BaseException:
         stop_tunnel(env.children, tunnel)
         raise
@@ -209,6 +235,14 @@ class Env:
     target: str  # nginx host:port
     hold: str  # hold server host:port
     pproxy_in: int
+
+    @property
+    def nginx_port(self) -> int:
+        return int(self.target.rsplit(":", 1)[1])
+
+    @property
+    def hold_port(self) -> int:
+        return int(self.hold.rsplit(":", 1)[1])
 
 
 # -------------------------------------------------------------------- scenarios
@@ -406,6 +440,23 @@ def resource_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, object, objec
         ("agent CPU (s)", a.get("agent_cpu"), b.get("agent_cpu"), ".2f"),
         ("client CPU (% of a core)", a.get("client_cpu_pct"), b.get("client_cpu_pct"), ".0f"),
         ("healthy after (a GET works)", a.get("healthy_after"), b.get("healthy_after"), ""),
+        (
+            "kernel: listen queue overflows",
+            a.get("listen_overflows"),
+            b.get("listen_overflows"),
+            "d",
+        ),
+        ("kernel: RSTs, unread data", a.get("abort_on_data"), b.get("abort_on_data"), "d"),
+        ("kernel: UDP rcvbuf drops", a.get("udp_drops"), b.get("udp_drops"), "d"),
+        *(
+            (
+                f"peak accept queue, {name}",
+                a.get("accept_queue_peaks", {}).get(name),
+                b.get("accept_queue_peaks", {}).get(name),
+                "d",
+            )
+            for name in ("proxy", "nginx", "hold")
+        ),
     ]
 
 
