@@ -136,3 +136,29 @@ async def test_close_states(certs: CertFiles, autojump_clock: trio.testing.MockC
         info = await server.wait_closed()
         assert info.by_peer and info.reason == "done"
         assert server.state is State.CLOSED
+
+
+@pytest.mark.parametrize("client_closes_first", [True, False])
+async def test_a_finished_exchange_leaves_no_stream_state(
+    certs: CertFiles, autojump_clock: trio.testing.MockClock, client_closes_first: bool
+) -> None:
+    """The agent's auth exchange, then hours of idle: neither end may keep the stream."""
+    async with linked(certs, TransportSettings()) as (link, client):
+        await client.wait_handshake()
+        server = await link.server_conn()
+        mine = await client.open_stream()
+        await mine.send_all(b"token")
+        theirs = await server.accept_stream()
+        assert await theirs.receive_some() == b"token"
+        await theirs.send_all(b"authenticated")
+        if not client_closes_first:
+            await theirs.aclose()  # before the client's FIN arrives: STOP_SENDING
+        assert await mine.receive_some() == b"authenticated"
+        await mine.aclose()
+        if client_closes_first:
+            await trio.sleep(1)
+            await theirs.aclose()
+        await trio.sleep(5)
+        for conn in (client, server):
+            assert conn._streams == {}
+            assert not conn._quic._streams

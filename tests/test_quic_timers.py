@@ -35,6 +35,28 @@ async def test_keepalive_cadence(certs: CertFiles, autojump_clock: trio.testing.
             assert len([x for x in link.sent[direction] if x >= start]) <= 2 * 300 / 10 + 4
 
 
+async def test_default_keepalive_costs_one_round_trip_per_period(
+    certs: CertFiles, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An idle agent is what a proxy holds thousands of: by default only the client
+    PINGs, every keepalive interval (10 s, as the reference), and the server just ACKs."""
+    t = TransportSettings()
+    assert t.probe_after == 10 and t.server_probe_after > t.probe_after
+    async with linked(certs, t) as (link, client):
+        await client.wait_handshake()
+        start = trio.current_time()
+        await trio.sleep(300)
+        assert not client.is_closed, client.close_info
+        for direction in ("c2s", "s2c"):
+            sent = [x for x in link.sent[direction] if x >= start]
+            assert max_gap(sent, start) <= 10.5, direction
+            assert len(sent) <= 300 / 10 + 3, (direction, len(sent))
+        # each PING is acknowledged as it arrives, not by a separate ACK-delay wake-up
+        pings = set(x for x in link.sent["c2s"] if x >= start)
+        acks = [x for x in link.sent["s2c"] if x >= start]
+        assert acks and all(x in pings for x in acks), sorted(set(acks) - pings)[:5]
+
+
 async def test_idle_timeout_without_keepalive(
     certs: CertFiles, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -223,7 +223,7 @@ async def test_garbage_datagrams_do_not_disturb_a_transfer(certs: CertFiles) -> 
                         d = b"\xc0\x00\x00\x00\x01" + os.urandom(20)  # truncated Initial
                     elif kind == 2:  # Initial-looking flood with fresh CIDs
                         d = b"\xc0\x00\x00\x00\x01\x08" + os.urandom(8) + b"\x08"
-                        d += os.urandom(8) + b"\x00\x44\xd0" + os.urandom(1200)
+                        d += os.urandom(8) + b"\x00\x44\xb0" + os.urandom(1200)
                     elif kind == 3:  # short header with the live connection's CID
                         d = b"\x40" + server_cid + os.urandom(60)
                     elif kind == 4:
@@ -247,6 +247,8 @@ async def test_garbage_datagrams_do_not_disturb_a_transfer(certs: CertFiles) -> 
                 result = await transfer()
         assert junk_sent == 3000
         assert result == (size, hashlib.sha256(data).hexdigest())
+        # the Initial-looking junk (kind 2) never got connection state
+        assert pair.server.initials_refused >= 500
         assert not pair.client.is_closed
         # the server still accepts new connections
         async with trio.open_nursery() as n:

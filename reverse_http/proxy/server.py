@@ -216,9 +216,11 @@ async def _serve_agent(
         return
     try:
         await stream.send_all(encode_message(AUTHENTICATED))
-        await stream.send_eof()
+        # the auth stream is done: holding it would cost every idle agent its state
+        await stream.aclose()
     except trio.BrokenResourceError:
         return
+    del stream
     registry.register(agent_id, conn)
     metrics.agent_connected(agent_id)
     log.info("agent %s connected from %s", agent_id, peer)
@@ -234,7 +236,6 @@ async def _serve_agent(
         )
         metrics.agent_disconnected(agent_id, label)
         log.info("agent %s from %s disconnected (%s)", agent_id, peer, info or "ended")
-        await stream.aclose()
 
 
 async def _publish_quic_stats(registry: AgentRegistry, metrics: Metrics) -> None:

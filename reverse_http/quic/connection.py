@@ -74,6 +74,43 @@ class StreamLimitError(Exception):
 
 
 class Connection:
+    #: A proxy holds thousands of these: no per-instance __dict__.
+    __slots__ = (
+        "_accept_recv",
+        "_accept_send",
+        "_cancel_on_close",
+        "_client_ca_file",
+        "_close_request",
+        "_closing_streams",
+        "_created_at",
+        "_discarded",
+        "_drained",
+        "_driver",
+        "_ending",
+        "_handshake_at",
+        "_is_client",
+        "_last_ping",
+        "_on_cid_issued",
+        "_on_cid_retired",
+        "_opens",
+        "_ping_uid",
+        "_quic",
+        "_refusing_streams",
+        "_send_budget_exhausted",
+        "_send_hwm",
+        "_send_lwm",
+        "_settings",
+        "_settled",
+        "_streams",
+        "_terminated",
+        "_timer_at",
+        "_want_write",
+        "alpn",
+        "close_info",
+        "peer_address",
+        "state",
+    )
+
     def __init__(
         self,
         quic: TunnelQuicConnection,

@@ -48,6 +48,7 @@ from aioquic.quic.connection import (
     QuicReceiveContext,
     stream_is_client_initiated,
 )
+from aioquic.quic.crypto import CryptoContext, NoCallback
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import (
     QuicDeliveryState,
@@ -78,20 +79,54 @@ FRESH_STREAM_BYTES = 16 * 1024
 encode_invalid_token_close = _encode_invalid_token_close
 
 
+class _FrameHandlers:
+    """aioquic's frame dispatch table, shared by all connections of a class.
+
+    aioquic builds a dict of bound methods and epoch sets per connection (about 5 KiB,
+    a tenth of an idle agent); this binds the handler when a frame arrives instead.
+    """
+
+    __slots__ = ("_conn", "_table")
+    _tables: dict[type, dict[int, tuple[Callable[..., None], frozenset[Epoch]]]] = {}
+
+    def __init__(self, conn: QuicConnection, built: dict[int, tuple[Any, frozenset[Epoch]]]):
+        table = self._tables.get(type(conn))
+        if table is None:
+            table = {t: (handler.__func__, epochs) for t, (handler, epochs) in built.items()}
+            self._tables[type(conn)] = table
+        self._conn = conn
+        self._table = table
+
+    def __getitem__(self, frame_type: int) -> tuple[Callable[..., None], frozenset[Epoch]]:
+        func, epochs = self._table[frame_type]
+        return func.__get__(self._conn), epochs
+
+
+#: Connection IDs we accept from the peer (RFC 9000's minimum); the peer's own limit,
+#: 2 for our agents, bounds the IDs we issue, each a routing entry.
+ACTIVE_CONNECTION_ID_LIMIT = 2
+#: Room left for post-handshake CRYPTO (a NewSessionTicket is a few hundred bytes).
+_POST_HANDSHAKE_CRYPTO = 1024
+
+
 class AioquicIncompatible(ImportError):
     """The installed aioquic does not have the internals reverse-http relies on."""
 
 
+#: aioquic's per-connection frame dispatch table (a name-mangled private attribute).
+_FRAME_HANDLERS = "_QuicConnection__frame_handlers"
 #: Private QuicConnection attributes (set in __init__) used below.
 _CONNECTION_ATTRIBUTES = (
     "_close_event",
     "_configuration",
     "_cryptos",
+    "_crypto_buffers",
     "_crypto_streams",
     "_handshake_complete",
     "_handshake_done_pending",
     "_host_cids",
     "_is_client",
+    "_local_active_connection_id_limit",
     "_local_max_data",
     "_local_max_streams_bidi",
     "_local_max_streams_uni",
@@ -118,11 +153,16 @@ _CONNECTION_ATTRIBUTES = (
     "_streams_queue",
     "_datagrams_pending",
     "_events",
+    _FRAME_HANDLERS,
+    "_quic_logger",
 )
+_CRYPTO_CALLBACKS = ("_setup_cb", "_teardown_cb")
 #: Private QuicConnection methods used or overridden below.
 _CONNECTION_METHODS = (
+    "_confirm_handshake",
     "_handle_max_data_frame",
     "_handle_max_stream_data_frame",
+    "_handle_ping_frame",
     "_handle_reset_stream_frame",
     "_handle_stop_sending_frame",
     "_handle_stream_frame",
@@ -206,8 +246,10 @@ def check_aioquic() -> None:
             missing.append(f"Limit.{attr}")
     if not hasattr(QuicConfiguration(is_client=True), "max_stream_data"):
         missing.append("QuicConfiguration.max_stream_data")
-    if "time" not in getattr(QuicReceiveContext, "__dataclass_fields__", {}):
-        missing.append("QuicReceiveContext.time")
+    crypto = CryptoContext()
+    missing += [f"CryptoContext.{a}" for a in _CRYPTO_CALLBACKS if not hasattr(crypto, a)]
+    context_fields = getattr(QuicReceiveContext, "__dataclass_fields__", {})
+    missing += [f"QuicReceiveContext.{f}" for f in ("time", "epoch") if f not in context_fields]
     if missing:
         raise AioquicIncompatible(
             f"aioquic {version} lacks internals reverse-http depends on: {', '.join(missing)}"
@@ -236,6 +278,9 @@ class TunnelQuicConnection(QuicConnection):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        setattr(self, _FRAME_HANDLERS, _FrameHandlers(self, getattr(self, _FRAME_HANDLERS)))
+        # One spare connection ID each way covers a NAT rebinding; aioquic keeps 8.
+        self._local_active_connection_id_limit = ACTIVE_CONNECTION_ID_LIMIT
         self._rh_window = stream_receive_window
         self._rh_conn_window = connection_receive_window or self._local_max_data.value
         self._local_max_data.value = self._local_max_data.sent = self._rh_conn_window
@@ -335,6 +380,21 @@ class TunnelQuicConnection(QuicConnection):
         super()._initialize(peer_cid)
         if self._rh_request_client_cert:
             self.tls._request_client_certificate = True
+        if self._quic_logger is None:
+            # the key-update callbacks only feed a qlog trace; without one they are dead weight
+            for pair in self._cryptos.values():
+                for ctx in (pair.recv, pair.send):
+                    ctx._setup_cb = ctx._teardown_cb = NoCallback
+
+    def _confirm_handshake(self) -> None:
+        """An idle agent is mostly its connection's memory: the three 16 KiB buffers for
+        handshake flights are empty from here on, and only 1-RTT CRYPTO can still come."""
+        super()._confirm_handshake()
+        self._crypto_buffers = {
+            Epoch.INITIAL: Buffer(capacity=0),
+            Epoch.HANDSHAKE: Buffer(capacity=0),
+            Epoch.ONE_RTT: Buffer(capacity=_POST_HANDSHAKE_CRYPTO),
+        }
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         super().send_stream_data(stream_id, data, end_stream)
@@ -428,6 +488,14 @@ class TunnelQuicConnection(QuicConnection):
         )
         self.last_authenticated_rx = context.time
         return result
+
+    def _handle_ping_frame(self, context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:
+        """A PING is a keepalive or a loss probe: its sender waits for the ACK. Acking in
+        the same service as the receive spares every idle connection a timer wake-up."""
+        super()._handle_ping_frame(context, frame_type, buf)
+        space = self._spaces[context.epoch]
+        if space.ack_at is None or space.ack_at > context.time:
+            space.ack_at = context.time
 
     def _handle_stream_frame(
         self, context: QuicReceiveContext, frame_type: int, buf: Buffer
@@ -788,9 +856,7 @@ class TunnelQuicConnection(QuicConnection):
                 self._quic_logger.encode_max_stream_data_frame(maximum=target, stream_id=sid)
             )
 
-    def _write_connection_limits(
-        self, builder: QuicPacketBuilder, space: QuicPacketSpace
-    ) -> None:
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         """MAX_DATA follows consumption too; MAX_STREAMS as aioquic batches it."""
         max_data = self._local_max_data
         target = self._rh_conn_consumed + self._rh_conn_window

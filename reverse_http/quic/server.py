@@ -32,6 +32,7 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from .connection import Connection, ConnectionError
 from .driver import Driver
 from .endpoint import UdpEndpoint
+from .initial import opens_handshake
 from .protocol import TunnelQuicConnection, encode_invalid_token_close
 from .settings import ServerSettings, server_configuration
 
@@ -58,6 +59,8 @@ class QuicServer:
         self.connections: set[Connection] = set()
         self._spawn: Callable[[Connection], None] | None = None
         self.initials_dropped = 0
+        #: Initials that did not decrypt or carried no ClientHello; no state was kept.
+        self.initials_refused = 0
 
     @property
     def local_address(self) -> Any:
@@ -138,6 +141,9 @@ class QuicServer:
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
             return False
         if not self._accepting or self._spawn is None:
+            return False
+        if not opens_handshake(data, self._cid_length):
+            self.initials_refused += 1
             return False
         if self._pending_handshakes >= self.settings.max_pending_handshakes:
             self.initials_dropped += 1

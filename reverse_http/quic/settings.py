@@ -49,7 +49,9 @@ class TransportSettings:
     #: PING after this long without hearing from the peer; keeps NAT bindings alive.
     keepalive_interval: float = 10.0
     #: Declare the peer dead after this long without any packet from it; 0 disables.
-    liveness_timeout: float = 5.0
+    #: Two keepalive periods: an idle agent costs one PING per period, a dead proxy is
+    #: noticed sooner than the 30 s idle timeout, and a 10 s outage is survived.
+    liveness_timeout: float = 20.0
     #: Time a graceful close waits for unacknowledged stream data.
     close_drain_timeout: float = 5.0
     socket_buffer_size: int = 4 * 1024 * 1024
@@ -83,7 +85,7 @@ class TransportSettings:
         """The server PINGs only clients that are quieter than ours ever are (a Go agent
         keeps alive every 10 s): our agents' PINGs keep both ends alive at half the cost."""
         if self.liveness_timeout:
-            return min(self.keepalive_interval, self.liveness_timeout * 0.8)
+            return min(self.keepalive_interval * 1.5, self.liveness_timeout * 0.8)
         return self.keepalive_interval * 1.5
 
 

@@ -1,0 +1,69 @@
+"""Does a new connection's first datagram really open a handshake? (sans-IO)
+
+A server keeps no state for a datagram until its Initial decrypts and carries a
+CRYPTO frame (the ClientHello). Everything else is dropped without an answer:
+random long-header bytes, and a client's ACK- or PING-only Initial whose ClientHello
+the server never admitted (it was dropped under load, or its half-done connection
+was given up). aioquic would create a connection for such a packet and close it
+with PROTOCOL_VIOLATION, killing the client's attempt; dropped, the client just
+retransmits its ClientHello.
+"""
+
+from __future__ import annotations
+
+from aioquic._crypto import CryptoError
+from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_quic_header
+
+_ACK_TYPES = (QuicFrameType.ACK, QuicFrameType.ACK_ECN)
+
+
+def opens_handshake(data: bytes, cid_length: int) -> bool:
+    """True when the datagram's first packet is an Initial that decrypts with the keys
+    its destination CID implies and contains a CRYPTO frame."""
+    buf = Buffer(data=data)
+    try:
+        header = pull_quic_header(buf, host_cid_length=cid_length)
+    except ValueError:
+        return False
+    if header.packet_type != QuicPacketType.INITIAL or header.version is None:
+        return False
+    encrypted_offset = buf.tell()
+    end = header.packet_length
+    if end > len(data) or end <= encrypted_offset:
+        return False
+    pair = CryptoPair()
+    try:
+        pair.setup_initial(cid=header.destination_cid, is_client=False, version=header.version)
+        _, payload, _ = pair.decrypt_packet(data[:end], encrypted_offset, 0)
+    except (CryptoError, ValueError, BufferReadError):
+        return False
+    return _has_crypto_frame(payload)
+
+
+def _has_crypto_frame(payload: bytes) -> bool:
+    """Walk the frames an Initial may carry (RFC 9000 section 17.2.2) up to a CRYPTO frame."""
+    buf = Buffer(data=payload)
+    try:
+        while not buf.eof():
+            frame_type = buf.pull_uint_var()
+            if frame_type == QuicFrameType.CRYPTO:
+                return True
+            if frame_type in (QuicFrameType.PADDING, QuicFrameType.PING):
+                continue
+            if frame_type in _ACK_TYPES:
+                buf.pull_uint_var()  # largest acknowledged
+                buf.pull_uint_var()  # ack delay
+                ranges = buf.pull_uint_var()
+                buf.pull_uint_var()  # first range
+                for _ in range(2 * ranges):
+                    buf.pull_uint_var()
+                if frame_type == QuicFrameType.ACK_ECN:
+                    for _ in range(3):
+                        buf.pull_uint_var()
+                continue
+            return False  # CONNECTION_CLOSE, or a frame an Initial may not carry
+    except BufferReadError:
+        return False
+    return False
