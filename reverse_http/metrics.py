@@ -38,6 +38,11 @@ DISCONNECT_REASONS = frozenset(
 )
 #: Status codes the session code answers with; anything else is counted as "other".
 SESSION_STATUSES = frozenset({200, 400, 403, 405, 407, 408, 431, 502, 503, 504})
+#: Every value ``store_errors_total{op}`` can take (route store operations).
+STORE_OPS = frozenset({"get", "set", "refresh", "delete"})
+#: Every value ``store_errors_total{kind}`` can take: the store did not answer, or the
+#: agent id cannot be a store key (nothing was sent).
+STORE_ERROR_KINDS = frozenset({"unavailable", "invalid_key"})
 #: Label value that aggregates agents beyond ``max_agent_labels``.
 OTHER_AGENT = "_other"
 
@@ -123,13 +128,19 @@ class Metrics:
             registry=r,
         )
         self.store_errors = Counter(
-            PREFIX + "store_errors_total", "Failed route store operations.", registry=r
+            PREFIX + "store_errors_total",
+            "Failed route store operations, by operation and kind of failure.",
+            ["op", "kind"],
+            registry=r,
         )
         # Pre-create the bounded label values so dashboards see zeros, not gaps.
         for reason in sorted(DISCONNECT_REASONS):
             self.agent_disconnects.labels(reason)
         for direction in ("up", "down"):
             self.relay_bytes.labels(direction)
+        for op in sorted(STORE_OPS):
+            for kind in sorted(STORE_ERROR_KINDS):
+                self.store_errors.labels(op, kind)
         self._connected = 0
         self._active = 0
         #: Agents that have their own label value.
@@ -277,9 +288,15 @@ class Metrics:
 
     # --- store --------------------------------------------------------------------
 
-    def store_error(self) -> None:
-        """A route store operation failed (the store itself logs the details)."""
-        self.store_errors.inc()
+    def store_error(self, op: str = "get", kind: str = "unavailable") -> None:
+        """A route store operation failed; the caller logs the details.
+
+        The defaults are the LB server's only case: a route lookup the store did not
+        answer. Unknown values are counted under the defaults, so the label set stays fixed.
+        """
+        self.store_errors.labels(
+            op if op in STORE_OPS else "get", kind if kind in STORE_ERROR_KINDS else "unavailable"
+        ).inc()
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format, as ``/metrics`` serves it."""

@@ -222,6 +222,11 @@ def test_jwt_token_key_from_stdin(run: RunFn) -> None:
     [
         ([], ("--agent-id is required",)),
         (["--agent-id", ""], ("--agent-id is required",)),
+        # ids no proxy would accept (and memcached could not store): refused at minting
+        (["--agent-id", "a b"], ("--agent-id 'a b'", "a space at position 2")),
+        (["--agent-id", "a\tb"], ("--agent-id", "a control character ('\\t')")),
+        (["--agent-id", "x" * 129], ("--agent-id", "129 characters long, at most 128")),
+        (["--agent-id", "agent/1"], ("--agent-id 'agent/1'", "'/' at position 6")),
         (["--agent-id", "a", "--role", "admin"], ("--role", "'admin'", "agent, client")),
         (["--agent-id", "a", "--duration", "1d"], ("--duration", "unknown unit 'd'")),
         (["--agent-id", "a", "--duration", "24"], ("--duration", "missing unit")),
@@ -265,3 +270,12 @@ def test_help_lists_commands(run: RunFn) -> None:
     for args in (["key", "private", "--help"], ["jwt", "token", "--help"]):
         text = run(*args).stdout
         assert "--out" in text
+
+
+def test_jwt_token_accepts_every_allowed_punctuation(run: RunFn) -> None:
+    agent_id = "Agent-7_x.y:z@example.com"
+    result = run("jwt", "token", "--agent-id", agent_id, "-i", str(GO_PRIVATE), "-o", "-")
+    assert result.exit_code == 0, result.output
+    assert TokenVerifier(load_public_key(GO_PUBLIC)).verify(result.stdout, "client").agent_id == (
+        agent_id
+    )

@@ -13,7 +13,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reverse_http import metrics as metrics_module
 from reverse_http.errors import ConfigError
-from reverse_http.metrics import OTHER_AGENT, Health, Metrics, serve_metrics
+from reverse_http.metrics import (
+    OTHER_AGENT,
+    STORE_ERROR_KINDS,
+    STORE_OPS,
+    Health,
+    Metrics,
+    serve_metrics,
+)
 from reverse_http.quic.connection import CloseInfo
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -74,6 +81,8 @@ async def test_scrape_shows_exact_values() -> None:
     m.session_finished(0, up=0, down=0, setup_seconds=None)
     m.store_error()
     m.store_error()
+    m.store_error("set", "invalid_key")
+    m.store_error("no-such-op", "no-such-kind")  # folded into the defaults
 
     async with serving(m) as base:
         s = await scrape(base)
@@ -102,7 +111,11 @@ async def test_scrape_shows_exact_values() -> None:
     assert value(s, "connect_setup_seconds_bucket", le="10.0") == 2
     assert value(s, "connect_setup_seconds_bucket", le="+Inf") == 2
     assert value(s, "connect_setup_seconds_bucket", le="0.0005") == 0
-    assert value(s, "store_errors_total") == 2
+    assert value(s, "store_errors_total", op="get", kind="unavailable") == 3
+    assert value(s, "store_errors_total", op="set", kind="invalid_key") == 1
+    assert value(s, "store_errors_total", op="refresh", kind="unavailable") == 0
+    store_labels = {lb for (n, lb) in s if n.endswith("store_errors_total")}
+    assert len(store_labels) == len(STORE_OPS) * len(STORE_ERROR_KINDS)
 
 
 def test_gauges_never_go_negative() -> None:
@@ -386,9 +399,12 @@ def test_registries_are_private() -> None:
     first.store_error()
     assert first.registry is not second.registry
     assert first.registry is not prometheus_client.REGISTRY
-    assert b"reverse_http_store_errors_total 1.0" in first.exposition()
-    assert b"reverse_http_store_errors_total 0.0" in second.exposition()
-    assert prometheus_client.REGISTRY.get_sample_value("reverse_http_store_errors_total") is None
+    sample = b'reverse_http_store_errors_total{kind="unavailable",op="get"}'
+    assert sample + b" 1.0" in first.exposition()
+    assert sample + b" 0.0" in second.exposition()
+    labels = {"kind": "unavailable", "op": "get"}
+    global_value = prometheus_client.REGISTRY.get_sample_value
+    assert global_value("reverse_http_store_errors_total", labels) is None
 
 
 async def test_a_failing_collection_is_a_500_not_a_dead_server() -> None:

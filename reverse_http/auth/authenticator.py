@@ -1,10 +1,15 @@
-"""Agent and client authentication at the proxy and the LB server (noauth or JWT)."""
+"""Agent and client authentication at the proxy and the LB server (noauth or JWT).
+
+Both checks hold every agent id to :mod:`reverse_http.agentid`'s rule, whichever auth
+type proved it: an id that passes here is a valid route store key.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .. import agentid
 from ..config import ProxyAuth
 from ..errors import ConfigError
 from .basic import AuthError, parse_proxy_authorization
@@ -35,10 +40,15 @@ class Authenticator:
         return cls(TokenVerifier(key, audience=config.jwt_audience))
 
     def agent_id_for(self, token: str) -> str:
-        """The agent id an agent's auth message proves; raises AuthError."""
-        if self.verifier is None:
-            return token
-        return self.verifier.verify(token, role="agent").agent_id
+        """The agent id an agent's auth message proves; raises AuthError.
+
+        An empty noauth id is returned as is: the proxy refuses it with its own close
+        code (400), as the reference does.
+        """
+        agent_id = token if self.verifier is None else self.verifier.verify(token, "agent").agent_id
+        if agent_id:
+            _check_id(agent_id, "")
+        return agent_id
 
     def check_client(self, proxy_authorization: str | None) -> str:
         """The agent id a client may reach, from its Proxy-Authorization; raises AuthError."""
@@ -47,6 +57,13 @@ class Authenticator:
         username, password = parse_proxy_authorization(proxy_authorization)
         if not username:
             raise AuthError("empty agent id in proxy authorization")
+        _check_id(username, " in proxy authorization")
         if self.verifier is not None:
             self.verifier.verify_client(password, username)
         return username
+
+
+def _check_id(agent_id: str, where: str) -> None:
+    reason = agentid.problem(agent_id)
+    if reason is not None:
+        raise AuthError(f"invalid agent id {agentid.shown(agent_id)}{where}: {reason}")

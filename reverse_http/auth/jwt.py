@@ -29,6 +29,7 @@ from jose import jwk
 from jose import jwt as jose_jwt
 from jose.exceptions import JOSEError
 
+from reverse_http import agentid
 from reverse_http.auth.basic import AuthError
 from reverse_http.auth.keys import (
     Algorithm,
@@ -91,11 +92,16 @@ def issue_token(
 ) -> str:
     """Mint a token with the same claims, order and header as the reference's signer.
 
-    ``private_key`` is a key object or PEM data. Times are whole seconds, as golang-jwt
-    truncates them; ``aud`` is written as a one-element array, as golang-jwt does.
+    ``private_key`` is a key object or PEM data; ``agent_id`` must pass
+    :mod:`reverse_http.agentid`'s rule, or no proxy would accept the token. Times are
+    whole seconds, as golang-jwt truncates them; ``aud`` is written as a one-element
+    array, as golang-jwt does.
     """
     if not isinstance(agent_id, str) or not agent_id:
         raise ValueError("agent_id must be a non-empty string")
+    reason = agentid.problem(agent_id)
+    if reason is not None:
+        raise ValueError(f"agent_id {agentid.shown(agent_id)}: {reason}")
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     if duration <= timedelta(0):

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from reverse_http import agentid
 from reverse_http.auth.jwt import ROLES, issue_token
 from reverse_http.auth.keys import (
     Algorithm,
@@ -164,7 +165,12 @@ def key_public(
 @jwt_app.command("token", help="Generate jwt token.")
 def jwt_token(
     agent_id: Annotated[
-        str | None, typer.Option("--agent-id", metavar="ID", help="Agent ID (required).")
+        str | None,
+        typer.Option(
+            "--agent-id",
+            metavar="ID",
+            help=f"Agent ID (required): 1-{agentid.MAX_LENGTH} {agentid.ALLOWED_TEXT}.",
+        ),
     ] = None,
     role: Annotated[str, typer.Option("--role", metavar="client|agent", help="Role.")] = "client",
     audience: Annotated[str | None, typer.Option("--audience", help="Audience.")] = None,
@@ -188,6 +194,8 @@ def jwt_token(
     try:
         if not agent_id:
             raise _UsageError("--agent-id is required and must not be empty")
+        if (reason := agentid.problem(agent_id)) is not None:
+            raise _UsageError(f"--agent-id {agentid.shown(agent_id)}: {reason}")
         if role not in ROLES:
             raise _UsageError(f"--role: {role!r} is not one of {', '.join(ROLES)}")
         lifetime = _duration(duration)

@@ -1,10 +1,12 @@
 """Routes in memcached (aiomcache, run from trio through trio-asyncio).
 
 Compatible with the Go reference: key = agent id, value = the owning proxy's
-HTTP address. Beyond it: entries carry a TTL that the owner keeps refreshing, so
-a crashed proxy's routes expire by themselves, and deletion is conditional
-(compare-and-swap to an immediately expiring tombstone) so a proxy can never
-delete a route another proxy has taken over.
+HTTP address. Every key passes :func:`~.base.route_key` first, so an id memcached
+cannot store is refused here rather than sent (aiomcache would refuse it too, but as a
+client error indistinguishable from a broken connection). Beyond the reference:
+entries carry a TTL that the owner keeps refreshing, so a crashed proxy's routes
+expire by themselves, and deletion is conditional (compare-and-swap to an immediately
+expiring tombstone) so a proxy can never delete a route another proxy has taken over.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import aiomcache
 import trio
 import trio_asyncio
 
-from .base import RouteStore, StoreUnavailable
+from .. import agentid
+from .base import InvalidRouteKey, RouteStore, StoreUnavailable, route_key
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +50,9 @@ def parse_servers(addresses: tuple[str, ...] | list[str]) -> list[tuple[str, int
     return servers
 
 
-def valid_key(agent_id: str) -> bool:
-    raw = agent_id.encode("utf-8")
-    return 0 < len(raw) <= 250 and all(32 < b < 127 for b in raw)
+def memcached_key(agent_id: str) -> bytes:
+    """The key bytes for ``agent_id`` (at most 250); raises :class:`InvalidRouteKey`."""
+    return route_key(agent_id).encode("ascii")
 
 
 class HashRing:
@@ -88,13 +91,17 @@ class MemcachedStore(RouteStore):
             self._clients[node] = client
         return client
 
-    async def _call(self, agent_id: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``client.method(*args)`` on the server that owns ``agent_id``'s key."""
-        node = self._ring.node_for(agent_id)
+    async def _call(self, key: bytes, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``client.method(key, *args)`` on the server that owns ``key``."""
+        node = self._ring.node_for(key.decode("ascii"))
         client = self._client(node)
         try:
             with trio.fail_after(self._timeout):
-                return await trio_asyncio.aio_as_trio(getattr(client, method))(*args, **kwargs)
+                call = trio_asyncio.aio_as_trio(getattr(client, method))
+                return await call(key, *args, **kwargs)
+        except aiomcache.exceptions.ValidationException as exc:
+            # Refused before anything was sent: the connection is fine.
+            raise InvalidRouteKey(f"memcached {node}: {exc}") from None
         except (trio.TooSlowError, OSError, aiomcache.exceptions.ClientException) as exc:
             # A timed-out request may leave a half-read connection behind: start afresh.
             self._clients.pop(node, None)
@@ -104,31 +111,33 @@ class MemcachedStore(RouteStore):
             raise StoreUnavailable(f"memcached {node}: {reason or type(exc).__name__}") from None
 
     async def set_route(self, agent_id: str, address: str) -> None:
-        key, value = agent_id.encode(), address.encode()
+        key, value = memcached_key(agent_id), address.encode()
         for _ in range(CAS_RETRIES):
-            old, token = await self._call(agent_id, "gets", key)
+            old, token = await self._call(key, "gets")
             if old is None or token is None:
-                if await self._call(agent_id, "add", key, value, exptime=self._ttl):
+                if await self._call(key, "add", value, exptime=self._ttl):
                     return
-            elif await self._call(agent_id, "cas", key, value, token, exptime=self._ttl):
+            elif await self._call(key, "cas", value, token, exptime=self._ttl):
                 return
         raise StoreUnavailable(f"route for agent {agent_id}: too much contention")
 
     async def delete_route(self, agent_id: str, address: str) -> bool:
-        key = agent_id.encode()
+        if not agentid.is_valid(agent_id):
+            return False
+        key = memcached_key(agent_id)
         for _ in range(CAS_RETRIES):
-            old, token = await self._call(agent_id, "gets", key)
+            old, token = await self._call(key, "gets")
             if old != address.encode() or token is None:
                 return False
-            if await self._call(agent_id, "cas", key, b"", token, exptime=TOMBSTONE_TTL):
+            if await self._call(key, "cas", b"", token, exptime=TOMBSTONE_TTL):
                 return True
         return False
 
     async def refresh_route(self, agent_id: str, address: str) -> bool:
-        key, value = agent_id.encode(), address.encode()
-        current = await self._call(agent_id, "get", key)
+        key, value = memcached_key(agent_id), address.encode()
+        current = await self._call(key, "get")
         if current == value:
-            return bool(await self._call(agent_id, "touch", key, self._ttl))
+            return bool(await self._call(key, "touch", self._ttl))
         if current:
             return False
         # missing (store restarted, entry evicted) or a tombstone: take it again
@@ -136,7 +145,9 @@ class MemcachedStore(RouteStore):
         return True
 
     async def get_route(self, agent_id: str) -> str | None:
-        value = await self._call(agent_id, "get", agent_id.encode())
+        if not agentid.is_valid(agent_id):
+            return None
+        value = await self._call(memcached_key(agent_id), "get")
         return value.decode() if value else None
 
     async def aclose(self) -> None:
