@@ -9,6 +9,12 @@ keys, or bind them once with :class:`FieldsAdapter`. All three end up as
 ``key=value`` pairs in text and as top-level keys in JSON. Nothing is redacted
 here: never pass a secret as a field.
 
+Message arguments and field values often come from the network, so both
+formatters pass each one through :func:`~reverse_http.safetext.safe_text`:
+control characters and newlines become visible escapes and a value is cut after
+256 characters. A record is therefore always one line (a traceback follows it
+in text) and a peer cannot forge a line or flood the log with one value.
+
 Text::
 
     2026-11-24T17:00:00.123Z INFO  reverse_http.proxy.server: agent connected agent_id=4711
@@ -28,6 +34,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, Final, TextIO
 
 from .config import LogConfig
+from .safetext import MAX_TEXT, safe_text
 
 __all__ = [
     "TRACE",
@@ -74,6 +81,9 @@ _RECORD_ATTRS: Final = frozenset(logging.LogRecord("", 0, "", 0, "", (), None)._
 _RESERVED_JSON_KEYS: Final = frozenset({"time", "level", "logger", "msg", "exc"})
 
 _HANDLER_MARK: Final = "_reverse_http_handler"
+
+#: A whole message: our text plus a few arguments of up to MAX_TEXT each.
+MAX_MESSAGE: Final = 16 * MAX_TEXT
 
 
 def log_fields(**fields: object) -> dict[str, object]:
@@ -130,33 +140,64 @@ def _level_label(levelno: int) -> str:
     return name if isinstance(name, str) else str(levelno)
 
 
+class _Shown:
+    """A message argument that formats as its :func:`safe_text` (``%s``) or repr (``%r``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return safe_text(self.value)
+
+    def __repr__(self) -> str:
+        return safe_text(repr(self.value))
+
+
+def _shown_arg(value: object) -> object:
+    return value if isinstance(value, int | float) else _Shown(value)
+
+
+def _safe_message(record: logging.LogRecord) -> str:
+    """``record.getMessage()`` with every argument, then the whole, made :func:`safe_text`."""
+    args = record.args
+    try:
+        if isinstance(args, Mapping):
+            message = str(record.msg) % {k: _shown_arg(v) for k, v in args.items()}
+        elif args:
+            message = str(record.msg) % tuple(_shown_arg(a) for a in args)
+        else:
+            message = str(record.msg)
+    except (TypeError, ValueError, KeyError):
+        message = record.getMessage()
+    return safe_text(message, MAX_MESSAGE)
+
+
+def _safe_field(value: object) -> object:
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return safe_text(value)
+
+
 def _logfmt_value(value: object) -> str:
-    if isinstance(value, str):
-        text = value
-    elif isinstance(value, (bool, int, float)) or value is None:
-        text = json.dumps(value)
-    else:
-        text = _json_default(value)
+    text = value if isinstance(value, str) else json.dumps(value)
     if text and not any(c.isspace() or c in '"=\\' or not c.isprintable() for c in text):
         return text
     return json.dumps(text, ensure_ascii=False)
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    return str(value)
 
 
 class TextFormatter(logging.Formatter):
     """``<time> <LEVEL> <logger>: <message> key=value ...``, traceback on following lines."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = _safe_message(record)
         line = f"{_timestamp(record)} {_level_label(record.levelno):<5} {record.name}: {message}"
         fields = record_fields(record)
         if fields:
-            line += " " + " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
+            line += " " + " ".join(
+                f"{k}={_logfmt_value(_safe_field(v))}" for k, v in fields.items()
+            )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         elif record.stack_info:
@@ -172,15 +213,15 @@ class JsonFormatter(logging.Formatter):
             "time": _timestamp(record),
             "level": _level_label(record.levelno),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _safe_message(record),
         }
         for key, value in record_fields(record).items():
-            obj[f"fields.{key}" if key in _RESERVED_JSON_KEYS else key] = value
+            obj[f"fields.{key}" if key in _RESERVED_JSON_KEYS else key] = _safe_field(value)
         if record.exc_info:
             obj["exc"] = self.formatException(record.exc_info)
         elif record.stack_info:
             obj["exc"] = self.formatStack(record.stack_info)
-        return json.dumps(obj, ensure_ascii=False, default=_json_default)
+        return json.dumps(obj, ensure_ascii=False)
 
 
 def setup_logging(config: LogConfig, stream: TextIO | None = None) -> None:

@@ -63,6 +63,8 @@ def test_jwt_password() -> None:
         ("Bearer abc", "unsupported auth scheme: Bearer"),
         ("Digest username=x", "unsupported auth scheme: Digest"),
         ("Basi\u00e7 abc", "unsupported auth scheme: unrecognized"),
+        # a bare token sent without a scheme is the secret: never repeat it
+        ("s3cr3tT0k3n", "unsupported auth scheme: unrecognized"),
         ("Basic !!!!", "malformed Basic credentials: invalid base64"),
         ("Basic dTpw=", "malformed Basic credentials: invalid base64"),
         ("Basic dTpwdw", "malformed Basic credentials: invalid base64"),

@@ -9,6 +9,8 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reverse_http.config import LogConfig
 from reverse_http.logs import TRACE, FieldsAdapter, log_fields, reset_logging, setup_logging
@@ -139,3 +141,90 @@ def test_text_exception_follows_the_line() -> None:
     lines = stream.getvalue().splitlines()
     assert TEXT_LINE.match(lines[0])
     assert lines[-1] == "RuntimeError: bad"
+
+
+# -- what peers send cannot shape the log ---------------------------------------
+
+FORGED = "evil\n2026-01-01T00:00:00.000Z INFO  reverse_http.access: CONNECT forged"
+
+
+def test_text_newline_in_an_argument_or_field_stays_on_its_line() -> None:
+    stream = configure()
+    log = logging.getLogger("reverse_http.test")
+    log.info("agent %s connected", FORGED, extra=log_fields(agent_id=FORGED, raw=b"a\r\nb"))
+    (line,) = stream.getvalue().splitlines()
+    assert line.endswith(
+        " INFO  reverse_http.test: agent evil\\n2026-01-01T00:00:00.000Z INFO  "
+        "reverse_http.access: CONNECT forged connected"
+        ' agent_id="evil\\\\n2026-01-01T00:00:00.000Z INFO  reverse_http.access: CONNECT forged"'
+        ' raw="a\\\\r\\\\nb"'
+    )
+
+
+def test_json_control_characters_are_escaped_before_encoding() -> None:
+    stream = configure(fmt="json")
+    logging.getLogger("t").warning("refused %r", "a\x00b", extra=log_fields(agent_id="x\u2028y"))
+    (line,) = stream.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["msg"] == "refused 'a\\x00b'"
+    assert record["agent_id"] == "x\\u2028y"
+    assert "\u2028" not in line
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_huge_values_are_cut(fmt: str) -> None:
+    """One 1 MiB agent id must not make a 1 MiB log line."""
+    stream = configure(fmt=fmt)
+    huge = "a" * (1 << 20)
+    logging.getLogger("t").info("agent %s connected", huge, extra=log_fields(agent_id=huge))
+    (line,) = stream.getvalue().splitlines()
+    assert len(line) < 1000
+    cut = "a" * 256 + f"...[{(1 << 20) - 256} more]"
+    assert line.count(cut) == 2
+
+
+def test_messages_built_without_arguments_are_escaped_too() -> None:
+    stream = configure()
+    logging.getLogger("t").info(f"tunnel refused: {FORGED}")
+    (line,) = stream.getvalue().splitlines()
+    assert line.endswith(
+        "t: tunnel refused: evil\\n2026-01-01T00:00:00.000Z INFO  "
+        "reverse_http.access: CONNECT forged"
+    )
+
+
+def test_numeric_and_mapping_arguments_format_as_before() -> None:
+    stream = configure()
+    log = logging.getLogger("t")
+    log.info("%d B in %.2fs (%5s) %r", 42, 1.5, "ab", None)
+    log.info("%(agent)s -> %(status)03d", {"agent": "a\nb", "status": 7})
+    log.info("initial %c of %s", "x", "a\nb")
+    lines = [line.split(" t: ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert lines == ["42 B in 1.50s (   ab) None", "a\\nb -> 007", "initial x of a\\nb"]
+
+
+hostile_text = st.text(
+    st.one_of(
+        st.characters(),
+        st.characters(categories=["Cs"]),
+        st.sampled_from(["\n", "\r", "\x00", "\x1b", "\x85", "\u2028", '"', "=", "\\", " "]),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hostile_text, hostile_text)
+def test_any_argument_or_field_makes_one_printable_line(arg: str, value: str) -> None:
+    for fmt in ("text", "json"):
+        stream = configure(fmt=fmt)
+        logging.getLogger("t").warning("got %s", arg, extra=log_fields(agent_id=value, b=arg))
+        output = stream.getvalue()
+        assert output.endswith("\n")
+        line = output[:-1]
+        assert line.isprintable()
+        assert len(line) < 1500
+        if fmt == "json":
+            record = json.loads(line)
+            assert all(str(v).isprintable() for v in record.values())
+            assert record["msg"].startswith("got ")

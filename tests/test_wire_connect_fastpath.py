@@ -1,8 +1,15 @@
-"""The CONNECT fast path answers exactly as the h11 parser does and is taken for plain heads."""
+"""The CONNECT fast path answers exactly as the h11 parser does and is taken for plain heads;
+neither ever quotes a credential back, and two Proxy-Authorization headers are refused."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+import io
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import pairwise
 
 import h11
@@ -11,6 +18,11 @@ import trio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from reverse_http.allowlist import AllowList
+from reverse_http.auth.authenticator import Authenticator
+from reverse_http.logs import JsonFormatter, TextFormatter
+from reverse_http.safetext import safe_text
+from reverse_http.session import SessionPolicy, Upstream, handle_client
 from reverse_http.wire.http import (
     ConnectRequest,
     HttpError,
@@ -72,6 +84,14 @@ def both(chunks: Sequence[bytes], max_header_bytes: int) -> tuple[Outcome, Outco
         return new, old
 
     return trio.run(run)
+
+
+def decided_by_fast_path(data: bytes, max_header_bytes: int) -> bool:
+    """The fast path answered: with a request or a refusal (two Proxy-Authorization)."""
+    try:
+        return _parse_simple_connect(data, max_header_bytes) is not None
+    except HttpError:
+        return True
 
 
 def split(data: bytes, cuts: Sequence[int]) -> list[bytes]:
@@ -300,11 +320,14 @@ def head_cases(draw: st.DrawFn) -> tuple[list[bytes], int]:
 
 @st.composite
 def simple_heads(draw: st.DrawFn) -> bytes:
-    """Heads the fast path is meant to take: plain ASCII, one Host, no framing headers."""
+    """Heads the fast path is meant to take: plain ASCII, one Host, no framing headers,
+    at most one Proxy-Authorization."""
     target = draw(good_targets)
     version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0"]))
     fields = [("Host", target)] if version == "HTTP/1.1" or draw(st.booleans()) else []
-    fields += draw(st.lists(st.tuples(plain_names, plain_values), max_size=8))
+    extra = draw(st.lists(st.tuples(plain_names, plain_values), max_size=8))
+    credentials = [f for f in extra if f[0].lower() == "proxy-authorization"]
+    fields += [f for f in extra if f not in credentials[1:]]
     lines = [f"CONNECT {target} {version}"] + [f"{k}: {v}" for k, v in fields]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
@@ -320,7 +343,7 @@ def test_same_answer_as_h11(case: tuple[list[bytes], int]) -> None:
     chunks, limit = case
     new, old = both(chunks, limit)
     assert new == old
-    fast = bool(chunks) and _parse_simple_connect(chunks[0], limit) is not None
+    fast = bool(chunks) and decided_by_fast_path(chunks[0], limit)
     event("fast path" if fast else f"h11: {new[0]} {new[1] if new[0] == 'error' else ''}")
 
 
@@ -460,3 +483,205 @@ async def test_unusual_head_needs_h11(no_h11: None) -> None:
         await read_connect_request(
             ChunkStream([b"CONNECT a:1 HTTP/1.1\r\nHost:\ta:1\r\n\r\n"]), MAX
         )
+
+
+# -- credentials are never quoted back -------------------------------------------
+
+SECRET = "c2VjcmV0OnBhc3N3b3JkMTIz"
+
+
+def head_with(*lines: bytes, target: bytes = b"a:1") -> bytes:
+    return (
+        b"CONNECT "
+        + target
+        + b" HTTP/1.1\r\nHost: a:1\r\n"
+        + b"".join(line + b"\r\n" for line in lines)
+        + b"\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "detail"),
+    [
+        (b"Proxy-Authorization : Basic " + SECRET.encode(), "(Proxy-Authorization)"),
+        (b"Proxy-Authorization\t: Basic " + SECRET.encode(), "(Proxy-Authorization)"),
+        (b"proxy-authorization: Basic c2Vj\x00" + SECRET.encode(), "(proxy-authorization)"),
+        (b"Proxy-Authorization: Basic \x0b" + SECRET.encode(), "(Proxy-Authorization)"),
+        (b"Proxy-Authorization: Basic " + SECRET.encode() + b"\x0c", "(Proxy-Authorization)"),
+        (b"Proxy-Authorization: Basic c2V\r" + SECRET.encode(), "(Proxy-Authorization)"),
+        (b"Proxy-Authorization: Basic\r\n " + SECRET.encode() + b"\x00", "(Proxy-Authorization)"),
+        (b"X-Token's: " + SECRET.encode() + b"\x00", ""),
+        (b"Basic " + SECRET.encode(), ""),
+        (b"Basic " + SECRET.encode() + b" is: here", ""),
+    ],
+)
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_malformed_header_line_is_named_not_quoted(line: bytes, detail: str, pieces: int) -> None:
+    data = head_with(line)
+    new, old = both(split(data, [len(data) * i // pieces for i in range(1, pieces)]), MAX)
+    assert new == old
+    assert new[:3] == ("error", 400, f"malformed header line {detail}".rstrip())
+
+
+def test_malformed_request_line_is_not_quoted() -> None:
+    new, old = both([b"CONNECT a\x00:1 HTTP/1.1\r\nHost: a:1\r\n\r\n"], MAX)
+    assert new == old
+    assert new[:3] == ("error", 400, "malformed request line")
+
+
+def test_target_with_user_info_is_not_quoted() -> None:
+    new, old = both([head_with(target=f"user:{SECRET}@a:1".encode())], MAX)
+    assert new == old
+    assert new[:3] == ("error", 400, "CONNECT target must not contain user info")
+
+
+def test_bad_target_is_quoted_bounded() -> None:
+    new, old = both([head_with(target=b"x" * 8000 + b":1")], MAX)
+    assert new == old
+    assert new[:2] == ("error", 400)
+    detail = new[2]
+    assert isinstance(detail, str)
+    assert re.fullmatch(r"CONNECT target 'x{240}\.\.\.\[\d+ more\]", detail)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [b"Proxy-Authorization: Basic YTph", b"Proxy-Authorization: Basic Yjpi"],
+        [b"Proxy-Authorization: Basic YTph", b"proxy-authorization: Basic YTph"],
+        [b"Proxy-Authorization:", b"X: y", b"PROXY-AUTHORIZATION: Basic YTph"],
+    ],
+)
+@pytest.mark.parametrize("path", ["fast", "h11"])
+def test_two_proxy_authorization_headers_are_refused(lines: list[bytes], path: str) -> None:
+    """Which of two credentials counts would be a guess (Go takes the first, we took the last)."""
+    data = head_with(*lines)
+    if path == "h11":
+        data = data.replace(b"Host: a:1", b"Host:\ta:1")
+    assert decided_by_fast_path(data, MAX) is (path == "fast")
+    refused = ("error", 400, "duplicate Proxy-Authorization header", 1)
+    assert both([data], MAX) == (refused, refused)
+
+
+# -- credentials never leak, whatever the head looks like ------------------------------
+
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+#: Not st.text: that would also try strings from our own source, which messages do contain.
+secrets = st.lists(st.sampled_from(B64), min_size=16, max_size=40).map("".join)
+auth_names = st.sampled_from(["Proxy-Authorization", "proxy-authorization", "PROXY-AUTHORIZATION"])
+separators = st.sampled_from([":", ": ", ":  ", " : ", " :", "\t:", ":\t", "  :  "])
+schemes = st.sampled_from(["Basic ", "basic ", "Basic  ", "Bearer ", ""])
+CONTROL_BYTES = [b"\x00", b"\x01", b"\x0b", b"\x0c", b"\x1b", b"\x7f", b"\x85", b"\xff"]
+bad_bytes = st.sampled_from(
+    [*CONTROL_BYTES, b"\r", b"\n", b"\r\n", b"\n\n", b" ", b"\t", b":", b"="]
+)
+
+
+@st.composite
+def credential_heads(draw: st.DrawFn) -> tuple[list[bytes], str]:
+    """A CONNECT with a secret in Proxy-Authorization, often in a line the parser refuses."""
+    secret = draw(secrets)
+    value = (draw(schemes) + secret).encode()
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(value)))
+        value = value[:at] + draw(bad_bytes) + value[at:]
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(value)))
+        value = value[:at] + b"\r\n" + draw(folds) + value[at:]
+    credential = draw(auth_names).encode() + draw(separators).encode() + value
+    target = draw(st.one_of(good_targets, st.just(f"u:{secret}@example.com:443")))
+    lines = [f"Host: {target}".encode()]
+    lines += [f"{k}: {v}".encode() for k, v in draw(st.lists(st.tuples(plain_names, plain_values)))]
+    lines.insert(draw(st.integers(0, len(lines))), credential)
+    if draw(st.booleans()):
+        lines.insert(draw(st.integers(0, len(lines))), f"Proxy-Authorization: {secret}".encode())
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]))
+    head = b"CONNECT " + target.encode() + b" " + version + b"\r\n"
+    head += b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+    if draw(st.integers(0, 4)) == 0:
+        head = head[: draw(st.integers(1, len(head)))]
+    cuts = draw(st.one_of(st.just([]), st.lists(st.integers(0, len(head)), max_size=3)))
+    return split(head, cuts), secret
+
+
+def leaks(secret: str, text: str) -> bool:
+    """Any 8 characters of ``secret`` in a row show up in ``text``."""
+    return any(secret[i : i + 8] in text for i in range(len(secret) - 7))
+
+
+@PROPERTY
+@given(credential_heads())
+def test_parser_errors_never_quote_credentials(case: tuple[list[bytes], str]) -> None:
+    chunks, secret = case
+    new, old = both(chunks, MAX)
+    assert new == old
+    if new[0] == "error":
+        assert isinstance(new[2], str)
+        assert not leaks(secret, new[2]), new[2]
+        assert new[2].isprintable()
+    event(f"{new[0]} {new[1] if new[0] == 'error' else ''}")
+
+
+async def _no_upstream(agent_id: str, request: ConnectRequest, authorization: str) -> Upstream:
+    raise HttpError(503, f"agent {safe_text(agent_id)} is not connected")
+
+
+async def serve_once(chunks: Sequence[bytes]) -> bytes:
+    """One session of the proxy's front end over memory streams; the whole answer.
+
+    The server may answer before it has read everything, as over TCP.
+    """
+    client, server = trio.testing.memory_stream_pair()
+    policy = SessionPolicy(
+        authenticator=Authenticator(None), allow=AllowList.parse([]), open_upstream=_no_upstream
+    )
+    answer = b""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handle_client, server, policy, "192.0.2.1:5000")
+        with contextlib.suppress(trio.BrokenResourceError):
+            for chunk in chunks:
+                await client.send_all(chunk)
+            await client.send_eof()
+        while data := await client.receive_some():
+            answer += data
+    return answer
+
+
+@contextmanager
+def access_log() -> Iterator[tuple[io.StringIO, io.StringIO]]:
+    """The access log in both formats while the block runs."""
+    text, js = io.StringIO(), io.StringIO()
+    handlers = [logging.StreamHandler(text), logging.StreamHandler(js)]
+    handlers[0].setFormatter(TextFormatter())
+    handlers[1].setFormatter(JsonFormatter())
+    logger = logging.getLogger("reverse_http.access")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        yield text, js
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@PROPERTY
+@given(credential_heads())
+def test_answers_and_access_log_never_quote_credentials(case: tuple[list[bytes], str]) -> None:
+    chunks, secret = case
+    with access_log() as (text, js):
+        answer = trio.run(serve_once, chunks)
+    assert answer.startswith(b"HTTP/1.1 ")
+    status = int(answer.split(b" ", 2)[1])
+    assert status in {400, 405, 407, 431, 503}
+    assert not leaks(secret, answer.decode("utf-8", "replace")), answer
+    (line,) = text.getvalue().splitlines()
+    assert f"-> {status} " in line
+    assert not leaks(secret, line), line
+    assert line.isprintable()
+    record = json.loads(js.getvalue())
+    assert record["status"] == status
+    assert not leaks(secret, js.getvalue())
+    event(str(status))

@@ -8,11 +8,15 @@ with a reason instead of being silently reinterpreted.
 from __future__ import annotations
 
 import binascii
-import re
 
 __all__ = ["AuthError", "parse_proxy_authorization"]
 
-_PLAIN_SCHEME = re.compile(r"[A-Za-z0-9_.+-]{1,16}")
+#: Registered HTTP auth schemes (IANA): the only first words an answer may repeat.
+#: Anything else may be a bare token sent without a scheme, i.e. the secret itself.
+_KNOWN_SCHEMES = frozenset(
+    {"bearer", "concealed", "digest", "dpop", "gnap", "hoba", "mutual", "negotiate"}
+    | {"ntlm", "oauth", "privatetoken", "scram-sha-1", "scram-sha-256", "vapid"}
+)
 
 
 class AuthError(Exception):
@@ -42,7 +46,7 @@ def parse_proxy_authorization(header_value: str | bytes | None) -> tuple[str, st
         raise AuthError("missing Proxy-Authorization")
     scheme, _, credentials = value.partition(" ")
     if scheme.lower() != "basic":
-        shown = scheme if _PLAIN_SCHEME.fullmatch(scheme) else "unrecognized"
+        shown = scheme if scheme.lower() in _KNOWN_SCHEMES else "unrecognized"
         raise AuthError(f"unsupported auth scheme: {shown}")
     credentials = credentials.strip(" \t")
     if not credentials:

@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..frontend import DaemonState, SessionFrontend, open_http_listeners, watch_signals
 from ..metrics import serve_metrics
 from ..netaddr import format_address
+from ..safetext import safe_text
 from ..session import OpenUpstream, SessionPolicy, Upstream
 from ..store.base import RouteStore, StoreUnavailable
 from ..store.memcached import open_memcached_store
@@ -158,9 +159,9 @@ def owner_upstream(
             address = await store.get_route(agent_id)
         except StoreUnavailable as exc:
             on_store_error()
-            raise HttpError(503, f"route store unavailable: {exc}") from None
+            raise HttpError(503, f"route store unavailable: {safe_text(exc)}") from None
         if address is None:
-            raise HttpError(503, f"agent {agent_id} is not connected to any proxy")
+            raise HttpError(503, f"agent {safe_text(agent_id)} is not connected to any proxy")
         return await forward_connect(address, request, authorization, tls, connect_timeout)
 
     return open_upstream
@@ -177,7 +178,8 @@ async def forward_connect(
     try:
         host, port = parse_authority(address)
     except ValueError:
-        raise HttpError(503, f"route store holds a malformed proxy address {address!r}") from None
+        shown = safe_text(repr(address))
+        raise HttpError(503, f"route store holds a malformed proxy address {shown}") from None
     stream: trio.abc.Stream | None = None
     try:
         with trio.move_on_after(connect_timeout):
@@ -198,7 +200,7 @@ async def forward_connect(
             raise HttpError(head.status, f"proxy {address}: {head.status} {head.reason}")
         raise HttpError(503, f"proxy {address} did not answer within {connect_timeout:g}s")
     except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
-        raise HttpError(503, f"proxy {address} unreachable: {exc}") from None
+        raise HttpError(503, f"proxy {address} unreachable: {safe_text(exc)}") from None
     finally:
         if stream is not None:
             with trio.CancelScope(shield=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 
 from ..quic import Connection, ConnectionError, QuicStream, StreamLimitError
+from ..safetext import safe_text
 from ..session import OpenUpstream, Upstream
 from ..wire.http import ConnectRequest, HttpError, request_tunnel
 from .agents import AgentRegistry
@@ -14,7 +15,7 @@ def agent_upstream(registry: AgentRegistry, dial_timeout: float) -> OpenUpstream
     async def open_upstream(agent_id: str, request: ConnectRequest, _auth: str) -> Upstream:
         conn = registry.get(agent_id)
         if conn is None:
-            raise HttpError(503, f"agent {agent_id} is not connected")
+            raise HttpError(503, f"agent {safe_text(agent_id)} is not connected")
         return await open_tunnel(conn, request, dial_timeout)
 
     return open_upstream
@@ -33,7 +34,7 @@ async def open_tunnel(conn: Connection, request: ConnectRequest, dial_timeout: f
                 stream = await conn.open_stream()
             except StreamLimitError as exc:
                 raise HttpError(
-                    503, f"agent has no free stream for another tunnel: {exc}"
+                    503, f"agent has no free stream for another tunnel: {safe_text(exc)}"
                 ) from None
             try:
                 head = await request_tunnel(stream, request.host, request.port)
@@ -55,7 +56,7 @@ async def open_tunnel(conn: Connection, request: ConnectRequest, dial_timeout: f
             )
         raise HttpError(503, f"agent did not answer within {dial_timeout:g}s")
     except (ConnectionError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise HttpError(503, f"tunnel to agent failed: {exc}") from None
+        raise HttpError(503, f"tunnel to agent failed: {safe_text(exc)}") from None
     finally:
         if stream is not None:
             with trio.CancelScope(shield=True):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import h11
 import trio
 
 from ..allowlist import parse_authority
+from ..safetext import MAX_TEXT, safe_text
 
 REASONS = {
     200: "Connection established",
@@ -25,10 +26,16 @@ REASONS = {
     504: "Gateway Timeout",
 }
 PROXY_AUTHENTICATE = ("Proxy-Authenticate", 'Basic realm="reverse-http"')
+#: An answer's body: the detail, with what it quotes from peers already cut to MAX_TEXT.
+MAX_DETAIL = 4 * MAX_TEXT
 
 
 class HttpError(Exception):
-    """A request that must be answered with ``status``; ``detail`` is safe to show."""
+    """A request that must be answered with ``status``; ``detail`` is safe to show.
+
+    Safe means: no credential, and anything quoted from a peer passed through
+    :func:`safe_text` (the answer and the log escape the whole again).
+    """
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -71,7 +78,7 @@ def response_bytes(
         lines.append(f"{k}: {v}")
     if status == 200:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-    body = (detail + "\n").encode() if detail else b""
+    body = (safe_text(detail, MAX_DETAIL) + "\n").encode() if detail else b""
     lines += ["Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}"]
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
@@ -86,6 +93,49 @@ _SIMPLE_HEAD = re.compile(
 )
 #: h11 rewrites or rejects these, so heads with them take the h11 path.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+#: Headers a request may carry once: with two, which one counts would be a guess.
+_SINGLE_HEADERS = {"proxy-authorization": "Proxy-Authorization"}
+#: Where h11 starts quoting the offending bytes in its error messages.
+_H11_QUOTE = re.compile(r":? (?:bytearray\()?b['\"]")
+#: The field name at the start of a quoted header line h11 refused, if it has one.
+_H11_BAD_HEADER = re.compile(
+    r"illegal header line: (?:bytearray\()?b['\"]([-!#$%&*+.^_`|~0-9A-Za-z]{1,64})(?: |\\t)*:"
+)
+
+
+def _header_dict(fields: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Lower-cased names to values; HttpError(400) for a repeated credentials header."""
+    headers: dict[str, str] = {}
+    for name, value in fields:
+        if name in headers and name in _SINGLE_HEADERS:
+            raise HttpError(400, f"duplicate {_SINGLE_HEADERS[name]} header")
+        headers[name] = value
+    return headers
+
+
+def _h11_text(exc: h11.RemoteProtocolError) -> str:
+    """h11's complaint up to where it quotes the offending bytes."""
+    message = str(exc)
+    quote = _H11_QUOTE.search(message)
+    return safe_text(message[: quote.start()] if quote else message)
+
+
+def _malformed_request(exc: h11.RemoteProtocolError) -> str:
+    """Why h11 refused a request head, naming a bad header line but never quoting it."""
+    text = _h11_text(exc)
+    if text == "illegal header line":
+        named = _H11_BAD_HEADER.match(str(exc))
+        return f"malformed header line ({named.group(1)})" if named else "malformed header line"
+    if text == "illegal request line":
+        return "malformed request line"
+    return f"malformed request: {text}"
+
+
+def _target_error(target: str, exc: Exception) -> str:
+    """Why ``target`` is refused; a target with user info is not quoted (it may hold a password)."""
+    if "@" in target:
+        return "CONNECT target must not contain user info"
+    return safe_text(exc)
 
 
 def _parse_simple_connect(data: bytes, max_header_bytes: int) -> ConnectRequest | None:
@@ -98,7 +148,7 @@ def _parse_simple_connect(data: bytes, max_header_bytes: int) -> ConnectRequest 
     if match is None:
         return None
     target, minor, block = match.groups()
-    headers: dict[str, str] = {}
+    fields: list[tuple[str, str]] = []
     hosts = 0
     for line in block.decode("ascii").split("\r\n")[:-1]:
         name, _, value = line.partition(":")
@@ -107,14 +157,14 @@ def _parse_simple_connect(data: bytes, max_header_bytes: int) -> ConnectRequest 
             return None
         if name == "host":
             hosts += 1
-        headers[name] = value.strip(" ")
+        fields.append((name, value.strip(" ")))
     if hosts > 1 or (hosts == 0 and minor == b"1"):
         return None
     try:
         host, port = parse_authority(target.decode("ascii"))
     except ValueError:
         return None
-    return ConnectRequest(host, port, headers, data[match.end() :])
+    return ConnectRequest(host, port, _header_dict(fields), data[match.end() :])
 
 
 async def read_connect_request(
@@ -122,9 +172,10 @@ async def read_connect_request(
 ) -> ConnectRequest | None:
     """Parse one request head; None if the peer closed before sending anything.
 
-    Raises :class:`HttpError` with the status to answer: 400 malformed, 431 too
-    large, 405 not CONNECT. A plain head that arrives in one read skips h11; the
-    answers are h11's either way.
+    Raises :class:`HttpError` with the status to answer: 400 malformed or with two
+    Proxy-Authorization headers, 431 too large, 405 not CONNECT. A plain head that
+    arrives in one read skips h11; the answers are the same either way, and never
+    quote a header line.
     """
     first = bytes(await stream.receive_some(65536))
     if not first:
@@ -155,7 +206,7 @@ async def _read_connect_request_h11(
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
                 raise HttpError(431, "request headers too large") from None
-            raise HttpError(400, f"malformed request: {exc}") from None
+            raise HttpError(400, _malformed_request(exc)) from None
         if event is h11.NEED_DATA:
             data = await stream.receive_some(65536)
             if not data and not received_any:
@@ -171,15 +222,18 @@ async def _read_connect_request_h11(
         if isinstance(event, h11.Request):
             if event.method != b"CONNECT":
                 raise HttpError(405, "only CONNECT is served")
+            target = event.target.decode("ascii", "backslashreplace")
             try:
-                host, port = parse_authority(event.target.decode("ascii"))
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise HttpError(400, str(exc)) from None
+                host, port = parse_authority(target)
+            except ValueError as exc:
+                raise HttpError(400, _target_error(target, exc)) from None
             leftover = conn.trailing_data[0]
             # h11 bounds only incomplete heads; one that arrived whole is checked here.
             if received - len(leftover) > max_header_bytes:
                 raise HttpError(431, "request headers too large")
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
+            headers = _header_dict(
+                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers
+            )
             return ConnectRequest(host, port, headers, bytes(leftover))
         raise HttpError(400, "unexpected HTTP event")
 
@@ -206,14 +260,17 @@ async def read_response_head(
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            raise HttpError(502, f"upstream answered something that is not HTTP: {exc}") from None
+            raise HttpError(
+                502, f"upstream answered something that is not HTTP: {_h11_text(exc)}"
+            ) from None
         if event is h11.NEED_DATA:
             data = await stream.receive_some(65536)
             conn.receive_data(bytes(data))
             continue
         if isinstance(event, h11.Response):
             leftover = conn.trailing_data[0] if event.status_code == 200 else b""
-            return ResponseHead(event.status_code, event.reason.decode("latin-1"), bytes(leftover))
+            reason = safe_text(event.reason.decode("latin-1"))
+            return ResponseHead(event.status_code, reason, bytes(leftover))
         if isinstance(event, h11.ConnectionClosed):
             raise HttpError(502, "upstream closed before answering")
         if isinstance(event, h11.InformationalResponse):
