@@ -111,3 +111,31 @@ async def test_handshake_timeout(certs: CertFiles, autojump_clock: trio.testing.
         elapsed = trio.current_time() - start
     assert exc_info.value.info.kind == "handshake-timeout"
     assert 7 <= elapsed <= 7.5
+
+
+@pytest.mark.parametrize(("packets_at", "ends_at"), [((4.0,), 11.0), ((4, 8, 12, 16, 20), 21.0)])
+async def test_handshake_timeout_counts_idle_time_up_to_a_cap(
+    certs: CertFiles,
+    autojump_clock: trio.testing.MockClock,
+    packets_at: tuple[float, ...],
+    ends_at: float,
+) -> None:
+    """A handshake that keeps hearing from its peer is not restarted at 7 s (a loaded
+    agent or proxy would otherwise throw away half-done work), but ends at 3 x 7 s."""
+    t = TransportSettings(handshake_timeout=7)
+    async with linked(certs, t, start_cut=True) as (_link, client):
+        start = trio.current_time()
+
+        async def packets() -> None:
+            for at in packets_at:
+                await trio.sleep_until(start + at)
+                client._quic.last_authenticated_rx = trio.current_time()  # a packet decrypted
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(packets)
+            with pytest.raises(ConnectionError) as exc_info:
+                await client.wait_handshake()
+            nursery.cancel_scope.cancel()
+        elapsed = trio.current_time() - start
+    assert exc_info.value.info.kind == "handshake-timeout"
+    assert ends_at <= elapsed <= ends_at + 0.5

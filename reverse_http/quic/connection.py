@@ -73,6 +73,10 @@ class StreamLimitError(Exception):
     of waiting opens is full."""
 
 
+#: However much it progresses, a handshake ends after this many handshake timeouts.
+HANDSHAKE_CAP_FACTOR = 3
+
+
 class Connection:
     #: A proxy holds thousands of these: no per-instance __dict__.
     __slots__ = (
@@ -376,7 +380,12 @@ class Connection:
         and checking, so float rounding can never leave a deadline due but unhandled."""
         s = self._settings
         if not self.handshake_complete:
-            return self._created_at + s.handshake_timeout, math.inf
+            # An idle timeout, as quic-go's: a handshake that makes progress (a slow
+            # peer, or our own loaded loop) is not thrown away and started over.
+            rx = self._quic.last_authenticated_rx
+            idle_since = self._created_at if rx is None else max(rx, self._created_at)
+            cap = self._created_at + HANDSHAKE_CAP_FACTOR * s.handshake_timeout
+            return min(idle_since + s.handshake_timeout, cap), math.inf
         if self.state is State.CLOSING:
             return math.inf, math.inf
         last_rx = self._last_rx

@@ -212,7 +212,12 @@ def check_aioquic() -> None:
     tls_names = set(tls.Context.__init__.__code__.co_names)
     missing += [
         f"tls.Context.{name}"
-        for name in ("_peer_certificate", "_peer_certificate_chain", "_request_client_certificate")
+        for name in (
+            "_peer_certificate",
+            "_peer_certificate_chain",
+            "_request_client_certificate",
+            "_supported_groups",
+        )
         if name not in tls_names
     ]
     stream = AioStream(stream_id=0, max_stream_data_local=1, max_stream_data_remote=1)
@@ -380,6 +385,11 @@ class TunnelQuicConnection(QuicConnection):
         super()._initialize(peer_cid)
         if self._rh_request_client_cert:
             self.tls._request_client_certificate = True
+        if self._is_client and tls.Group.X25519 in self.tls._supported_groups:
+            # aioquic offers a key share for every group it knows (P-256, P-384, X25519,
+            # X448): four key generations per attempt, a third of a reconnect storm's
+            # agent CPU. Every TLS 1.3 server, quic-go's included, takes X25519.
+            self.tls._supported_groups = [tls.Group.X25519]
         if self._quic_logger is None:
             # the key-update callbacks only feed a qlog trace; without one they are dead weight
             for pair in self._cryptos.values():

@@ -43,7 +43,9 @@ class TransportSettings:
     max_concurrent_streams: int = 16384
     #: Stream opens that may wait while the peer's stream limit is reached.
     max_pending_stream_opens: int = 8192
-    #: As quic-go's default; a dead backend behind a UDP LB costs at most this per try.
+    #: As quic-go's default, an idle timeout: a handshake ends after this long without a
+    #: packet from the peer (and after 3x this in any case); a dead backend behind a UDP
+    #: LB costs at most this per try.
     handshake_timeout: float = 5.0
     idle_timeout: float = 30.0
     #: PING after this long without hearing from the peer; keeps NAT bindings alive.
