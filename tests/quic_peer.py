@@ -1,6 +1,6 @@
 """A QUIC peer in its own process, for tests that SIGKILL it.
 
-quic_peer.py server CERT KEY     -> prints its port, echoes streams
+quic_peer.py server CERT KEY [PORT] -> prints its port, echoes streams
 quic_peer.py client CA PORT      -> connects, sends "hi" on a stream, waits
 """
 
@@ -29,7 +29,8 @@ async def main() -> None:
     async with trio.open_nursery() as nursery:
         if role == "server":
             settings = ServerSettings(tls=ServerTls(Path(sys.argv[2]), Path(sys.argv[3])))
-            server = await nursery.start(serve_quic, echo_streams, "127.0.0.1", 0, settings)
+            port = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+            server = await nursery.start(serve_quic, echo_streams, "127.0.0.1", port, settings)
             print(server.local_address[1], flush=True)
         else:
             conn = await connect(

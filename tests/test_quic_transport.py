@@ -548,3 +548,45 @@ async def test_refusing_also_resets_streams_already_waiting(certs: CertFiles) ->
         with trio.fail_after(10):
             while server_conn._streams:
                 await trio.sleep(0.01)
+
+
+async def test_a_restarted_server_resets_connections_it_no_longer_knows(certs: CertFiles) -> None:
+    """SIGKILL the server and start a new one on the same port with the same key: the
+    client learns from the new server's stateless reset, not after its liveness (20 s)."""
+    script = os.path.join(os.path.dirname(__file__), "quic_peer.py")
+
+    async def start_server(port: int) -> tuple[trio.Process, int]:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, script, "server", str(certs.cert), str(certs.key), str(port)],
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        return proc, int((await proc.stdout.receive_some(64)).split()[0])
+
+    first, port = await start_server(0)
+    async with trio.open_nursery() as n:
+        conn = await connect(
+            n,
+            "127.0.0.1",
+            port,
+            TransportSettings(),
+            ClientTls(root_ca_file=certs.ca_cert, server_name="localhost"),
+        )
+        assert TransportSettings().liveness_timeout == 20
+        stream = await conn.open_stream()
+        await stream.send_all(b"ping")
+        assert await stream.receive_some() == b"ping"
+        first.kill()
+        await first.wait()
+        second, _ = await start_server(port)
+        try:
+            with trio.fail_after(10):
+                await stream.send_all(b"anyone there?")
+                info = await conn.wait_closed()
+            assert info.kind == "stateless-reset" and info.by_peer, info
+            with pytest.raises(trio.BrokenResourceError):
+                await stream.receive_some()
+        finally:
+            second.kill()
+            await second.wait()
+        n.cancel_scope.cancel()

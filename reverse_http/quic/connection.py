@@ -25,6 +25,7 @@ from aioquic.tls import verify_certificate
 
 from .driver import Driver
 from .protocol import TunnelQuicConnection
+from .reset import is_reset
 from .settings import TransportSettings
 from .stream import QuicStream
 
@@ -51,7 +52,8 @@ class CloseInfo:
     reason: str
     #: True when the peer closed, False when we did (including timeouts).
     by_peer: bool
-    #: "application", "transport", "idle-timeout", "liveness", "handshake-timeout"
+    #: "application", "transport", "idle-timeout", "liveness", "handshake-timeout",
+    #: "stateless-reset"
     kind: str
 
     def __str__(self) -> str:
@@ -310,7 +312,18 @@ class Connection:
     def datagram_received(self, data: bytes, addr: Address, now: float) -> None:
         if self.is_closed:
             return
-        self._quic.receive_datagram(data, addr, now)
+        quic = self._quic
+        before = quic.last_authenticated_rx
+        quic.receive_datagram(data, addr, now)
+        if (
+            quic.last_authenticated_rx == before
+            and self.handshake_complete
+            and is_reset(data, quic.peer_reset_tokens())
+        ):
+            # The peer lost our connection (it restarted, or a load balancer moved us
+            # to another proxy): nothing more will get through, reconnect now.
+            self._terminate(CloseInfo(0, "stateless reset by peer", True, "stateless-reset"))
+            return
         self._driver.touch(self)
 
     # --- servicing (synchronous, from the driver) -------------------------------------------

@@ -60,6 +60,7 @@ from aioquic.quic.stream import QuicStream as AioStream
 from aioquic.tls import Epoch
 
 from .congestion import BurstPacer
+from .reset import reset_token
 
 __all__ = [
     "AioStream",
@@ -136,6 +137,7 @@ _CONNECTION_ATTRIBUTES = (
     "_network_paths",
     "_pacing_at",
     "_peer_cid",
+    "_peer_cid_available",
     "_ping_pending",
     "_probe_pending",
     "_quic_logger",
@@ -169,6 +171,7 @@ _CONNECTION_METHODS = (
     "_initialize",
     "_on_connection_limit_delivery",
     "_payload_received",
+    "_replenish_connection_ids",
     "_stream_limit",
     "_unblock_streams",
     "_write_ack_frame",
@@ -280,9 +283,12 @@ class TunnelQuicConnection(QuicConnection):
         connection_receive_window: int | None = None,
         pacing_burst_packets: int = 16,
         request_client_certificate: bool = False,
+        stateless_reset_key: bytes | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._rh_reset_key = None if self._is_client else stateless_reset_key
+        self._derive_reset_tokens()
         setattr(self, _FRAME_HANDLERS, _FrameHandlers(self, getattr(self, _FRAME_HANDLERS)))
         # One spare connection ID each way covers a NAT rebinding; aioquic keeps 8.
         self._local_active_connection_id_limit = ACTIVE_CONNECTION_ID_LIMIT
@@ -343,6 +349,21 @@ class TunnelQuicConnection(QuicConnection):
     @property
     def peer_cid(self) -> bytes:
         return bytes(self._peer_cid.cid)
+
+    def peer_reset_tokens(self) -> set[bytes]:
+        """The stateless reset tokens the peer gave us (a server gives them)."""
+        cids = [self._peer_cid, *self._peer_cid_available]
+        return {bytes(c.stateless_reset_token) for c in cids if c.stateless_reset_token}
+
+    def _derive_reset_tokens(self) -> None:
+        key = self._rh_reset_key
+        if key is not None:
+            for host_cid in self._host_cids:
+                host_cid.stateless_reset_token = reset_token(key, bytes(host_cid.cid))
+
+    def _replenish_connection_ids(self) -> None:
+        super()._replenish_connection_ids()
+        self._derive_reset_tokens()
 
     def peer_certificate(self) -> tuple[Any, list[Any]]:
         """The peer's certificate and chain (mutual TLS), None if it sent none."""

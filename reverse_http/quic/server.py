@@ -34,11 +34,16 @@ from .driver import Driver
 from .endpoint import UdpEndpoint
 from .initial import opens_handshake
 from .protocol import TunnelQuicConnection, encode_invalid_token_close
+from .reset import derive_reset_key, encode_reset, reset_token
 from .settings import ServerSettings, server_configuration
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Connection], Awaitable[None]]
+
+#: Stateless resets sent per second at most (a restarted proxy with 5000 agents that
+#: keep alive every 10 s needs 500).
+RESETS_PER_SECOND = 2000
 
 
 class QuicServer:
@@ -59,6 +64,12 @@ class QuicServer:
         self.connections: set[Connection] = set()
         self._spawn: Callable[[Connection], None] | None = None
         self.initials_dropped = 0
+        self._reset_key = settings.stateless_reset_key or derive_reset_key(
+            settings.tls.key_file.read_bytes()
+        )
+        self._reset_budget = float(RESETS_PER_SECOND)
+        self._reset_refilled_at = trio.current_time()
+        self.resets_sent = 0
         #: Initials that did not decrypt or carried no ClientHello; no state was kept.
         self.initials_refused = 0
 
@@ -87,9 +98,12 @@ class QuicServer:
             return
         now = trio.current_time()
         if not data[0] & 0x80:  # short header: the fast path for established traffic
-            conn = self._routes.get(data[1 : 1 + self._cid_length])
+            cid = data[1 : 1 + self._cid_length]
+            conn = self._routes.get(cid)
             if conn is not None:
                 conn.datagram_received(data, addr, now)
+            elif len(cid) == self._cid_length:
+                self._send_reset(cid, len(data), addr, now)
             return
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=self._cid_length)
@@ -210,6 +224,7 @@ class QuicServer:
             max_concurrent_streams=t.max_concurrent_streams,
             pacing_burst_packets=t.pacing_burst_packets,
             request_client_certificate=client_ca is not None,
+            stateless_reset_key=self._reset_key,
         )
         conn: Connection
 
@@ -231,6 +246,22 @@ class QuicServer:
             on_cid_retired=retired,
         )
         return conn
+
+    def _send_reset(self, cid: bytes, size: int, addr: Any, now: float) -> None:
+        """Tell the sender of a packet for a connection we do not know that it is gone
+        (we restarted, or a load balancer moved it here), at a bounded rate."""
+        elapsed = now - self._reset_refilled_at
+        self._reset_refilled_at = now
+        self._reset_budget = min(
+            RESETS_PER_SECOND, self._reset_budget + elapsed * RESETS_PER_SECOND
+        )
+        if self._reset_budget < 1:
+            return
+        reset = encode_reset(reset_token(self._reset_key, cid), size)
+        if reset is not None:
+            self._reset_budget -= 1
+            self.resets_sent += 1
+            self._send_now(reset, addr)
 
     def _send_now(self, datagram: bytes, addr: Any) -> None:
         self.endpoint.send_nowait([(datagram, addr)])

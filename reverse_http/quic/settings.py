@@ -122,6 +122,9 @@ class ServerSettings:
     #: New connections admitted per receive batch, after the batch's established
     #: traffic; further Initials are dropped and the clients resend them.
     handshakes_per_batch: int = 16
+    #: Key of the stateless reset tokens; None derives it from the TLS private key file,
+    #: so a restarted proxy, or another one sharing the key, can reset our connections.
+    stateless_reset_key: bytes | None = None
 
 
 def _base_configuration(t: TransportSettings, *, is_client: bool) -> QuicConfiguration:
