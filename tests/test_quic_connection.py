@@ -162,3 +162,64 @@ async def test_a_finished_exchange_leaves_no_stream_state(
         for conn in (client, server):
             assert conn._streams == {}
             assert not conn._quic._streams
+
+
+async def test_writers_woken_into_an_exhausted_budget_wait_again_and_finish(
+    certs: CertFiles, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Many writers share a small budget: a writer woken when it frees up may find it
+    used again by the writers that ran first; it must stay registered for the next
+    wake-up (2865 tunnels of one agent once hung forever here)."""
+    budget = 64 * 1024
+    client_t = TransportSettings(
+        stream_send_buffer=budget, connection_send_buffer=budget, liveness_timeout=0
+    )
+    async with linked(certs, client_t) as (link, client):
+        await client.wait_handshake()
+        server = await link.server_conn()
+        received = [0] * 40
+
+        async def write(stream: QuicStream) -> None:
+            for _ in range(8):
+                await stream.send_all(b"w" * 16384)
+            await stream.send_eof()
+
+        async def read(i: int) -> None:
+            stream = await server.accept_stream()
+            while data := await stream.receive_some():
+                received[i] += len(data)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(read, i)
+                for _ in range(40):
+                    nursery.start_soon(write, await client.open_stream())
+    assert received == [8 * 16384] * 40
+
+
+async def test_a_new_stream_answers_while_bulk_data_holds_the_whole_budget(
+    certs: CertFiles, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The agent's answer to a new CONNECT must not wait behind other tunnels' bulk data
+    for the connection's send budget; only its first few KiB are exempt."""
+    budget = 64 * 1024
+    client_t = TransportSettings(
+        stream_send_buffer=budget, connection_send_buffer=budget, liveness_timeout=0
+    )
+    async with linked(certs, client_t) as (link, client):
+        await client.wait_handshake()
+        link.up = False  # nothing is acknowledged: the budget stays used
+        bulk = await client.open_stream()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bulk.send_all, b"b" * (4 * budget))
+            await trio.testing.wait_all_tasks_blocked()
+            assert client.send_room() <= 0
+            fresh = await client.open_stream()
+            with trio.fail_after(1):
+                await fresh.send_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            # beyond its first 4 KiB a stream waits like any other
+            with trio.move_on_after(5) as scope:
+                await fresh.send_all(b"x" * 8192)
+            assert scope.cancelled_caught
+            nursery.cancel_scope.cancel()

@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 STREAM_ABORTED = 0x10C
 
 
+#: Bytes every stream may send beyond the connection's send budget: its opening words
+#: (a CONNECT head, an HTTP answer) go out however much bulk data other streams queued.
+#: Bounded by the stream limit: 16384 streams x 4 KiB = 64 MiB in the worst case.
+UNBUDGETED_BYTES = 4096
+
+
 class QuicStream(trio.abc.HalfCloseableStream):
     def __init__(self, conn: Connection, stream_id: int, send_buffer: int) -> None:
         self._conn = conn
@@ -32,6 +38,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self._rx_error: str | None = None
         self._tx_eof = False
         self._tx_error: str | None = None
+        self._tx_total = 0
         self._closed = False
         self._receiving = False
         self._sending = False
@@ -108,11 +115,16 @@ class QuicStream(trio.abc.HalfCloseableStream):
             try:
                 while view:
                     room = min(self._hwm - self.unacked, self._conn.send_room())
+                    if room <= 0 and self._tx_total < UNBUDGETED_BYTES:
+                        # A tunnel's first bytes (the agent's answer to CONNECT) never
+                        # wait behind other streams' bulk data for the shared budget.
+                        room = UNBUDGETED_BYTES - self._tx_total
                     if room <= 0:
                         await self._wait_writable()
                         continue
                     chunk, view = view[:room], view[room:]
                     self._conn._send(self, bytes(chunk), end_stream=False)
+                    self._tx_total += len(chunk)
                     sent_any = True
             except trio.Cancelled:
                 if sent_any and view:
@@ -138,8 +150,10 @@ class QuicStream(trio.abc.HalfCloseableStream):
             self._sending = False
 
     async def _wait_writable(self) -> None:
-        self._conn._want_write_for(self)
         while not self._writer_may_proceed():
+            # (Re-)register on every round: a wake-up takes us off the list, and the
+            # writers that ran before us may have used the budget up again.
+            self._conn._want_write_for(self)
             await self._writers.park()
         self._check_writable(eof_ok=True)
 
