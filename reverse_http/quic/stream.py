@@ -114,11 +114,12 @@ class QuicStream(trio.abc.HalfCloseableStream):
             sent_any = False
             try:
                 while view:
-                    room = min(self._hwm - self.unacked, self._conn.send_room())
-                    if room <= 0 and self._tx_total < UNBUDGETED_BYTES:
+                    shared = self._conn.send_room()
+                    if shared <= 0 and self._tx_total < UNBUDGETED_BYTES:
                         # A tunnel's first bytes (the agent's answer to CONNECT) never
                         # wait behind other streams' bulk data for the shared budget.
-                        room = UNBUDGETED_BYTES - self._tx_total
+                        shared = UNBUDGETED_BYTES - self._tx_total
+                    room = min(self._hwm - self.unacked, shared)
                     if room <= 0:
                         await self._wait_writable()
                         continue
