@@ -411,6 +411,51 @@ def test_claim_shapes(
     refused(verifier, sign_claims(go_private, go_like_claims(**overrides)), "client", reason)
 
 
+@pytest.mark.parametrize("wrapped", ["{}\n", "{}\r\n", "\n{}\n\n", "  {}\t", "{} \r\n"])
+def test_surrounding_whitespace_accepted(verifier: TokenVerifier, wrapped: str) -> None:
+    """A token file written by `echo` ends in a newline; the Go proxy accepts it (its base64
+    decoder skips CR/LF), so a Go agent reading such a file must get through ours too."""
+    token = wrapped.format(go_token("agent", "4711"))
+    assert verifier.verify(token, "agent").agent_id == "4711"
+    client = wrapped.format(go_token("client", "4711"))
+    assert verifier.verify_client(client, "4711").agent_id == "4711"
+
+
+@pytest.mark.parametrize("token", [" \t", "\n", "\r\n\t "])
+def test_whitespace_only_is_an_empty_token(verifier: TokenVerifier, token: str) -> None:
+    refused(verifier, token, "agent", "empty token")
+
+
+def test_inner_whitespace_still_refused(verifier: TokenVerifier) -> None:
+    header, payload, signature = go_token("agent", "4711").split(".")
+    refused(verifier, f"{header}.{payload}.\n{signature}", "agent", "malformed token")
+    refused(verifier, f"{header} .{payload}.{signature}", "agent", "malformed token")
+
+
+@pytest.mark.parametrize("agent_id", [None, ""])
+def test_agent_token_without_agent_id_is_an_empty_id(
+    go_private: PrivateKey, verifier: TokenVerifier, agent_id: str | None
+) -> None:
+    """The reference closes such an agent with 400 "empty agent id", not 500."""
+    from reverse_http.auth.authenticator import Authenticator
+    from reverse_http.auth.jwt import EmptyAgentId
+
+    token = sign_claims(go_private, go_like_claims(role="agent", agent_id=agent_id))
+    with pytest.raises(EmptyAgentId):
+        verifier.verify(token, "agent")
+    assert Authenticator(verifier).agent_id_for(token) == ""
+    # a wrong role is decided first, as by the reference: that is an auth failure
+    with pytest.raises(AuthError, match="wrong role") as info:
+        Authenticator(verifier).agent_id_for(sign_claims(go_private, go_like_claims(agent_id="")))
+    assert not isinstance(info.value, EmptyAgentId)
+    # a non-string id is malformed, not empty (golang-jwt cannot decode it either)
+    with pytest.raises(AuthError) as info:
+        Authenticator(verifier).agent_id_for(
+            sign_claims(go_private, go_like_claims(role="agent", agent_id=4711))
+        )
+    assert not isinstance(info.value, EmptyAgentId)
+
+
 def test_float_times_accepted(go_private: PrivateKey, verifier: TokenVerifier) -> None:
     now = time.time()
     token = sign_claims(go_private, go_like_claims(exp=now + 60.5, nbf=now - 0.5, iat=now))

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 CODE_CLIENT_CLOSED = 0
 REASON_CLIENT_CLOSED = "client connection closed"
 CODE_REPLACED = 409
+#: Close codes of a proxy refusing the agent: 500 auth/registration failure, 400 empty id.
+CODES_REFUSED = (500, 400)
 REASON_PROXY_SHUTDOWN = "proxy server shutdown"
 
 
@@ -206,6 +208,11 @@ async def _one_connection(handle: AgentHandle, state: _StateLog, target: str) ->
                 f"proxy {target} closed this connection: another agent with the same id "
                 f"connected ({info.reason}); retrying with backoff",
             )
+        elif info is not None and info.by_peer and info.error_code in CODES_REFUSED:
+            # The Go reference answers "authenticated" before it refuses an empty agent id
+            # (400) or fails to register the agent (500): a refusal all the same.
+            reason = info.reason or f"code {info.error_code}"
+            state(logging.ERROR, f"proxy {target} refused authentication: {reason}")
         elif info is not None and not info.by_peer and info.reason == REASON_CLIENT_CLOSED:
             state(logging.INFO, f"connection to proxy {target} closed")
         else:
@@ -221,7 +228,7 @@ async def _authenticate(conn: Connection, secret: str) -> None:
             answer = await read_message(stream)
     except (trio.BrokenResourceError, FramingError, ConnectionError):
         info = conn.ending
-        if info is not None and info.by_peer and info.error_code in (500, 400):
+        if info is not None and info.by_peer and info.error_code in CODES_REFUSED:
             raise AuthRefused(info.reason or f"code {info.error_code}") from None
         raise
     if answer != AUTHENTICATED:

@@ -42,10 +42,20 @@ class Authenticator:
     def agent_id_for(self, token: str) -> str:
         """The agent id an agent's auth message proves; raises AuthError.
 
-        An empty noauth id is returned as is: the proxy refuses it with its own close
-        code (400), as the reference does.
+        An empty noauth id, or a valid agent JWT without an ``agent_id``, is returned as
+        "": the proxy refuses it with its own close code (400), as the reference does.
+        A JWT may have surrounding whitespace (see ``TokenVerifier.verify``); a noauth id
+        is taken as is.
         """
-        agent_id = token if self.verifier is None else self.verifier.verify(token, "agent").agent_id
+        if self.verifier is None:
+            agent_id = token
+        else:
+            from .jwt import EmptyAgentId
+
+            try:
+                agent_id = self.verifier.verify(token, "agent").agent_id
+            except EmptyAgentId:
+                return ""
         if agent_id:
             _check_id(agent_id, "")
         return agent_id

@@ -46,6 +46,7 @@ __all__ = [
     "LEEWAY_SECONDS",
     "AuthError",
     "Claims",
+    "EmptyAgentId",
     "Role",
     "TokenVerifier",
     "issue_token",
@@ -58,7 +59,18 @@ LEEWAY_SECONDS = 5.0
 DEFAULT_DURATION = timedelta(hours=24)
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+#: Stripped from both ends of a token: a token file written by ``echo`` ends in a newline,
+#: and the reference (golang-jwt, whose base64 decoder skips CR and LF) accepts that.
+_SURROUNDING_WHITESPACE = " \t\r\n"
 _PLAIN_ALG = re.compile(r"[A-Za-z0-9_+-]{1,16}")
+
+
+class EmptyAgentId(AuthError):
+    """A validly signed token whose ``agent_id`` is missing, null or empty.
+
+    Its own type so that the proxy can close such an agent connection with the
+    reference's code for an empty agent id (400) rather than 500.
+    """
 
 
 @dataclass(frozen=True)
@@ -219,8 +231,14 @@ class TokenVerifier:
         return self._algorithm
 
     def verify(self, token: str, role: Role) -> Claims:
-        """Return the claims of a valid token for ``role`` or raise ``AuthError``."""
-        if not isinstance(token, str) or not token:
+        """Return the claims of a valid token for ``role`` or raise ``AuthError``.
+
+        Surrounding spaces, tabs, CRs and LFs are ignored (see ``_SURROUNDING_WHITESPACE``).
+        """
+        if not isinstance(token, str):
+            raise AuthError("empty token")
+        token = token.strip(_SURROUNDING_WHITESPACE)
+        if not token:
             raise AuthError("empty token")
         parts = token.split(".")
         if len(parts) != 3:
@@ -266,12 +284,16 @@ class TokenVerifier:
         issuer = _optional_str(payload, "iss")
         if issuer is not None and issuer != ISSUER:
             raise AuthError("invalid issuer")
-        agent_id = payload.get("agent_id")
-        if not isinstance(agent_id, str) or not agent_id:
-            raise AuthError("missing or empty agent_id")
         token_role = payload.get("role")
         if token_role != role:
             raise AuthError(f"wrong role: expected {role}")
+        # role before agent_id, and a missing/null/empty id apart from a non-string one,
+        # as the reference decides: wrong role -> 500, no id -> 400, malformed -> 500
+        agent_id = payload.get("agent_id")
+        if agent_id is None or agent_id == "":
+            raise EmptyAgentId("missing or empty agent_id")
+        if not isinstance(agent_id, str):
+            raise AuthError("missing or empty agent_id")
         return Claims(
             agent_id=agent_id,
             role=role,
