@@ -12,6 +12,7 @@ from typing import Literal
 
 from .allowlist import AllowList
 from .quic.settings import ClientTls, ServerTls, TransportSettings
+from .store.route import ProxyAllowList
 
 AuthType = Literal["noauth", "jwt"]
 
@@ -122,11 +123,19 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class ConnectorTls:
-    """TLS from an LB server to the proxies (``--http-connector.tls.*``)."""
+    """TLS from an LB server to the proxies (``--http-connector.tls.*``).
+
+    The proxies' certificates are verified against ``root_ca_file``, and against the
+    system store only with ``use_system_pool``; one of them (or ``insecure_skip_verify``)
+    is required. The name verified is ``server_name`` when given, else the host of the
+    route, which is used only after it passed the allow-list.
+    """
 
     enable: bool = False
     insecure_skip_verify: bool = False
     root_ca_file: Path | None = None
+    use_system_pool: bool = False
+    server_name: str | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
 
@@ -139,6 +148,8 @@ class LbConfig:
     auth: ProxyAuth = field(default_factory=ProxyAuth)
     store: StoreConfig = field(default_factory=lambda: StoreConfig(type="memcached"))
     connector_tls: ConnectorTls = field(default_factory=ConnectorTls)
+    #: The only addresses the LB dials because a route names them.
+    allowed_proxies: ProxyAllowList = field(default_factory=ProxyAllowList.default)
     #: Time to reach the owning proxy and get its answer to the CONNECT.
     connect_timeout: float = 10.0
     header_timeout: float = 10.0

@@ -43,6 +43,11 @@ STORE_OPS = frozenset({"get", "set", "refresh", "delete"})
 #: Every value ``store_errors_total{kind}`` can take: the store did not answer, or the
 #: agent id cannot be a store key (nothing was sent).
 STORE_ERROR_KINDS = frozenset({"unavailable", "invalid_key"})
+#: Every value ``lb_routes_refused_total{reason}`` can take: a route value that is no
+#: address, or one naming a proxy outside ``--http-connector.allowed-proxies``.
+ROUTE_REFUSALS = frozenset({"malformed", "not_allowed"})
+#: Every value ``lb_routes_reclaimed_total{action}`` can take (see ``RouteStore.reclaim``).
+ROUTE_RECLAIMS = frozenset({"delete", "lease", "unlease"})
 #: Label value that aggregates agents beyond ``max_agent_labels``.
 OTHER_AGENT = "_other"
 
@@ -133,6 +138,18 @@ class Metrics:
             ["op", "kind"],
             registry=r,
         )
+        self.routes_refused = Counter(
+            PREFIX + "lb_routes_refused_total",
+            "Routes read from the store that the LB server would not dial, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.routes_reclaimed = Counter(
+            PREFIX + "lb_routes_reclaimed_total",
+            "Foreign route entries the LB server deleted, leased or unleased.",
+            ["action"],
+            registry=r,
+        )
         # Pre-create the bounded label values so dashboards see zeros, not gaps.
         for reason in sorted(DISCONNECT_REASONS):
             self.agent_disconnects.labels(reason)
@@ -141,6 +158,10 @@ class Metrics:
         for op in sorted(STORE_OPS):
             for kind in sorted(STORE_ERROR_KINDS):
                 self.store_errors.labels(op, kind)
+        for reason in sorted(ROUTE_REFUSALS):
+            self.routes_refused.labels(reason)
+        for action in sorted(ROUTE_RECLAIMS):
+            self.routes_reclaimed.labels(action)
         self._connected = 0
         self._active = 0
         #: Agents that have their own label value.
@@ -297,6 +318,15 @@ class Metrics:
         self.store_errors.labels(
             op if op in STORE_OPS else "get", kind if kind in STORE_ERROR_KINDS else "unavailable"
         ).inc()
+
+    def route_refused(self, reason: str) -> None:
+        """The LB server read a route it will not dial (``reason`` in ROUTE_REFUSALS)."""
+        self.routes_refused.labels(reason if reason in ROUTE_REFUSALS else "malformed").inc()
+
+    def route_reclaimed(self, action: str) -> None:
+        """The LB server changed a foreign route entry (``action`` in ROUTE_RECLAIMS)."""
+        if action in ROUTE_RECLAIMS:
+            self.routes_reclaimed.labels(action).inc()
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format, as ``/metrics`` serves it."""

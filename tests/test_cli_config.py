@@ -24,6 +24,8 @@ from reverse_http.devcerts import CertFiles
 from reverse_http.errors import ConfigError
 
 SECRET = "eyJhbGciOiJFUzI1NiJ9.SECRET-PAYLOAD.SECRET-SIGNATURE"
+#: The real one; the autouse fixture replaces it with the test's home directory.
+REAL_HOME_DIR = options.home_dir
 
 
 @dataclass
@@ -75,14 +77,15 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(options, "home_dir", lambda: home)
     monkeypatch.setattr(
         options,
         "CONFIG_SEARCH_PATHS",
         (
-            str(tmp_path / "etc" / "config.yaml"),
             str(tmp_path / "etc" / "config.json"),
-            "~/.reverse-http.yaml",
             "~/.reverse-http.json",
+            str(tmp_path / "etc" / "config.yaml"),
+            "~/.reverse-http.yaml",
         ),
     )
     monkeypatch.chdir(tmp_path)
@@ -484,18 +487,402 @@ def test_config_from_env_and_search_path(captured: Captured, tmp_path: Path) -> 
     assert captured.proxy.agent_listen == ListenAddress("", 1111)
 
     captured.configs.clear()
-    write(Path(os.environ["HOME"]) / ".reverse-http.json", {"agent-server.listen-address": ":2"})
+    write(tmp_path / "home" / ".reverse-http.json", {"agent-server.listen-address": ":2"})
     ok(["proxy"])
     assert captured.proxy.agent_listen == ListenAddress("", 2)
 
     captured.configs.clear()
     write(tmp_path / "etc" / "config.yaml", {"agent-server.listen-address": ":3"})
-    ok(["proxy"])  # /etc comes first
+    ok(["proxy"])  # read after ~/.reverse-http.json, so it wins
     assert captured.proxy.agent_listen == ListenAddress("", 3)
+
+    captured.configs.clear()
+    ok(["proxy", "--config", str(path)])  # an explicit file replaces the search
+    assert captured.proxy.agent_listen == ListenAddress("", 1111)
 
     captured.configs.clear()
     ok(["proxy", "--config="])  # '' disables the search
     assert captured.proxy.agent_listen == ListenAddress("", 4242)
+
+
+# ------------------------------------------- the Go reference's configuration files
+
+
+def search_path(tmp_path: Path, which: str) -> Path:
+    """The four search paths of the autouse fixture, in the order they are read."""
+    return {
+        "etc.json": tmp_path / "etc" / "config.json",
+        "home.json": tmp_path / "home" / ".reverse-http.json",
+        "etc.yaml": tmp_path / "etc" / "config.yaml",
+        "home.yaml": tmp_path / "home" / ".reverse-http.yaml",
+    }[which]
+
+
+class LogRecorder:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, object]]] = []
+
+    def info(self, msg: str, *, extra: dict[str, Any]) -> None:
+        self.lines.append(("info", msg, extra["fields"]))
+
+    def warning(self, msg: str, *, extra: dict[str, Any]) -> None:
+        self.lines.append(("warning", msg, extra["fields"]))
+
+
+def test_search_merges_every_file_later_wins(
+    captured: Captured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like kong: every existing file is read, JSON before YAML, /etc before ~."""
+    recorder = LogRecorder()
+    monkeypatch.setattr(cli_main, "log", recorder)
+    files = {
+        "etc.json": {
+            "agent_server.listen_address": ":1001",
+            "http_proxy.listen_address": ":1011",
+            "log.level": "debug",
+        },
+        "home.json": {
+            "agent_server": {"listen_address": ":1002"},
+            "store.memcached.timeout": "2s",
+        },
+        "etc.yaml": {"proxy": {"agent-server.listen-address": ":1003"}, "log.format": "json"},
+        "home.yaml": {"proxy-agent-server.agent.dial-timeout": "4s"},
+    }
+    for which, data in files.items():
+        write(search_path(tmp_path, which), data)
+
+    def run() -> ProxyConfig:
+        captured.configs.clear()
+        captured.logs.clear()
+        ok(["proxy"])
+        return captured.proxy
+
+    config = run()
+    assert config.agent_listen == ListenAddress("", 1003)
+    assert config.http_listen == ListenAddress("", 1011)
+    assert config.store.memcached_timeout == 2.0
+    assert config.agent_dial_timeout == 4.0
+    assert captured.logs == [LogConfig(level="debug", format="json")]
+    assert [fields["path"] for _, msg, fields in recorder.lines if msg.endswith("loaded")] == [
+        str(search_path(tmp_path, which)) for which in files
+    ]
+
+    search_path(tmp_path, "etc.yaml").unlink()
+    assert run().agent_listen == ListenAddress("", 1002)
+    search_path(tmp_path, "home.json").unlink()
+    config = run()
+    assert config.agent_listen == ListenAddress("", 1001)
+    assert config.store.memcached_timeout == 1.0
+    assert config.agent_dial_timeout == 4.0
+
+
+def test_home_is_the_password_database_entry(
+    captured: Captured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``~`` as Go's os/user finds it: the passwd entry, $HOME only without one (and $USER)."""
+    monkeypatch.setattr(options, "home_dir", REAL_HOME_DIR)
+    pw_home = tmp_path / "pw-home"
+    write(pw_home / ".reverse-http.yaml", {"proxy-agent-server.listen-address": ":2001"})
+    write(tmp_path / "home" / ".reverse-http.yaml", {"proxy-agent-server.listen-address": ":2002"})
+    assert os.environ["HOME"] == str(tmp_path / "home")
+    asked: list[int] = []
+
+    def getpwuid(uid: int) -> Any:
+        asked.append(uid)
+        return types.SimpleNamespace(pw_dir=str(pw_home))
+
+    def no_entry(uid: int) -> Any:
+        raise KeyError(uid)
+
+    def port() -> int:
+        captured.configs.clear()
+        ok(["proxy"])
+        return captured.proxy.agent_listen.port
+
+    monkeypatch.setattr(options.pwd, "getpwuid", getpwuid)
+    assert port() == 2001
+    assert asked and set(asked) == {os.getuid()}
+
+    monkeypatch.setattr(options.pwd, "getpwuid", no_entry)
+    monkeypatch.setenv("USER", "someone")
+    assert port() == 2002
+    monkeypatch.delenv("USER")
+    assert port() == 4242  # Go's os/user fails without $USER: no home files
+
+
+GO_VALUE = "127.0.0.9:3001"
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        # kong's JSON resolver: "-" as "_", its camelCase, nested on the dots
+        ("go.json", {"agent_server.listen_address": GO_VALUE}),
+        ("go.json", {"agentServer.ListenAddress": GO_VALUE}),
+        ("go.json", {"agent_server": {"listen_address": GO_VALUE}}),
+        # kong-yaml: under the command, nested or prefixed, split at any "-"
+        ("go.yaml", {"proxy": {"agent-server.listen-address": GO_VALUE}}),
+        ("go.yaml", {"proxy-agent-server.listen-address": GO_VALUE}),
+        ("go.yaml", {"proxy-agent": {"server.listen-address": GO_VALUE}}),
+        ("go.yaml", {"proxy": {"agent": {"server.listen-address": GO_VALUE}}}),
+        ("go.yaml", {"proxy": {"agent-server.listen": {"address": GO_VALUE}}}),
+        # this implementation's own forms, and mixtures, in either file type
+        ("ours.yaml", {"agent-server.listen-address": GO_VALUE}),
+        ("ours.json", {"agent-server": {"listen-address": GO_VALUE}}),
+        ("ours.json", {"proxy": {"agent-server": {"listen-address": GO_VALUE}}}),
+        ("ours.yaml", {"proxy": {"agentServer.ListenAddress": GO_VALUE}}),
+        ("ours.yaml", {"proxy_agent_server.listen_address": GO_VALUE}),
+        ("ours.yaml", {"agentServer": {"ListenAddress": GO_VALUE}}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else json.dumps(v),
+)
+def test_key_forms(captured: Captured, tmp_path: Path, name: str, data: object) -> None:
+    path = write(tmp_path / name, data)
+    ok(["proxy", "--config", str(path)])
+    assert captured.proxy.agent_listen == ListenAddress("127.0.0.9", 3001)
+
+
+def test_key_forms_of_every_kind(captured: Captured, tmp_path: Path) -> None:
+    """Lists, bools and the global log flags, as the Go reference's loaders spell them."""
+    path = write(
+        tmp_path / "agent.json",
+        {
+            "agentClient.ServerAddress": "proxy.example:4443",
+            "agentClient.HostWhitelist": ["a.example", "b.example:80"],
+            "agentClient.Tls.InsecureSkipVerify": True,
+            "auth.Type": "noauth",
+            "auth": {"noauth": {"agent_id": "a7"}},
+            "log.Level": "warn",
+        },
+    )
+    ok(["agent", "--config", str(path)])
+    config = captured.agent
+    assert (config.server_host, config.server_port) == ("proxy.example", 4443)
+    assert str(config.host_whitelist) == "a.example,b.example:80"
+    assert config.tls.insecure_skip_verify is True
+    assert config.credentials.agent_id == "a7"
+    assert captured.logs == [LogConfig(level="warn", format="text")]
+
+    captured.configs.clear()
+    captured.logs.clear()
+    path = write(
+        tmp_path / "agent.yaml",
+        {
+            "agent": {"agent-client.server-address": "proxy.example:4444"},
+            "agent-auth.noauth.agent-id": "a8",
+            "agent-agent-client": {"host-whitelist": ["c.example"]},
+            "log.level": "error",
+        },
+    )
+    ok(["agent", "--config", str(path)])
+    config = captured.agent
+    assert config.server_port == 4444
+    assert config.credentials.agent_id == "a8"
+    assert str(config.host_whitelist) == "c.example"
+    assert captured.logs == [LogConfig(level="error", format="text")]
+
+
+def test_keys_of_other_commands_are_ignored(captured: Captured, tmp_path: Path) -> None:
+    write(
+        search_path(tmp_path, "home.yaml"),
+        {
+            "proxy": {"http-proxy.listen-address": ":8"},
+            "agent": {"auth.noauth.agent-id": "x1"},
+            "lb-http-proxy.listen-address": ":9",
+            "agent-client.server-address": "h.example:1",
+            "http-connector.tls.insecure-skip-verify": True,
+        },
+    )
+    ok(["proxy"])
+    assert captured.proxy.http_listen == ListenAddress("", 8)
+    captured.configs.clear()
+    ok(["lb"])
+    assert captured.lb.http_listen == ListenAddress("", 9)
+    assert captured.lb.connector_tls.insecure_skip_verify is True
+    captured.configs.clear()
+    ok(["agent"])
+    assert captured.agent.credentials.agent_id == "x1"
+    assert captured.agent.server_host == "h.example"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"agent-server.listen-adress": ":1"},
+            'unknown key "agent-server.listen-adress"'
+            ' (did you mean "agent-server.listen-address"?)',
+        ),
+        (
+            {"agentServer.listenAddress": ":1"},
+            'unknown key "agentServer.listenAddress" (did you mean "agentServer.ListenAddress"?)',
+        ),
+        (
+            {"agent_server": {"listen_adress": ":1"}},
+            'unknown key "agent_server.listen_adress"'
+            ' (did you mean "agent_server.listen_address"?)',
+        ),
+        (
+            {"proxy-agent-server.listen-adress": ":1"},
+            'unknown key "proxy-agent-server.listen-adress"'
+            ' (did you mean "proxy-agent-server.listen-address"?)',
+        ),
+        (
+            {"proxy": {"agent-server": {"listen-adress": ":1"}}},
+            'unknown key "proxy.agent-server.listen-adress"'
+            ' (did you mean "proxy.agent-server.listen-address"?)',
+        ),
+        (
+            {"proxy": {"auth.noauth.agent-id": "x"}},
+            'unknown key "proxy.auth.noauth.agent-id"'
+            " (no such flag for proxy; it is a flag of agent)",
+        ),
+        ({"colour": "blue"}, 'unknown key "colour"'),
+    ],
+)
+@pytest.mark.parametrize("command", ["proxy", "agent"])
+def test_unknown_keys(
+    captured: Captured, tmp_path: Path, data: object, message: str, command: str
+) -> None:
+    path = write(search_path(tmp_path, "home.yaml"), data)
+    line = fails([command])
+    assert line == f"reverse-http {command}: {path}: {message}"
+    assert captured.configs == []
+
+
+def test_every_file_is_checked(captured: Captured, tmp_path: Path) -> None:
+    """An unknown key is an error even where a later file sets every flag it could mean."""
+    etc_json = write(search_path(tmp_path, "etc.json"), {"agent_server.listen_adress": ":1"})
+    write(search_path(tmp_path, "home.yaml"), {"agent-server.listen-address": ":2"})
+    fails(["proxy"], str(etc_json), '"agent_server.listen_adress"', "did you mean")
+
+
+def test_same_flag_twice_in_one_file(captured: Captured, tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "twice.json",
+        {"agent_server.listen_address": ":1", "agentServer.ListenAddress": ":2"},
+    )
+    line = fails(["proxy", "--config", str(path)])
+    assert line == (
+        f"reverse-http proxy: {path}: agent-server.listen-address is given more than once"
+        ' ("agent_server.listen_address" and "agentServer.ListenAddress")'
+    )
+
+
+def test_null_leaves_the_flag_unset(captured: Captured, tmp_path: Path) -> None:
+    write(
+        search_path(tmp_path, "etc.json"),
+        {"agent_server.listen_address": ":4001", "http_proxy.host_whitelist": ["a.example"]},
+    )
+    write(
+        search_path(tmp_path, "home.yaml"),
+        {
+            "proxy": {
+                "agent-server.listen-address": None,
+                "http-proxy.host-whitelist": None,
+                "shutdown-grace-period": "7s",
+            }
+        },
+    )
+    ok(["proxy"])
+    assert captured.proxy.agent_listen == ListenAddress("", 4001)
+    assert str(captured.proxy.host_whitelist) == "a.example"
+    assert captured.proxy.shutdown_grace_period == 7.0
+
+
+def test_bad_value_is_blamed_on_the_file_and_key_that_set_it(
+    captured: Captured, tmp_path: Path
+) -> None:
+    etc_json = write(
+        search_path(tmp_path, "etc.json"),
+        {"agent_server": {"agent": {"dial_timeout": "abc"}}, "log.Level": "loud"},
+    )
+    line = fails(["--log.level=info", "proxy"])
+    assert line == (
+        f'reverse-http proxy: {etc_json}: agent_server.agent.dial_timeout: invalid duration "abc"'
+    )
+    line = fails(["proxy"])  # the log level is checked first
+    assert line.startswith(f'reverse-http proxy: {etc_json}: log.Level: "loud" is not one of')
+
+    # A later file, the environment or a flag replaces the bad value: no error.
+    home_yaml = write(
+        search_path(tmp_path, "home.yaml"),
+        {"proxy": {"agent-server": {"agent": {"dial-timeout": "5s"}}, "log.level": "info"}},
+    )
+    ok(["proxy"])
+    assert captured.proxy.agent_dial_timeout == 5.0
+    home_yaml.unlink()
+    captured.configs.clear()
+    env = {"REVERSE_HTTP_AGENT_SERVER_AGENT_DIAL_TIMEOUT": "6s", "REVERSE_HTTP_LOG_LEVEL": "info"}
+    ok(["proxy"], env=env)
+    assert captured.proxy.agent_dial_timeout == 6.0
+
+    # A bad value from the environment or a flag is blamed on the flag.
+    line = fails(["proxy", "--agent-server.agent.dial-timeout=xyz"], env=env)
+    assert line == 'reverse-http proxy: --agent-server.agent.dial-timeout: invalid duration "xyz"'
+
+    # Several flags in one message: the file's stands for the one that set it.
+    etc_json.unlink()
+    home_yaml = write(search_path(tmp_path, "home.yaml"), {"http-proxy.tls.enable": True})
+    line = fails(["proxy"])
+    assert line.startswith(
+        f"reverse-http proxy: {home_yaml}: http-proxy.tls.enable requires --http-proxy.tls.file."
+    )
+
+
+def test_precedence_flag_env_files(captured: Captured, tmp_path: Path) -> None:
+    name = "agent-server.listen-address"
+    env = {options.env_var(name): ":5003"}
+    write(search_path(tmp_path, "etc.json"), {"agent_server.listen_address": ":5001"})
+
+    def port(args: list[str], env: dict[str, str]) -> int:
+        captured.configs.clear()
+        ok(["proxy", *args], env=env)
+        return captured.proxy.agent_listen.port
+
+    assert port([], {}) == 5001
+    write(search_path(tmp_path, "home.yaml"), {"proxy-agent-server.listen-address": ":5002"})
+    assert port([], {}) == 5002
+    assert port([], env) == 5003
+    assert port([f"--{name}=:5004"], env) == 5004
+
+
+def test_unopenable_search_file_is_skipped(
+    captured: Captured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kong skips a search path it may not open (tests run as root, so fake EACCES)."""
+    import errno
+
+    recorder = LogRecorder()
+    monkeypatch.setattr(cli_main, "log", recorder)
+    etc_json = search_path(tmp_path, "etc.json")
+    etc_json.parent.mkdir(parents=True)
+    etc_json.write_text("{ not even JSON")
+    write(search_path(tmp_path, "home.yaml"), {"proxy-agent-server.listen-address": ":6001"})
+    real_open = os.open
+
+    def fake_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if Path(path) == etc_json:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    ok(["proxy"])
+    assert captured.proxy.agent_listen == ListenAddress("", 6001)
+    assert (
+        "warning",
+        "configuration file skipped",
+        {"path": str(etc_json), "error": "Permission denied"},
+    ) in recorder.lines
+
+
+def test_kong_camel() -> None:
+    assert options.kong_camel("agent-server.listen-address") == "agentServer.ListenAddress"
+    assert options.kong_camel("log.level") == "log.Level"
+    assert options.kong_camel("agent-client.tls.insecure-skip-verify") == (
+        "agentClient.Tls.InsecureSkipVerify"
+    )
+    assert options.kong_camel("shutdown-grace-period") == "shutdownGracePeriod"
 
 
 # -------------------------------------------------------------------- precedence
@@ -623,7 +1010,10 @@ def test_missing_config_file(captured: Captured, tmp_path: Path) -> None:
 
 def test_bad_value_from_file_names_the_file(captured: Captured, tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", {"agent-server.agent.dial-timeout": "abc"})
-    fails(["proxy", "--config", str(path)], "--agent-server.agent.dial-timeout", '"abc"')
+    line = fails(["proxy", "--config", str(path)])
+    assert line == (
+        f'reverse-http proxy: {path}: agent-server.agent.dial-timeout: invalid duration "abc"'
+    )
     path = write(tmp_path / "d.yaml", {"http-proxy.tls.enable": "perhaps"})
     fails(["proxy", "--config", str(path)], "http-proxy.tls.enable", str(path))
 

@@ -4,8 +4,8 @@ Flag names, help, environment variables and defaults come from the table in
 :mod:`reverse_http.cli.options`; ``tests/test_cli_config.py`` checks that the
 signatures below match it. Values are layered by click itself: command line, then
 ``envvar=`` (``REVERSE_HTTP_<FLAG>``), then the context's ``default_map``, which the
-eager ``--config`` option fills from the configuration file before any other
-option is resolved, then the default.
+eager ``--config`` option fills from the configuration files (merged, a later file's
+value winning) before any other option is resolved, then the default.
 
 Every error a user can fix is one line on stderr, ``reverse-http <cmd>: <message>``,
 with exit status 2: usage errors, :class:`ConfigError` from the builders, and
@@ -18,8 +18,8 @@ import functools
 import json
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import IO, Annotated, Any, ClassVar, Final, TypeVar
 
 import typer
@@ -51,7 +51,8 @@ __all__ = [
 PROG_NAME: Final = "reverse-http"
 
 _ROOT_LOG_KEY: Final = "reverse_http.root_log_flags"
-_CONFIG_PATH_KEY: Final = "reverse_http.config_path"
+_CONFIG_SEARCH_KEY: Final = "reverse_http.config_search"
+_CONFIG_ENTRIES_KEY: Final = "reverse_http.config_entries"
 
 _TRUE: Final = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE: Final = frozenset({"false", "0", "no", "off", "f", "n"})
@@ -80,13 +81,41 @@ def _source_name(ctx: typer.Context, param: str) -> str | None:
     return None if source is None else source.name
 
 
+def _file_entries(ctx: typer.Context) -> dict[str, options.FileEntry]:
+    """The configuration file values in use, by flag name (not those a flag or env beat)."""
+    entries: dict[str, options.FileEntry] = ctx.meta.get(_CONFIG_ENTRIES_KEY, {})
+    root_flags: dict[str, str | None] = ctx.meta.get(_ROOT_LOG_KEY, {})
+    return {
+        flag: entry
+        for flag, entry in entries.items()
+        if _source_name(ctx, options.param_name(flag)) == "DEFAULT_MAP"
+        and root_flags.get(flag) is None
+    }
+
+
+_LEADING_FLAG: Final = re.compile(r"--([a-z0-9][a-z0-9.-]*)(?=[: ]|$)")
+
+
+def _blame_file(ctx: typer.Context, message: str) -> str:
+    """A message about ``--<flag>`` names the file and key instead, if the value came from one.
+
+    The builders in :mod:`.options` start every message about one flag's value with
+    ``--<flag>``.
+    """
+    match = _LEADING_FLAG.match(message)
+    if match is None:
+        return message
+    entry = _file_entries(ctx).get(match.group(1))
+    return message if entry is None else entry.label + message[match.end() :]
+
+
 def _usage_message(ctx: typer.Context, exc: UsageError) -> str:
-    """The usage error's message, plus the file's name when the bad value came from it."""
+    """The usage error's message, plus the file and key when the bad value came from one."""
     message = exc.format_message()
     name = getattr(getattr(exc, "param", None), "name", None)
-    path = ctx.meta.get(_CONFIG_PATH_KEY)
-    if name and path and _source_name(ctx, name) == "DEFAULT_MAP":
-        message = f"{message.rstrip('.')} (from {path})"
+    for flag, entry in _file_entries(ctx).items():
+        if name == options.param_name(flag):
+            message = f"{message.rstrip('.')} (from {entry.label})"
     return message
 
 
@@ -121,18 +150,19 @@ _lb_opt: Final = _option_factory("lb")
 
 
 def _load_config_file(ctx: typer.Context, value: str | None) -> None:
-    """Eager ``--config`` callback: the file's values become the context's default_map."""
+    """Eager ``--config`` callback: the files' merged values become the context's default_map.
+
+    Every file is read and checked, even when a later one overrides all its values.
+    """
     if ctx.resilient_parsing or ctx.command.name is None:
         return
-    path = options.find_config_file(value)
-    if path is None:
-        return
-    config_file = options.load_config_file(path)
-    defaults = {
-        options.param_name(k): v for k, v in config_file.defaults_for(ctx.command.name).items()
-    }
+    search = options.find_config_files(value)
+    ctx.meta[_CONFIG_SEARCH_KEY] = search
+    files = [options.load_config_file(path) for path in search.files]
+    entries = options.merge_config_files(files, ctx.command.name)
+    defaults = {options.param_name(k): e.value for k, e in entries.items()}
     ctx.default_map = {**defaults, **(ctx.default_map or {})}
-    ctx.meta[_CONFIG_PATH_KEY] = path
+    ctx.meta[_CONFIG_ENTRIES_KEY] = entries
 
 
 _CONFIG_OPTION: Final[Any] = typer.Option(
@@ -144,9 +174,9 @@ _CONFIG_OPTION: Final[Any] = typer.Option(
     expose_value=False,
     callback=_load_config_file,
     help=(
-        "Configuration file (.yaml, .yml or .json). Default: the first of "
+        "Configuration file (.yaml, .yml or .json). Default: every one of "
         + ", ".join(options.CONFIG_SEARCH_PATHS)
-        + " that exists; '' for none."
+        + " that exists, later ones overriding earlier ones; '' for none."
     ),
 )
 
@@ -182,7 +212,7 @@ class DaemonCommand(OneLineCommand):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            raise CliError(self.error_prefix, str(exc)) from None
+            raise CliError(self.error_prefix, _blame_file(ctx, str(exc))) from None
 
     def flag_values(self, ctx: typer.Context) -> dict[str, object]:
         """The resolved flag values by flag name, with the global ``--log.*`` flags applied."""
@@ -305,8 +335,12 @@ def _root(
 
 
 def _log_config_source(ctx: typer.Context) -> None:
-    path: Path | None = ctx.meta.get(_CONFIG_PATH_KEY)
-    if path is not None:
+    search: options.ConfigSearch | None = ctx.meta.get(_CONFIG_SEARCH_KEY)
+    if search is None:
+        return
+    for path, reason in search.skipped:
+        log.warning("configuration file skipped", extra=log_fields(path=str(path), error=reason))
+    for path in search.files:
         log.info("configuration file loaded", extra=log_fields(path=str(path)))
 
 
@@ -467,6 +501,15 @@ def lb(
     ] = False,
     http_connector_tls_file_root_ca: Annotated[
         str | None, _lb_opt("http-connector.tls.file.root-ca")
+    ] = None,
+    http_connector_tls_use_system_pool: Annotated[
+        bool, _lb_opt("http-connector.tls.use-system-pool")
+    ] = False,
+    http_connector_tls_server_name: Annotated[
+        str | None, _lb_opt("http-connector.tls.server-name")
+    ] = None,
+    http_connector_allowed_proxies: Annotated[
+        list[str] | None, _lb_opt("http-connector.allowed-proxies")
     ] = None,
     http_connector_tls_file_cert: Annotated[
         str | None, _lb_opt("http-connector.tls.file.cert")

@@ -5,33 +5,42 @@ CLI turns them into options, and the same tables give environment variable names
 defaults and the keys a configuration file may hold.
 
 Precedence, highest first: command line, environment (``REVERSE_HTTP_<FLAG>``),
-configuration file, built-in default. Click resolves exactly this order when each
-option has ``envvar=`` and the file's values are installed as the context's
-``default_map`` (see ``reverse_http.cli.main``).
+configuration files, built-in default. Click resolves exactly this order when each
+option has ``envvar=`` and the files' merged values are installed as the context's
+``default_map`` (see ``reverse_http.cli.main``). (kong, in the Go reference, lets a
+file beat the environment; there only ``LOG_LEVEL`` and ``LOG_FORMAT`` are read from the
+environment, so only those two can differ.)
 
-Configuration files are YAML (``.yml``/``.yaml``) or JSON (``.json``). Keys are
-flag names without the dashes, written flat (``agent-server.listen-address``) or
-nested on the dots (``agent-server: {listen-address: ...}``); ``_`` may stand for
-``-`` (as the Go reference's JSON loader expects), and a top-level ``proxy:``,
-``agent:`` or ``lb:`` section holds keys for that command only (as the Go reference's YAML
-loader expects). Keys no command knows are an error.
+Configuration files are YAML (``.yml``/``.yaml``) or JSON (``.json``). Without
+``--config``, every file of :data:`CONFIG_SEARCH_PATHS` that exists is read and merged,
+later files overriding earlier ones, as the Go reference does. A file may spell a key in
+any form one of the Go reference's two loaders (kong's JSON resolver, kong-yaml)
+resolves, or in this implementation's own flat/nested form; see "files" below. A key no
+command knows is an error naming the file and the key; a key that only another command
+knows is ignored, as the Go reference ignores it.
 
 The builders take ``values``: a mapping from flag name (``"auth.type"``) to the raw
 value (string, bool, or sequence of strings for list flags); missing names take the
 flag's default. They validate everything and raise :class:`ConfigError` whose
-message names the flag (and the file, for file-valued flags). Secrets (tokens) are
-never part of a message.
+message names the flag (and the file, for file-valued flags). A message about one
+flag's value starts with ``--<flag>``: the CLI replaces that with the configuration
+file and key when the value came from a file. Secrets (tokens) are never part of a
+message.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import itertools
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import pwd
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, cast
+from typing import Final, Literal, NamedTuple, cast
 
 from ..allowlist import AllowList, AllowListError
 from ..config import (
@@ -49,6 +58,7 @@ from ..config import (
 from ..durations import parse_duration
 from ..errors import ConfigError
 from ..quic.settings import ClientTls, ServerTls
+from ..store.route import InvalidRoute, ProxyAllowList, parse_route
 
 __all__ = [
     "AGENT_FLAGS",
@@ -59,6 +69,8 @@ __all__ = [
     "LB_FLAGS",
     "PROXY_FLAGS",
     "ConfigFile",
+    "ConfigSearch",
+    "FileEntry",
     "Flag",
     "build_agent_config",
     "build_lb_config",
@@ -66,19 +78,26 @@ __all__ = [
     "build_proxy_config",
     "command_flag",
     "env_var",
-    "find_config_file",
+    "expand_search_path",
+    "find_config_files",
+    "home_dir",
+    "kong_camel",
     "load_config_file",
+    "merge_config_files",
     "param_name",
 ]
 
 ENV_PREFIX: Final = "REVERSE_HTTP_"
 CONFIG_ENVVAR: Final = "REVERSE_HTTP_CONFIG"
-#: Searched in order when neither ``--config`` nor ``REVERSE_HTTP_CONFIG`` is given.
+#: Read when neither ``--config`` nor ``REVERSE_HTTP_CONFIG`` is given: every one that
+#: exists, in this order, a later file's value for a flag overriding an earlier one's. This
+#: is the Go reference's order (kong registers one resolver per existing file, the JSON
+#: ones first, and the last resolver with a value wins). ``~`` is :func:`home_dir`.
 CONFIG_SEARCH_PATHS: tuple[str, ...] = (
-    "/etc/reverse-http/config.yaml",
     "/etc/reverse-http/config.json",
-    "~/.reverse-http.yaml",
     "~/.reverse-http.json",
+    "/etc/reverse-http/config.yaml",
+    "~/.reverse-http.yaml",
 )
 
 FlagKind = Literal["str", "bool", "list"]
@@ -268,7 +287,26 @@ _LB_ONLY: Final = (
     ),
     _file_flag(
         "http-connector.tls.file.root-ca",
-        "CA file for verifying the proxies; default: system roots.",
+        "CA file for verifying the proxies (the system store only with use-system-pool).",
+    ),
+    Flag(
+        "http-connector.tls.use-system-pool",
+        "Also trust the system CA store for the proxies' certificates.",
+        False,
+        kind="bool",
+    ),
+    Flag(
+        "http-connector.tls.server-name",
+        "Name the proxies' certificates must carry; default: the host of the route.",
+        metavar="NAME",
+    ),
+    Flag(
+        "http-connector.allowed-proxies",
+        "IPs/CIDRs the LB may dial as proxies (repeatable, comma-separated), besides "
+        "loopback and private ranges; 'no-defaults' drops those.",
+        (),
+        kind="list",
+        metavar="NETWORKS",
     ),
     _file_flag("http-connector.tls.file.cert", "Client certificate file (mutual TLS)."),
     _file_flag("http-connector.tls.file.key", "Client key file (mutual TLS)."),
@@ -314,33 +352,119 @@ def command_flag(command: str, name: str) -> Flag:
 
 
 # --------------------------------------------------------------------------- files
+#
+# The keys a file may use for flag ``N`` of command ``C``: the union of what the Go
+# reference's two loaders resolve (kong v0.9 ``kong.JSON`` for the ``.json`` files,
+# kong-yaml v0.2 for the ``.yaml`` ones) and this implementation's earlier forms, in
+# either file type. Keys are case-sensitive, as in both loaders.
+#
+# * ``N`` itself, flat (``agent-server.listen-address``), with ``_`` for any ``-``
+#   (kong.JSON: ``agent_server.listen_address``), or in kong's camelCase
+#   (:func:`kong_camel`: ``agentServer.ListenAddress``, ``log.Level``);
+# * nested on the dots (kong.JSON: ``agent_server: {listen_address: ...}``);
+# * for ``C`` only: in a top-level ``C:`` section or prefixed with ``C-`` (kong-yaml:
+#   ``proxy: {agent-server.listen-address: ...}``, ``proxy-agent-server.listen-address``);
+#   there, nesting may also split at a ``-`` (kong-yaml: ``proxy-agent: {server.listen-address:
+#   ...}``).
+#
+# A key that spells a flag of another command only is ignored for this one (the Go
+# reference ignores every key it does not resolve); a key no command has is an error.
+# A null value leaves the flag unset, as in kong.
+
+
+def home_dir() -> Path | None:
+    """The directory ``~`` stands for, found the way Go's ``os/user.Current`` finds it.
+
+    That is the password database entry of the real user id, whatever ``$HOME`` says;
+    without an entry, ``$HOME``, but only if ``$USER`` is set as well. None (no home):
+    the ``~/`` search paths are skipped.
+    """
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        env_home, user = os.environ.get("HOME", ""), os.environ.get("USER", "")
+        home = env_home if user else ""
+    return Path(home) if home else None
+
+
+def expand_search_path(path: str) -> Path | None:
+    """A search path with ``~/`` under :func:`home_dir`; None if there is no home."""
+    if not path.startswith("~/"):
+        return Path(path)
+    home = home_dir()
+    return None if home is None else home / path[2:]
+
+
+class ConfigSearch(NamedTuple):
+    """The configuration files to read, in order."""
+
+    files: tuple[Path, ...]
+    #: Search paths that exist but cannot be opened, with the reason; skipped as kong does.
+    skipped: tuple[tuple[Path, str], ...] = ()
+
+
+def find_config_files(explicit: str | None) -> ConfigSearch:
+    """``explicit`` alone if given (``""``: no file), else every search path that exists."""
+    if explicit is not None:
+        return ConfigSearch((Path(explicit),) if explicit else ())
+    found: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for candidate in CONFIG_SEARCH_PATHS:
+        path = expand_search_path(candidate)
+        if path is None:
+            continue
+        try:  # what kong does: open it; missing or forbidden means "not there"
+            os.close(os.open(path, os.O_RDONLY))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError as exc:
+            skipped.append((path, exc.strerror or "permission denied"))
+            continue
+        except OSError:
+            pass  # load_config_file reports it, naming the file
+        found.append(path)
+    return ConfigSearch(tuple(found), tuple(skipped))
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One flag's value from a configuration file, and the key that set it."""
+
+    value: object
+    path: Path
+    #: As written in the file, nested keys joined with ``.``.
+    key: str
+
+    @property
+    def label(self) -> str:
+        """How messages name the value: ``<file>: <key>``."""
+        return f"{self.path}: {self.key}"
 
 
 @dataclass(frozen=True)
 class ConfigFile:
-    """A parsed configuration file: top-level keys and per-command sections."""
+    """A parsed configuration file: keys for every command, and per-command keys."""
 
     path: Path
-    common: Mapping[str, object]
-    sections: Mapping[str, Mapping[str, object]]
+    #: By flag name; they apply to every command that has the flag.
+    common: Mapping[str, FileEntry]
+    #: By command, then flag name: its section and its prefixed keys.
+    sections: Mapping[str, Mapping[str, FileEntry]]
 
-    def defaults_for(self, command: str) -> dict[str, object]:
-        """Values for ``command``'s flags, by flag name; its section beats the top level."""
-        known = {f.name for f in COMMANDS.get(command, ())}
-        merged = {k: v for k, v in self.common.items() if k in known}
+    def entries_for(self, command: str) -> dict[str, FileEntry]:
+        """``command``'s values, by flag name; its own keys beat the common ones."""
+        known = _BY_COMMAND.get(command, {})
+        merged = {k: e for k, e in self.common.items() if k in known}
         merged.update(self.sections.get(command, {}))
         return merged
 
 
-def find_config_file(explicit: str | None) -> Path | None:
-    """``explicit`` if given (``""``: no file at all), else the first search path that exists."""
-    if explicit is not None:
-        return Path(explicit) if explicit else None
-    for candidate in CONFIG_SEARCH_PATHS:
-        path = Path(candidate).expanduser()
-        if path.is_file():
-            return path
-    return None
+def merge_config_files(files: Iterable[ConfigFile], command: str) -> dict[str, FileEntry]:
+    """``command``'s values from ``files`` in order: per flag, the last file setting it wins."""
+    merged: dict[str, FileEntry] = {}
+    for config_file in files:
+        merged.update(config_file.entries_for(command))
+    return merged
 
 
 def load_config_file(path: Path) -> ConfigFile:
@@ -378,62 +502,145 @@ def load_config_file(path: Path) -> ConfigFile:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of flag names to values")
 
-    common: dict[str, object] = {}
-    sections: dict[str, dict[str, object]] = {}
-    for raw_key, value in data.items():
-        key = _normalize_key(raw_key, path)
-        if key in COMMANDS and isinstance(value, dict):
-            section = sections.setdefault(key, {})
-            known = {f.name for f in COMMANDS[key]}
-            for name, leaf in _flatten(value, (key,), path):
-                if name not in known:
-                    raise ConfigError(
-                        f"{path}: unknown key {_q(key + '.' + name)} (no such flag for {key})"
-                    )
-                _put(section, name, leaf, f"{key}.{name}", path)
-            continue
-        for name, leaf in _flatten({raw_key: value}, (), path):
-            if name not in FLAGS:
-                raise ConfigError(f"{path}: unknown key {_q(name)}")
-            _put(common, name, leaf, name, path)
+    common: dict[str, FileEntry] = {}
+    sections: dict[str, dict[str, FileEntry]] = {}
+    seen: dict[tuple[str | None, str], str] = {}
+    for keys, value in _leaves(data, (), path):
+        shown = ".".join(keys)
+        scope, name = _resolve_key(keys, path)
+        other = seen.get((scope, name))
+        if other is not None:
+            raise ConfigError(
+                f"{path}: {name} is given more than once ({_q(other)} and {_q(shown)})"
+            )
+        seen[scope, name] = shown
+        shaped = _file_value(FLAGS[name], value, shown, path)
+        if shaped is not None:
+            target = common if scope is None else sections.setdefault(scope, {})
+            target[name] = FileEntry(shaped, path, shown)
     return ConfigFile(path=path, common=common, sections=sections)
 
 
-def _normalize_key(key: object, path: Path) -> str:
-    if not isinstance(key, str) or not key:
-        raise ConfigError(f"{path}: invalid key {_q(str(key))}")
-    return key.replace("_", "-")
+def kong_camel(name: str) -> str:
+    """kong's camelCase of a flag name, the JSON resolver's second spelling.
+
+    Every word after a ``-`` or ``.`` capitalised, the ``-`` dropped, the first letter
+    lower case: ``agent-server.listen-address`` -> ``agentServer.ListenAddress``.
+    """
+    titled = re.sub(r"(?:^|(?<=[^0-9A-Za-z_]))[a-z]", lambda m: m.group().upper(), name)
+    camel = titled.replace("-", "")
+    return camel[:1].lower() + camel[1:]
 
 
-def _flatten(
+def _leaves(
     node: Mapping[object, object], prefix: tuple[str, ...], path: Path
-) -> Iterable[tuple[str, object]]:
-    """Yield ``(dotted flag name, leaf value)``; nested mappings join with dots."""
-    base = len(prefix)
-    stack: list[tuple[tuple[str, ...], Mapping[object, object]]] = [(prefix, node)]
-    while stack:
-        parts, mapping = stack.pop()
-        for raw_key, value in mapping.items():
-            key_parts = (*parts, _normalize_key(raw_key, path))
-            if isinstance(value, dict):
-                if not value:
-                    continue
-                stack.append((key_parts, value))
-            else:
-                yield ".".join(key_parts[base:]), value
+) -> Iterator[tuple[tuple[str, ...], object]]:
+    """``(keys, value)`` for every value that is not a mapping, in document order."""
+    for raw_key, value in node.items():
+        if not isinstance(raw_key, str) or not raw_key:
+            raise ConfigError(f"{path}: invalid key {_q('.'.join((*prefix, str(raw_key))))}")
+        keys = (*prefix, raw_key)
+        if isinstance(value, dict):
+            yield from _leaves(value, keys, path)  # an empty mapping sets nothing
+        else:
+            yield keys, value
 
 
-def _put(target: dict[str, object], name: str, value: object, shown: str, path: Path) -> None:
-    if name in target:
-        raise ConfigError(f"{path}: key {_q(shown)} is given more than once")
-    target[name] = _file_value(FLAGS[name], value, shown, path)
+def _spelled(flat: str, flags: Mapping[str, Flag]) -> str | None:
+    """The name of the flag in ``flags`` that ``flat`` spells, if any."""
+    kebab = flat.replace("_", "-")
+    if kebab in flags:
+        return kebab
+    name = _FROM_CAMEL.get(flat)
+    return name if name is not None and name in flags else None
+
+
+def _command_key(keys: Sequence[str], flags: Mapping[str, Flag]) -> str | None:
+    """The flag in ``flags`` that nested ``keys`` spell, joined at ``.`` or ``-``."""
+    if not keys or len(keys) > _MAX_WORDS:
+        return None
+    for seps in itertools.product(".-", repeat=len(keys) - 1):
+        flat = keys[0] + "".join(sep + key for sep, key in zip(seps, keys[1:], strict=True))
+        name = _spelled(flat, flags)
+        if name is not None:
+            return name
+    return None
+
+
+def _resolve_key(keys: tuple[str, ...], path: Path) -> tuple[str | None, str]:
+    """``(command or None for all, flag name)`` of a key; ConfigError if nothing has it."""
+    head = keys[0]
+    for command, flags in _BY_COMMAND.items():
+        if head == command:  # a section: every key in it must be one of the command's
+            name = _command_key(keys[1:], flags)
+            if name is None:
+                raise ConfigError(
+                    f"{path}: unknown key {_q('.'.join(keys))}{_section_hint(command, keys)}"
+                )
+            return command, name
+        cut = len(command) + 1
+        if len(head) > cut and head.startswith(command) and head[cut - 1] in "-_":
+            name = _command_key((head[cut:], *keys[1:]), flags)
+            if name is not None:
+                return command, name
+    shown = ".".join(keys)
+    name = _spelled(shown, FLAGS)
+    if name is None:
+        raise ConfigError(f"{path}: unknown key {_q(shown)}{_did_you_mean(shown, _ALL_KEYS)}")
+    return None, name
+
+
+def _spelled_like(text: str, name: str) -> str:
+    """``name`` in the style of ``text``: camelCase, snake_case or as is."""
+    if any(c.isupper() for c in text):
+        return kong_camel(name)
+    if "_" in text and "-" not in text:
+        return name.replace("-", "_")
+    return name
+
+
+def _did_you_mean(text: str, names: Iterable[str]) -> str:
+    """`` (did you mean "..."?)`` for the name in ``names`` closest to ``text``, or ``""``."""
+    plain = text.replace("_", "-").lower()
+    by_plain: dict[str, str] = {}
+    for name in names:
+        by_plain.setdefault(name.lower(), name)
+        by_plain.setdefault(kong_camel(name).lower(), name)
+    match = difflib.get_close_matches(plain, list(by_plain), n=1, cutoff=0.75)
+    if not match:
+        return ""
+    return f" (did you mean {_q(_spelled_like(text, by_plain[match[0]]))}?)"
+
+
+def _section_hint(command: str, keys: tuple[str, ...]) -> str:
+    if len(keys) == 1:
+        return f" (the {command} section must be a mapping of its flags to values)"
+    others = [c for c, flags in _BY_COMMAND.items() if _command_key(keys[1:], flags)]
+    if others:
+        return f" (no such flag for {command}; it is a flag of {' and '.join(others)})"
+    rest = ".".join(keys[1:])
+    suggestion = _did_you_mean(rest, _BY_COMMAND[command])
+    if suggestion:
+        return suggestion.replace('mean "', f'mean "{keys[0]}.', 1)
+    return f" (no such flag for {command})"
+
+
+#: camelCase spelling -> flag name.
+_FROM_CAMEL: Final[Mapping[str, str]] = {kong_camel(name): name for name in FLAGS}
+#: No key nests deeper than a flag name (with its command) has words.
+_MAX_WORDS: Final = 1 + max(len(re.split(r"[.-]", name)) for name in FLAGS)
+#: What a key outside a section may be, for suggestions: flag names, plain or prefixed.
+_ALL_KEYS: Final[tuple[str, ...]] = (
+    *FLAGS,
+    *(f"{command}-{name}" for command, flags in _BY_COMMAND.items() for name in flags),
+)
 
 
 def _file_value(flag: Flag, value: object, shown: str, path: Path) -> object:
-    """Shape a file value the way click expects it for ``flag``."""
+    """Shape a file value the way click expects it for ``flag``; None: null, not set."""
+    if value is None:
+        return None
     if flag.kind == "list":
-        if value is None:
-            return ()
         items = value if isinstance(value, list) else [value]
         out: list[str] = []
         for item in items:
@@ -449,8 +656,6 @@ def _file_value(flag: Flag, value: object, shown: str, path: Path) -> object:
         raise ConfigError(f"{path}: {shown}: expected true or false")
     if isinstance(value, (dict, list)):
         raise ConfigError(f"{path}: {shown}: expected a single value")
-    if value is None:
-        return None
     return _scalar_text(value)
 
 
@@ -540,9 +745,12 @@ def build_lb_config(values: Mapping[str, object]) -> LbConfig:
         enable=v.boolean("http-connector.tls.enable"),
         insecure_skip_verify=v.boolean("http-connector.tls.insecure-skip-verify"),
         root_ca_file=v.optional_file("http-connector.tls.file.root-ca"),
+        use_system_pool=v.boolean("http-connector.tls.use-system-pool"),
+        server_name=_server_name(v, "http-connector.tls.server-name"),
         cert_file=cert,
         key_file=key,
     )
+    _check_connector_verification(connector_tls)
     return LbConfig(
         http_listen=v.listen_address("http-proxy.listen-address"),
         http_tls=_http_tls(v),
@@ -550,6 +758,7 @@ def build_lb_config(values: Mapping[str, object]) -> LbConfig:
         auth=_proxy_auth(v),
         store=_store(v),
         connector_tls=connector_tls,
+        allowed_proxies=_allowed_proxies(v, "http-connector.allowed-proxies"),
         shutdown_grace_period=v.duration("shutdown-grace-period"),
         metrics_listen=_metrics_listen(v),
     )
@@ -785,6 +994,37 @@ def _store(v: _Values) -> StoreConfig:
         memcached_timeout=timeout,
         http_proxy_address=proxy_address,
     )
+
+
+def _allowed_proxies(v: _Values, name: str) -> ProxyAllowList:
+    try:
+        return ProxyAllowList.parse(v.strings(name))
+    except ValueError as exc:
+        raise ConfigError(f"--{name}: {exc}") from None
+
+
+def _server_name(v: _Values, name: str) -> str | None:
+    """A DNS name or IP literal (IPv6 without brackets) the proxies' certificates carry."""
+    value = v.string(name)
+    if value is None:
+        return None
+    try:
+        if ":" in value:
+            return str(ipaddress.IPv6Address(value))
+        return parse_route(f"{value}:1").host or None
+    except (ValueError, InvalidRoute):
+        raise ConfigError(f"--{name}: {_q(value)} is not a host name or IP address") from None
+
+
+def _check_connector_verification(tls: ConnectorTls) -> None:
+    """TLS towards the proxies must verify against something the operator chose."""
+    if tls.enable and not (
+        tls.insecure_skip_verify or tls.root_ca_file is not None or tls.use_system_pool
+    ):
+        raise ConfigError(
+            "--http-connector.tls.enable requires --http-connector.tls.file.root-ca or "
+            "--http-connector.tls.use-system-pool (or --http-connector.tls.insecure-skip-verify)"
+        )
 
 
 def _token(v: _Values, name: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
 
 from .. import agentid
 
@@ -32,6 +34,23 @@ def route_key(agent_id: str) -> str:
     return agent_id
 
 
+#: How an LB server reclaims a foreign entry it read (see :meth:`RouteStore.reclaim`).
+Reclaim: TypeAlias = Literal["delete", "lease", "unlease"]
+
+
+@dataclass(frozen=True)
+class StoredRoute:
+    """A route entry as the LB server read it: untrusted bytes plus who wrote them."""
+
+    value: bytes
+    #: Written by one of our proxies (owner tag): it has a TTL its owner keeps refreshing.
+    owned: bool = True
+    #: A foreign entry an LB server gave a lease (a TTL) after its proxy was unreachable.
+    leased: bool = False
+    #: The backend's compare-and-swap token, so a reclaim never hits a newer write.
+    token: int | None = None
+
+
 class RouteStore(abc.ABC):
     """agent id -> HTTP address of the proxy holding that agent's connection.
 
@@ -57,6 +76,20 @@ class RouteStore(abc.ABC):
     @abc.abstractmethod
     async def get_route(self, agent_id: str) -> str | None:
         """The owning proxy's address, or None when no proxy holds ``agent_id``."""
+
+    async def lookup(self, agent_id: str) -> StoredRoute | None:
+        """The entry for ``agent_id`` as stored, for the LB server to validate itself."""
+        value = await self.get_route(agent_id)
+        return None if value is None else StoredRoute(value.encode())
+
+    async def reclaim(self, agent_id: str, seen: StoredRoute, how: Reclaim) -> bool:
+        """Change a foreign entry only if it is still exactly ``seen``; True if changed.
+
+        ``delete``: the LB can never use it (malformed, outside the allow-list).
+        ``lease``: its proxy cannot be reached, so it expires unless that proxy answers
+        again; ``unlease``: it did, so the lease is lifted. Owned entries are left alone.
+        """
+        return False
 
     async def aclose(self) -> None:
         return None
