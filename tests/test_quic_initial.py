@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reverse_http.devcerts import CertFiles
-from reverse_http.quic import ClientTls, TransportSettings, connect
+from reverse_http.quic import TransportSettings, connect
 from reverse_http.quic.initial import opens_handshake
-from tests.quic_helpers import echo_streams, quic_pair
+from tests.quic_helpers import client_tls, echo_streams, quic_pair
 
 DCID = bytes(range(8))
 SCID = bytes(range(8, 16))
@@ -110,7 +110,7 @@ async def test_server_keeps_no_state_for_a_ping_only_initial(certs: CertFiles) -
                     "127.0.0.1",
                     port,
                     TransportSettings(),
-                    ClientTls(root_ca_file=certs.ca_cert, server_name="localhost"),
+                    client_tls(certs),
                 )
                 assert other.handshake_complete
                 await other.close()

@@ -30,6 +30,7 @@ from typing import Final
 import trio
 
 from .. import tlsreload
+from ..allowlist import IPAddress
 from ..auth.authenticator import Authenticator
 from ..config import ConnectorTls, LbConfig
 from ..errors import ConfigError
@@ -40,7 +41,7 @@ from ..safetext import safe_text
 from ..session import SessionPolicy, Upstream
 from ..store.base import Reclaim, RouteStore, StoredRoute, StoreError, StoreUnavailable
 from ..store.memcached import open_memcached_store
-from ..store.route import InvalidRoute, IPAddress, ProxyAddress, ProxyAllowList, parse_route
+from ..store.route import InvalidRoute, ProxyAddress, ProxyAllowList, parse_route
 from ..systemd import Notifier, run_watchdog
 from ..wire.http import ConnectRequest, HttpError, request_tunnel
 

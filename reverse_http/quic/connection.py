@@ -313,10 +313,10 @@ class Connection:
         if self.is_closed:
             return
         quic = self._quic
-        before = quic.last_authenticated_rx
+        before = quic.packets_authenticated
         quic.receive_datagram(data, addr, now)
         if (
-            quic.last_authenticated_rx == before
+            quic.packets_authenticated == before
             and self.handshake_complete
             and is_reset(data, quic.peer_reset_tokens())
         ):

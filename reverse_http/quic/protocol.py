@@ -314,6 +314,8 @@ class TunnelQuicConnection(QuicConnection):
         self._rh_credit_due: dict[int, AioStream] = {}
         #: Bytes written on all streams and not yet acknowledged (or reset).
         self.unacked_bytes = 0
+        #: Packets that decrypted: a datagram that adds none may be a stateless reset.
+        self.packets_authenticated = 0
         #: Time of the last packet that decrypted (liveness); None before any.
         self.last_authenticated_rx: float | None = None
         #: Streams looked at while building packets (scheduler cost, for tests).
@@ -518,6 +520,7 @@ class TunnelQuicConnection(QuicConnection):
             context, plain, crypto_frame_required=crypto_frame_required
         )
         self.last_authenticated_rx = context.time
+        self.packets_authenticated += 1
         return result
 
     def _handle_ping_frame(self, context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:

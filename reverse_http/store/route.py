@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from ..allowlist import IPAddress, IPNetwork
+
 __all__ = [
     "DEFAULT_PROXY_NETWORKS",
     "NO_DEFAULTS",
@@ -29,8 +31,6 @@ __all__ = [
     "parse_route",
 ]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The longest value worth parsing: a 253-byte name, ``:`` and a 5-digit port.
 MAX_ROUTE_BYTES: Final = 259
