@@ -37,6 +37,18 @@ class TcpTls:
     key_file: Path
     #: Re-read the files this often (0: only on SIGHUP).
     refresh: float = 0.0
+    #: Decrypts an encrypted key file; never logged.
+    key_password: str | None = field(default=None, repr=False)
+    #: Clients must present a certificate from this CA (mutual TLS)...
+    client_ca_file: Path | None = None
+    #: ...that these PEM CRLs, signed by that CA, do not revoke.
+    client_crl_file: Path | None = None
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file behind this material (what a reload re-reads)."""
+        paths = [self.cert_file, self.key_file, self.client_ca_file, self.client_crl_file]
+        return [p for p in paths if p is not None]
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,8 @@ class ConnectorTls:
     server_name: str | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    #: Decrypts an encrypted client key file; never logged.
+    key_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

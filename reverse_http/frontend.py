@@ -9,6 +9,7 @@ for a grace period and then cancels what is left.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import signal
 import ssl
@@ -22,6 +23,7 @@ from .errors import ConfigError
 from .metrics import Health, Metrics
 from .netaddr import format_address
 from .session import SessionPolicy, handle_client, refuse
+from .tlsfiles import TlsConfigError, flag_of_file, server_ssl_context
 from .tlsreload import ReloadableFiles, SwappableServerContext
 
 log = logging.getLogger(__name__)
@@ -126,20 +128,37 @@ async def open_http_listeners(
     if tls is None:
         return list(tcp), None
     try:
-        swappable = SwappableServerContext(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
+        swappable = SwappableServerContext(functools.partial(_server_context, tls, flag))
+    except (OSError, ssl.SSLError, TlsConfigError) as exc:
         for ln in tcp:
             await ln.aclose()
-        raise ConfigError(
-            f"{flag}.tls.file.cert/key ({tls.cert_file}, {tls.key_file}): {exc}"
-        ) from None
-    files = ReloadableFiles(
-        f"{flag.lstrip('-')} TLS", [tls.cert_file, tls.key_file], swappable.reload
-    )
+        by_flag = {
+            f"{flag}.tls.file.{part}": path
+            for part, path in (
+                ("cert", tls.cert_file),
+                ("key", tls.key_file),
+                ("client-ca", tls.client_ca_file),
+                ("client-crl", tls.client_crl_file),
+            )
+        }
+        blamed = flag_of_file(str(exc), by_flag, f"{flag}.tls.file.cert/key")
+        raise ConfigError(f"{blamed}: {exc}") from None
+    files = ReloadableFiles(f"{flag.lstrip('-')} TLS", tls.files, swappable.reload)
     listeners: list[Listener] = [
         trio.SSLListener(ln, swappable.outer, https_compatible=True) for ln in tcp
     ]
     return listeners, files
+
+
+def _server_context(tls: TcpTls, flag: str) -> ssl.SSLContext:
+    return server_ssl_context(
+        tls.cert_file,
+        tls.key_file,
+        key_password=tls.key_password,
+        password_flag=f"{flag}.tls.key-password",
+        client_ca_file=tls.client_ca_file,
+        client_crl_file=tls.client_crl_file,
+    )
 
 
 async def watch_signals(shutdown: trio.Event, everything: trio.CancelScope) -> None:

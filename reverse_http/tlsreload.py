@@ -42,6 +42,8 @@ class ReloadableFiles:
         self._stamp = _stamp(self.paths)
         self._failed_stamp: tuple[tuple[int, int], ...] | None = None
         self.reloads = 0
+        #: Reload attempts whose files did not load (the old material stayed in use).
+        self.failures = 0
 
     def reload(self, *, force: bool = False) -> bool:
         """Load again if the files changed (or ``force``); True when new material is in use."""
@@ -51,6 +53,7 @@ class ReloadableFiles:
         try:
             self._load()
         except Exception as exc:
+            self.failures += 1
             if stamp != self._failed_stamp:
                 log.error(
                     "%s: keeping the current certificate; new files do not load: %s", self.name, exc
@@ -97,23 +100,21 @@ async def _on_sighup(materials: Sequence[ReloadableFiles]) -> None:
 
 
 class SwappableServerContext:
-    """An SSLContext for listeners whose certificate can be replaced live.
+    """An SSLContext for listeners whose certificate (and client CA and CRL) can be
+    replaced live.
 
-    The listener keeps one outer context; its SNI callback hands each new
-    handshake the current inner context, so replacing the inner one affects
-    new connections only.
+    The listener keeps one outer context; its SNI callback (called with or without
+    SNI) hands each new handshake the current inner context, so replacing the inner
+    one affects new connections only. OpenSSL then verifies the client against the
+    inner context's CA and CRL store; the verify mode and flags, which it keeps from
+    the outer one, never change on a reload.
     """
 
-    def __init__(self, cert: Path, key: Path) -> None:
-        self.cert, self.key = cert, key
-        self._current = self._build()
-        self.outer = self._build()
+    def __init__(self, build: Callable[[], ssl.SSLContext]) -> None:
+        self._build = build
+        self._current = build()
+        self.outer = build()
         self.outer.sni_callback = self._pick
-
-    def _build(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(self.cert, self.key)
-        return ctx
 
     def _pick(self, sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
         sslobj.context = self._current

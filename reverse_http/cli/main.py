@@ -297,6 +297,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(auth_app, name="auth", help="Auth tools.")
 
@@ -407,6 +408,9 @@ def proxy(
     agent_server_tls_file_client_ca: Annotated[
         str | None, _proxy_opt("agent-server.tls.file.client-ca")
     ] = None,
+    agent_server_tls_file_client_crl: Annotated[
+        str | None, _proxy_opt("agent-server.tls.file.client-crl")
+    ] = None,
     agent_server_agent_dial_timeout: Annotated[
         str, _proxy_opt("agent-server.agent.dial-timeout")
     ] = "10s",
@@ -415,6 +419,15 @@ def proxy(
     http_proxy_tls_refresh: Annotated[str, _proxy_opt("http-proxy.tls.refresh")] = "0s",
     http_proxy_tls_file_key: Annotated[str | None, _proxy_opt("http-proxy.tls.file.key")] = None,
     http_proxy_tls_file_cert: Annotated[str | None, _proxy_opt("http-proxy.tls.file.cert")] = None,
+    http_proxy_tls_file_client_ca: Annotated[
+        str | None, _proxy_opt("http-proxy.tls.file.client-ca")
+    ] = None,
+    http_proxy_tls_file_client_crl: Annotated[
+        str | None, _proxy_opt("http-proxy.tls.file.client-crl")
+    ] = None,
+    http_proxy_tls_key_password: Annotated[
+        str | None, _proxy_opt("http-proxy.tls.key-password")
+    ] = None,
     http_proxy_host_whitelist: Annotated[
         list[str] | None, _proxy_opt("http-proxy.host-whitelist")
     ] = None,
@@ -491,6 +504,15 @@ def lb(
     http_proxy_tls_refresh: Annotated[str, _lb_opt("http-proxy.tls.refresh")] = "0s",
     http_proxy_tls_file_key: Annotated[str | None, _lb_opt("http-proxy.tls.file.key")] = None,
     http_proxy_tls_file_cert: Annotated[str | None, _lb_opt("http-proxy.tls.file.cert")] = None,
+    http_proxy_tls_file_client_ca: Annotated[
+        str | None, _lb_opt("http-proxy.tls.file.client-ca")
+    ] = None,
+    http_proxy_tls_file_client_crl: Annotated[
+        str | None, _lb_opt("http-proxy.tls.file.client-crl")
+    ] = None,
+    http_proxy_tls_key_password: Annotated[
+        str | None, _lb_opt("http-proxy.tls.key-password")
+    ] = None,
     http_proxy_host_whitelist: Annotated[
         list[str] | None, _lb_opt("http-proxy.host-whitelist")
     ] = None,
@@ -516,6 +538,9 @@ def lb(
     ] = None,
     http_connector_tls_file_key: Annotated[
         str | None, _lb_opt("http-connector.tls.file.key")
+    ] = None,
+    http_connector_tls_key_password: Annotated[
+        str | None, _lb_opt("http-connector.tls.key-password")
     ] = None,
     auth_type: Annotated[str, _lb_opt("auth.type")] = "noauth",
     auth_jwt_public_key: Annotated[str, _lb_opt("auth.jwt.public-key")] = "auth-key-public.pem",

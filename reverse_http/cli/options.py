@@ -170,6 +170,10 @@ def _file_flag(name: str, help_text: str) -> Flag:
     return Flag(name, help_text, metavar="FILE")
 
 
+def _key_password_flag(name: str, key: str) -> Flag:
+    return Flag(name, f"Password of the {key}, if it is encrypted.", metavar="PASSWORD")
+
+
 def _whitelist_flag(name: str) -> Flag:
     return Flag(
         name,
@@ -191,6 +195,15 @@ def _http_proxy_flags(default_listen: str) -> tuple[Flag, ...]:
         ),
         _file_flag("http-proxy.tls.file.key", "HTTP proxy TLS key file."),
         _file_flag("http-proxy.tls.file.cert", "HTTP proxy TLS certificate file."),
+        _file_flag(
+            "http-proxy.tls.file.client-ca",
+            "CA file: HTTP proxy clients must present a certificate it signed (mutual TLS).",
+        ),
+        _file_flag(
+            "http-proxy.tls.file.client-crl",
+            "PEM CRL file signed by the client CA; revoked client certificates are refused.",
+        ),
+        _key_password_flag("http-proxy.tls.key-password", "HTTP proxy TLS key file"),
         _whitelist_flag("http-proxy.host-whitelist"),
     )
 
@@ -231,6 +244,10 @@ _PROXY_ONLY: Final = (
     _file_flag(
         "agent-server.tls.file.client-ca",
         "CA file for verifying agent client certificates (mutual TLS).",
+    ),
+    _file_flag(
+        "agent-server.tls.file.client-crl",
+        "PEM CRL file signed by the client CA; revoked agent certificates are refused.",
     ),
     _duration_flag("agent-server.agent.dial-timeout", "Agent dial timeout.", "10s"),
     *_http_proxy_flags(":3128"),
@@ -310,6 +327,7 @@ _LB_ONLY: Final = (
     ),
     _file_flag("http-connector.tls.file.cert", "Client certificate file (mutual TLS)."),
     _file_flag("http-connector.tls.file.key", "Client key file (mutual TLS)."),
+    _key_password_flag("http-connector.tls.key-password", "client key file"),
     *_AUTH_VERIFIER_FLAGS,
     Flag("store.type", "Agent access store.", "memcached", choices=("memcached",)),
     *_MEMCACHED_FLAGS,
@@ -749,6 +767,7 @@ def build_lb_config(values: Mapping[str, object]) -> LbConfig:
         server_name=_server_name(v, "http-connector.tls.server-name"),
         cert_file=cert,
         key_file=key,
+        key_password=v.secret("http-connector.tls.key-password"),
     )
     _check_connector_verification(connector_tls)
     return LbConfig(
@@ -789,6 +808,15 @@ class _Values:
         if not isinstance(value, str):
             raise ConfigError(f"--{name}: expected a string")
         return value.strip() or None
+
+    def secret(self, name: str) -> str | None:
+        """A password: taken as given (no stripping); empty means none."""
+        value = self.raw(name)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"--{name}: expected a string")
+        return value
 
     def boolean(self, name: str) -> bool:
         value = self.raw(name)
@@ -920,6 +948,10 @@ def _server_tls(v: _Values) -> ServerTls | None:
     key = v.string("agent-server.tls.file.key")
     cert = v.string("agent-server.tls.file.cert")
     client_ca = v.string("agent-server.tls.file.client-ca")
+    if client_ca is None and v.string("agent-server.tls.file.client-crl") is not None:
+        raise ConfigError(
+            "--agent-server.tls.file.client-crl requires --agent-server.tls.file.client-ca"
+        )
     if key is None and cert is None:
         if client_ca is not None:
             raise ConfigError(
@@ -936,6 +968,7 @@ def _server_tls(v: _Values) -> ServerTls | None:
         cert_file=_readable_file("agent-server.tls.file.cert", cert),
         key_file=_readable_file("agent-server.tls.file.key", key),
         client_ca_file=v.optional_file("agent-server.tls.file.client-ca"),
+        client_crl_file=v.optional_file("agent-server.tls.file.client-crl"),
     )
 
 
@@ -950,10 +983,19 @@ def _http_tls(v: _Values) -> TcpTls | None:
     ]
     if missing:
         raise ConfigError(f"--http-proxy.tls.enable requires {' and '.join(missing)}")
+    client_ca = v.optional_file("http-proxy.tls.file.client-ca")
+    client_crl = v.optional_file("http-proxy.tls.file.client-crl")
+    if client_crl is not None and client_ca is None:
+        raise ConfigError(
+            "--http-proxy.tls.file.client-crl requires --http-proxy.tls.file.client-ca"
+        )
     return TcpTls(
         cert_file=v.file("http-proxy.tls.file.cert"),
         key_file=v.file("http-proxy.tls.file.key"),
         refresh=refresh,
+        key_password=v.secret("http-proxy.tls.key-password"),
+        client_ca_file=client_ca,
+        client_crl_file=client_crl,
     )
 
 

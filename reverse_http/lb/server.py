@@ -43,6 +43,7 @@ from ..store.base import Reclaim, RouteStore, StoredRoute, StoreError, StoreUnav
 from ..store.memcached import open_memcached_store
 from ..store.route import InvalidRoute, ProxyAddress, ProxyAllowList, parse_route
 from ..systemd import Notifier, run_watchdog
+from ..tlsfiles import TlsConfigError, flag_of_file, load_key_pair
 from ..wire.http import ConnectRequest, HttpError, request_tunnel
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,22 @@ def connector_context(tls: ConnectorTls) -> ssl.SSLContext | None:
                 raise ConfigError(
                     "--http-connector.tls.file.cert needs --http-connector.tls.file.key"
                 )
-            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+            password_flag = "--http-connector.tls.key-password"
+            try:
+                load_key_pair(
+                    tls.cert_file, tls.key_file, tls.key_password, password_flag=password_flag
+                )
+            except TlsConfigError as exc:
+                blamed = flag_of_file(
+                    str(exc),
+                    {
+                        "--http-connector.tls.file.cert": tls.cert_file,
+                        "--http-connector.tls.file.key": tls.key_file,
+                    },
+                    "--http-connector.tls.file.cert",
+                )
+                raise ConfigError(f"{blamed}: {exc}") from None
+            ctx.load_cert_chain(tls.cert_file, tls.key_file, password=tls.key_password or None)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"--http-connector.tls.file.*: {exc}") from None
     return ctx

@@ -35,11 +35,12 @@ from ..frontend import DaemonState, SessionFrontend, open_http_listeners, os_rea
 from ..metrics import Metrics, serve_metrics
 from ..netaddr import format_address
 from ..quic import Connection, ConnectionError, QuicServer, ServerSettings, ServerTls, serve_quic
-from ..quic.settings import TlsConfigError, server_configuration
+from ..quic.settings import TlsConfigError, client_verifier, server_configuration
 from ..session import SessionPolicy
 from ..store.base import RouteStore
 from ..store.memcached import open_memcached_store
 from ..systemd import Notifier, run_watchdog
+from ..tlsfiles import flag_of_file
 from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
 from .agents import AgentRegistry
 from .connect import agent_upstream
@@ -268,8 +269,19 @@ def _quic_settings(config: ProxyConfig, devcert_dir: Path) -> ServerSettings:
     settings = ServerSettings(tls=tls, transport=config.transport)
     try:
         server_configuration(settings)
+        client_verifier(settings.tls)
     except TlsConfigError as exc:
-        raise ConfigError(f"--agent-server.tls.file.*: {exc}") from None
+        files = {
+            f"--agent-server.tls.file.{part}": path
+            for part, path in (
+                ("cert", tls.cert_file),
+                ("key", tls.key_file),
+                ("client-ca", tls.client_ca_file),
+                ("client-crl", tls.client_crl_file),
+            )
+        }
+        blamed = flag_of_file(str(exc), files, "--agent-server.tls.file.cert/key")
+        raise ConfigError(f"{blamed}: {exc}") from None
     return settings
 
 
@@ -281,13 +293,11 @@ def _reloadables(
 ) -> list[tlsreload.ReloadableFiles]:
     materials = [] if http_tls_files is None else [http_tls_files]
     if config.agent_tls is not None:
-        tls = config.agent_tls
-        paths = [tls.cert_file, tls.key_file]
-        if tls.client_ca_file is not None:
-            paths.append(tls.client_ca_file)
         materials.append(
             tlsreload.ReloadableFiles(
-                "agent server TLS", paths, functools.partial(quic.reload_tls, settings)
+                "agent server TLS",
+                config.agent_tls.files,
+                functools.partial(quic.reload_tls, settings),
             )
         )
     return materials

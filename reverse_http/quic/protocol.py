@@ -189,6 +189,14 @@ _CONNECTION_METHODS = (
 )
 
 
+#: Server-side handlers of the client's Certificate and CertificateVerify, wrapped per
+#: connection to verify the client certificate inside the handshake.
+_TLS_HANDSHAKE_HOOKS = ("_server_handle_certificate", "_server_handle_certificate_verify")
+
+#: Checks a client's certificate and chain; raises a ``tls.Alert`` to refuse it.
+ClientCertCheck = Callable[[Any, list[Any]], None]
+
+
 def check_aioquic() -> None:
     """Raise :class:`AioquicIncompatible` naming every internal that moved."""
     version = getattr(aioquic, "__version__", "unknown")
@@ -211,6 +219,12 @@ def check_aioquic() -> None:
         f"QuicPacketRecovery.{name}"
         for name in ("_cc", "_pacer", "_rtt_smoothed")
         if name not in recovery_names
+    ]
+    dispatch_names = set(tls.Context._handle_reassembled_message.__code__.co_names)
+    missing += [
+        f"tls.Context.{name}"
+        for name in _TLS_HANDSHAKE_HOOKS
+        if not callable(getattr(tls.Context, name, None)) or name not in dispatch_names
     ]
     tls_names = set(tls.Context.__init__.__code__.co_names)
     missing += [
@@ -283,6 +297,7 @@ class TunnelQuicConnection(QuicConnection):
         connection_receive_window: int | None = None,
         pacing_burst_packets: int = 16,
         request_client_certificate: bool = False,
+        client_certificate_check: ClientCertCheck | None = None,
         stateless_reset_key: bytes | None = None,
         **kwargs: Any,
     ) -> None:
@@ -297,7 +312,10 @@ class TunnelQuicConnection(QuicConnection):
         self._local_max_data.value = self._local_max_data.sent = self._rh_conn_window
         self._rh_consumed: dict[int, int] = {}
         self._rh_conn_consumed = 0
-        self._rh_request_client_cert = request_client_certificate
+        self._rh_request_client_cert = request_client_certificate or (
+            client_certificate_check is not None
+        )
+        self._rh_client_check = client_certificate_check
         # aioquic advertises 128; concurrent CONNECTs need far more.
         limit = self._local_max_streams_bidi
         limit.value = limit.sent = max_concurrent_streams
@@ -408,6 +426,8 @@ class TunnelQuicConnection(QuicConnection):
         super()._initialize(peer_cid)
         if self._rh_request_client_cert:
             self.tls._request_client_certificate = True
+        if self._rh_client_check is not None and not self._is_client:
+            self._hook_client_certificate_check(self._rh_client_check)
         if self._is_client and tls.Group.X25519 in self.tls._supported_groups:
             # aioquic offers a key share for every group it knows (P-256, P-384, X25519,
             # X448): four key generations per attempt, a third of a reconnect storm's
@@ -418,6 +438,26 @@ class TunnelQuicConnection(QuicConnection):
             for pair in self._cryptos.values():
                 for ctx in (pair.recv, pair.send):
                     ctx._setup_cb = ctx._teardown_cb = NoCallback
+
+    def _hook_client_certificate_check(self, check: ClientCertCheck) -> None:
+        """Verify the client's certificate in the handshake, as a TLS server does: a refusal
+        is a TLS alert (CRYPTO_ERROR) before the handshake completes, and a client that
+        sends no certificate is refused with ``certificate_required``."""
+        ctx = self.tls
+        on_certificate = ctx._server_handle_certificate
+        on_verify = ctx._server_handle_certificate_verify
+
+        def handle_certificate(input_buf: Buffer) -> None:
+            on_certificate(input_buf)
+            if ctx._peer_certificate is None:  # an empty Certificate message
+                check(None, [])
+
+        def handle_certificate_verify(input_buf: Buffer) -> None:
+            on_verify(input_buf)  # the client proved it holds the certificate's key
+            check(ctx._peer_certificate, list(ctx._peer_certificate_chain))
+
+        ctx._server_handle_certificate = handle_certificate  # type: ignore[method-assign]
+        ctx._server_handle_certificate_verify = handle_certificate_verify  # type: ignore[method-assign]
 
     def _confirm_handshake(self) -> None:
         """An idle agent is mostly its connection's memory: the three 16 KiB buffers for

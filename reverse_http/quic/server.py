@@ -35,7 +35,7 @@ from .endpoint import UdpEndpoint
 from .initial import opens_handshake
 from .protocol import TunnelQuicConnection, encode_invalid_token_close
 from .reset import derive_reset_key, encode_reset, reset_token
-from .settings import ServerSettings, server_configuration
+from .settings import ClientCertVerifier, ServerSettings, client_verifier, server_configuration
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class QuicServer:
         self.endpoint = endpoint
         self.driver = Driver(endpoint.send_nowait)
         self._configuration: QuicConfiguration = server_configuration(settings)
+        self._client_verifier: ClientCertVerifier | None = client_verifier(settings.tls)
         self._cid_length: int = self._configuration.connection_id_length
         self._routes: dict[bytes, Connection] = {}
         self._cids: dict[Connection, set[bytes]] = {}
@@ -78,8 +79,11 @@ class QuicServer:
         return self.endpoint.local_address
 
     def reload_tls(self, settings: ServerSettings) -> None:
-        """Use new certificate material for new handshakes; live connections keep theirs."""
-        self._configuration = server_configuration(settings)
+        """Use new certificate material (and client CA and CRL) for new handshakes; live
+        connections keep theirs. Nothing changes unless all of it loads."""
+        configuration = server_configuration(settings)
+        verifier = client_verifier(settings.tls)
+        self._configuration, self._client_verifier = configuration, verifier
         self.settings = settings
 
     def stop_accepting(self) -> None:
@@ -214,7 +218,6 @@ class QuicServer:
 
     def _create_connection(self, odcid: bytes, retry_scid: bytes | None, addr: Any) -> Connection:
         t = self.settings.transport
-        client_ca = self.settings.tls.client_ca_file
         quic = TunnelQuicConnection(
             configuration=self._configuration,
             original_destination_connection_id=odcid,
@@ -223,7 +226,7 @@ class QuicServer:
             connection_receive_window=t.connection_receive_window,
             max_concurrent_streams=t.max_concurrent_streams,
             pacing_burst_packets=t.pacing_burst_packets,
-            request_client_certificate=client_ca is not None,
+            client_certificate_check=self._client_verifier,
             stateless_reset_key=self._reset_key,
         )
         conn: Connection
@@ -241,7 +244,6 @@ class QuicServer:
             t,
             self.driver,
             addr,
-            client_ca_file=client_ca,
             on_cid_issued=issued,
             on_cid_retired=retired,
         )

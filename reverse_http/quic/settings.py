@@ -5,16 +5,28 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from aioquic import tls as aioquic_tls
 from aioquic.quic.configuration import QuicConfiguration
 
+from ..tlsfiles import ClientAuthority, TlsConfigError, load_client_authority, load_key_pair
 from .congestion import algorithm_name
 
+__all__ = [
+    "DEFAULT_ALPN",
+    "ClientCertVerifier",
+    "ClientTls",
+    "ServerSettings",
+    "ServerTls",
+    "TlsConfigError",
+    "TransportSettings",
+    "client_configuration",
+    "client_verifier",
+    "server_configuration",
+]
+
 DEFAULT_ALPN = "reverse-http-proto"
-
-
-class TlsConfigError(ValueError):
-    """A certificate, key or CA file cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,18 @@ class ServerTls:
     key_file: Path
     #: Clients must present a certificate signed by this CA (mutual TLS).
     client_ca_file: Path | None = None
+    #: PEM CRLs signed by the client CA; a revoked client is refused at handshake.
+    client_crl_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.client_crl_file is not None and self.client_ca_file is None:
+            raise ValueError("a client CRL needs the client CA")
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file behind this material (what a reload re-reads)."""
+        paths = [self.cert_file, self.key_file, self.client_ca_file, self.client_crl_file]
+        return [p for p in paths if p is not None]
 
 
 @dataclass(frozen=True)
@@ -174,13 +198,49 @@ def client_configuration(
 
 
 def _load_chain(cfg: QuicConfiguration, cert: Path, key: Path) -> None:
-    for path in (cert, key):
-        if not path.is_file():
-            raise TlsConfigError(f"{path}: no such file")
-    try:
-        cfg.load_cert_chain(cert, key)
-    except (OSError, ValueError, TypeError) as exc:
-        raise TlsConfigError(f"{cert} / {key}: cannot load certificate and key: {exc}") from None
+    """What ``cfg.load_cert_chain`` does, but a key that is not the certificate's is refused
+    (aioquic would take it and fail every handshake with ``decrypt_error``)."""
+    chain, private_key = load_key_pair(cert, key)
+    cfg.certificate = chain[0]
+    cfg.certificate_chain = chain[1:]
+    cfg.private_key = private_key
+
+
+class ClientCertVerifier:
+    """Checks an agent's certificate during the handshake: chain to the client CA, dates,
+    and revocation. Raises a TLS alert, which aioquic sends as the connection's close."""
+
+    def __init__(self, authority: ClientAuthority) -> None:
+        self.authority = authority
+
+    def __call__(self, cert: Any, chain: list[Any]) -> None:
+        if cert is None:
+            raise _AlertCertificateRequired("client certificate required")
+        try:
+            aioquic_tls.verify_certificate(
+                certificate=cert, chain=chain, cadata=self.authority.ca_pem
+            )
+        except aioquic_tls.Alert as exc:
+            exc.args = (f"client certificate rejected: {exc}",)
+            raise
+        problem = self.authority.revocation_problem(cert)
+        if problem is not None:
+            raise _AlertCertificateRevoked(f"client certificate rejected: {problem}")
+
+
+class _AlertCertificateRequired(aioquic_tls.Alert):
+    description = aioquic_tls.AlertDescription.certificate_required
+
+
+class _AlertCertificateRevoked(aioquic_tls.Alert):
+    description = aioquic_tls.AlertDescription.certificate_revoked
+
+
+def client_verifier(s: ServerTls) -> ClientCertVerifier | None:
+    """The verifier of agents' certificates (mutual TLS); None without a client CA."""
+    if s.client_ca_file is None:
+        return None
+    return ClientCertVerifier(load_client_authority(s.client_ca_file, s.client_crl_file))
 
 
 def _load_ca(cfg: QuicConfiguration, ca: Path) -> None:
