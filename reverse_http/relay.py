@@ -2,7 +2,9 @@
 
 Each direction reads only after its previous write completed, so nothing is
 buffered beyond one chunk per direction: a slow reader on either side slows
-the other side down (backpressure end to end).
+the other side down (backpressure end to end). Towards a QUIC stream a direction
+reads only what the stream can take at once, so 10,000 tunnels waiting for the
+connection's send budget hold their data in kernel buffers, not in ours.
 
 A clean end (EOF) is passed on as EOF; a broken side is passed on as an abort
 (QUIC RESET_STREAM / STOP_SENDING, TCP RST), so a truncated transfer never
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 import trio
 
 CHUNK = 64 * 1024
+#: The least a relay reads when the QUIC side has less room (keeps packets full).
+MIN_READ = 4096
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 
@@ -41,8 +45,18 @@ async def relay(
     async def pump(
         src: trio.abc.Stream, dst: trio.abc.Stream, up: bool, scope: trio.CancelScope
     ) -> None:
+        # A QUIC stream says how much it takes without waiting: read no more than
+        # that, so what a congested tunnel can't take stays in the kernel's buffer.
+        send_capacity = getattr(dst, "send_capacity", None)
         try:
-            while data := await src.receive_some(CHUNK):
+            while True:
+                size = CHUNK
+                if send_capacity is not None:
+                    await dst.wait_send_all_might_not_block()
+                    size = min(CHUNK, max(send_capacity(), MIN_READ))
+                data = await src.receive_some(size)
+                if not data:
+                    break
                 await dst.send_all(data)
                 if up:
                     stats.up += len(data)

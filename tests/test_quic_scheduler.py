@@ -17,7 +17,7 @@ from aioquic.quic.packet import pull_quic_header
 
 from reverse_http.devcerts import CertFiles
 from reverse_http.quic import TransportSettings
-from reverse_http.quic.protocol import TunnelQuicConnection
+from reverse_http.quic.protocol import TURN_BYTES, TunnelQuicConnection
 from reverse_http.quic.settings import client_configuration, server_configuration
 from tests.quic_helpers import client_tls, server_settings
 
@@ -50,8 +50,8 @@ class Wire:
         #: bytes the server side received per stream, and whether it saw FIN
         self.received: dict[int, int] = defaultdict(int)
         self.finished: set[int] = set()
-        #: received bytes per stream, in arrival order, for fairness checks
-        self.arrivals: list[int] = []
+        #: (stream id, bytes) of every data event, in arrival order, for fairness checks
+        self.arrivals: list[tuple[int, int]] = []
         #: datagrams sent by the client in the last step()
         self.client_datagrams = 0
         #: the server application reads (and reports consumption) as data arrives
@@ -103,7 +103,7 @@ class Wire:
                 n = len(event.data)
                 self.received[event.stream_id] += n
                 if n:
-                    self.arrivals.append(event.stream_id)
+                    self.arrivals.append((event.stream_id, n))
                 if event.end_stream:
                     self.finished.add(event.stream_id)
                 if self.server_reads and n:
@@ -187,12 +187,19 @@ def test_two_busy_streams_share_the_packets_fairly(certs: CertFiles) -> None:
     # Halfway through, each stream has had close to half of what was delivered.
     share = wire.received[a] / (wire.received[a] + wire.received[b])
     assert 0.4 <= share <= 0.6, share
-    # and they alternate: long runs of one stream would mean unfair bursts
-    longest = run = 1
-    for x, y in zip(wire.arrivals, wire.arrivals[1:], strict=False):
-        run = run + 1 if x == y else 1
-        longest = max(longest, run)
-    assert longest <= 4
+    # and they take turns of about TURN_BYTES: longer runs would be unfair bursts,
+    # one frame per turn would wake the peer's reader once per packet per stream
+    runs: list[int] = []
+    previous = None
+    for sid, n in wire.arrivals:
+        if sid == previous:
+            runs[-1] += n
+        else:
+            runs.append(n)
+        previous = sid
+    assert max(runs) <= TURN_BYTES + 1500
+    middle = sorted(runs)[len(runs) // 2]
+    assert middle >= TURN_BYTES - 1500, middle
 
 
 def test_a_new_stream_is_not_queued_behind_bulk_data(certs: CertFiles) -> None:

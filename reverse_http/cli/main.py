@@ -368,8 +368,10 @@ def _run_daemon(run: Callable[[T], Awaitable[object]], config: T) -> None:
     """``trio.run(run, config)``; start-up errors become one line, Ctrl-C exit 130."""
     import trio
 
+    from ..gctuning import tune_for_daemon
     from ..quic.settings import TlsConfigError
 
+    tune_for_daemon()
     try:
         trio.run(run, config)
     except BaseException as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,12 +79,16 @@ class StreamLimitError(Exception):
 #: However much it progresses, a handshake ends after this many handshake timeouts.
 HANDSHAKE_CAP_FACTOR = 3
 
+#: Budget waiters woken per service at most; their sends bring the next services.
+WAKE_BATCH = 64
+
 
 class Connection:
     #: A proxy holds thousands of these: no per-instance __dict__.
     __slots__ = (
         "_accept_recv",
         "_accept_send",
+        "_budget_waiters",
         "_cancel_on_close",
         "_client_ca_file",
         "_close_request",
@@ -141,7 +146,10 @@ class Connection:
         #: Closed by the application, still known to aioquic (awaiting acknowledgement).
         self._closing_streams: set[int] = set()
         self._discarded: list[int] = []
+        #: Writers waiting for their own stream's data to be acknowledged.
         self._want_write: set[QuicStream] = set()
+        #: Writers waiting for the connection's send budget, oldest first.
+        self._budget_waiters: OrderedDict[QuicStream, None] = OrderedDict()
         self._accept_send, self._accept_recv = trio.open_memory_channel[QuicStream](math.inf)
         self._opens = trio.lowlevel.ParkingLot()
         self._settled = trio.Event()  # handshake done, or the connection ended
@@ -358,11 +366,25 @@ class Connection:
                 self._driver.send(datagrams)
         if self._send_budget_exhausted and quic.unacked_bytes < self._send_lwm:
             self._send_budget_exhausted = False
-            for stream in list(self._want_write):
-                if stream._writer_may_proceed():
-                    self._want_write.discard(stream)
-                    stream._writers.unpark_all()
+        if self._budget_waiters and not self._send_budget_exhausted:
+            self._wake_budget_waiters()
         self._check_drained()
+
+    def _wake_budget_waiters(self) -> None:
+        """Wake the oldest budget waiters, as many as the free budget can take.
+
+        Waking all of them (10,000 parked tunnels) would run every one only for
+        most to find the budget used up again. Each woken writer's send brings
+        another service, which wakes the next ones while budget is left.
+        """
+        room = self._send_hwm - self._quic.unacked_bytes
+        waiters = self._budget_waiters
+        woken = 0
+        while waiters and room > 0 and woken < WAKE_BATCH:
+            stream, _ = waiters.popitem(last=False)  # a dict's front is O(deleted)
+            room -= stream._send_estimate()
+            woken += 1
+            stream._writers.unpark_all()
 
     def _kick(self) -> None:
         """Output is pending: service now unless a service is running (it will see it)."""
@@ -509,9 +531,12 @@ class Connection:
 
     def _on_stream_acked(self, stream_id: int) -> None:
         stream = self._streams.get(stream_id)
-        if stream is not None and stream in self._want_write and stream._writer_may_proceed():
+        if stream is not None and stream in self._want_write and stream._own_buffer_free():
             self._want_write.discard(stream)
-            stream._writers.unpark_all()
+            if self._send_budget_exhausted:
+                self._budget_waiters[stream] = None
+            else:
+                stream._writers.unpark_all()
 
     def _on_stream_discarded(self, stream_id: int) -> None:
         # Events of this stream may still be queued: forget it once they are dispatched.
@@ -578,10 +603,14 @@ class Connection:
             self._kick()
 
     def _want_write_for(self, stream: QuicStream) -> None:
-        self._want_write.add(stream)
+        if stream._own_buffer_free():
+            self._budget_waiters[stream] = None
+        else:
+            self._want_write.add(stream)
 
     def _stream_closed(self, stream: QuicStream) -> None:
         self._want_write.discard(stream)
+        self._budget_waiters.pop(stream, None)
         sid = stream.stream_id
         if self._quic.has_stream(sid):
             self._closing_streams.add(sid)

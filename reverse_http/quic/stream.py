@@ -25,6 +25,9 @@ STREAM_ABORTED = 0x10C
 #: Bounded by the stream limit: 16384 streams x 4 KiB = 64 MiB in the worst case.
 UNBUDGETED_BYTES = 4096
 
+#: The most a relay reads for one write (mirrors ``reverse_http.relay.CHUNK``).
+RELAY_CHUNK = 64 * 1024
+
 
 class QuicStream(trio.abc.HalfCloseableStream):
     def __init__(self, conn: Connection, stream_id: int, send_buffer: int) -> None:
@@ -101,6 +104,27 @@ class QuicStream(trio.abc.HalfCloseableStream):
             return True
         return self.unacked < self._lwm and not self._conn._send_budget_exhausted
 
+    def _own_buffer_free(self) -> bool:
+        """Nothing but the connection's shared budget could hold this writer back."""
+        return self._tx_error is not None or self._closed or self.unacked < self._lwm
+
+    def _send_estimate(self) -> int:
+        """Budget a woken writer may take: at most one relay chunk, at most its buffer."""
+        return max(1, min(RELAY_CHUNK, self._hwm - self.unacked))
+
+    def send_capacity(self) -> int:
+        """Bytes ``send_all`` would take now without waiting (0: it would wait).
+
+        A relay reads only this much from its source, so data a slow tunnel can't
+        take stays in the source's kernel buffer, not in our memory.
+        """
+        shared = self._conn.send_room()
+        if shared <= 0 and self._tx_total < UNBUDGETED_BYTES:
+            # A tunnel's first bytes (the agent's answer to CONNECT) never
+            # wait behind other streams' bulk data for the shared budget.
+            shared = UNBUDGETED_BYTES - self._tx_total
+        return max(0, min(self._hwm - self.unacked, shared))
+
     # --- trio.abc.HalfCloseableStream ------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -114,12 +138,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
             sent_any = False
             try:
                 while view:
-                    shared = self._conn.send_room()
-                    if shared <= 0 and self._tx_total < UNBUDGETED_BYTES:
-                        # A tunnel's first bytes (the agent's answer to CONNECT) never
-                        # wait behind other streams' bulk data for the shared budget.
-                        shared = UNBUDGETED_BYTES - self._tx_total
-                    room = min(self._hwm - self.unacked, shared)
+                    room = self.send_capacity()
                     if room <= 0:
                         await self._wait_writable()
                         continue
@@ -143,7 +162,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_writable(eof_ok=True)
-            if self.unacked >= self._hwm or self._conn.send_room() <= 0:
+            if self.send_capacity() <= 0:
                 await self._wait_writable()
             else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
