@@ -17,12 +17,10 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import trio
 from aioquic.quic import events
-from aioquic.tls import verify_certificate
 
 from .driver import Driver
 from .protocol import TunnelQuicConnection
@@ -90,7 +88,6 @@ class Connection:
         "_accept_send",
         "_budget_waiters",
         "_cancel_on_close",
-        "_client_ca_file",
         "_close_request",
         "_closing_streams",
         "_created_at",
@@ -129,7 +126,6 @@ class Connection:
         driver: Driver,
         peer_address: Address,
         *,
-        client_ca_file: Path | None = None,
         on_cid_issued: Callable[[bytes], None] | None = None,
         on_cid_retired: Callable[[bytes], None] | None = None,
     ) -> None:
@@ -137,7 +133,6 @@ class Connection:
         self._settings = settings
         self._driver = driver
         self.peer_address = peer_address
-        self._client_ca_file = client_ca_file
         self._on_cid_issued = on_cid_issued
         self._on_cid_retired = on_cid_retired
         self._is_client = quic.is_client
@@ -488,25 +483,10 @@ class Connection:
 
     def _on_handshake(self, event: events.HandshakeCompleted) -> None:
         self.alpn = event.alpn_protocol
-        if self._client_ca_file is not None and not self._is_client:
-            problem = self._verify_client_certificate()
-            if problem:
-                self._request_close(0x100 + 42, problem)  # TLS alert bad_certificate
-                return
         self._handshake_at = trio.current_time()
         if self.state is State.HANDSHAKE:
             self.state = State.OPEN
         self._settled.set()
-
-    def _verify_client_certificate(self) -> str | None:
-        cert, chain = self._quic.peer_certificate()
-        if cert is None:
-            return "client certificate required"
-        try:
-            verify_certificate(certificate=cert, chain=chain, cafile=str(self._client_ca_file))
-        except Exception as exc:
-            return f"client certificate rejected: {exc}"
-        return None
 
     def _on_stream_data(self, event: events.StreamDataReceived) -> None:
         sid = event.stream_id
