@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .metrics import Health, Metrics
 from .netaddr import format_address
 from .session import SessionPolicy, handle_client, refuse
-from .tlsfiles import TlsConfigError, flag_of_file, server_ssl_context
+from .tlsfiles import TlsConfigError, server_ssl_context, tls_file_flag
 from .tlsreload import ReloadableFiles, SwappableServerContext
 
 log = logging.getLogger(__name__)
@@ -132,16 +132,14 @@ async def open_http_listeners(
     except (OSError, ssl.SSLError, TlsConfigError) as exc:
         for ln in tcp:
             await ln.aclose()
-        by_flag = {
-            f"{flag}.tls.file.{part}": path
-            for part, path in (
-                ("cert", tls.cert_file),
-                ("key", tls.key_file),
-                ("client-ca", tls.client_ca_file),
-                ("client-crl", tls.client_crl_file),
-            )
-        }
-        blamed = flag_of_file(str(exc), by_flag, f"{flag}.tls.file.cert/key")
+        blamed = tls_file_flag(
+            str(exc),
+            flag,
+            cert=tls.cert_file,
+            key=tls.key_file,
+            client_ca=tls.client_ca_file,
+            client_crl=tls.client_crl_file,
+        )
         raise ConfigError(f"{blamed}: {exc}") from None
     files = ReloadableFiles(f"{flag.lstrip('-')} TLS", tls.files, swappable.reload)
     listeners: list[Listener] = [

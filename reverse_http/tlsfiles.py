@@ -250,3 +250,25 @@ def flag_of_file(message: str, files: Mapping[str, Path | None], fallback: str) 
         if path is not None and message.startswith(str(path))
     ]
     return max(matches)[1] if matches else fallback
+
+
+def tls_file_flag(
+    message: str,
+    prefix: str,
+    *,
+    cert: Path | None,
+    key: Path | None,
+    client_ca: Path | None,
+    client_crl: Path | None,
+) -> str:
+    """The ``{prefix}.tls.file.*`` flag whose file a :class:`TlsConfigError` is about."""
+    files = {
+        f"{prefix}.tls.file.{part}": path
+        for part, path in (
+            ("cert", cert),
+            ("key", key),
+            ("client-ca", client_ca),
+            ("client-crl", client_crl),
+        )
+    }
+    return flag_of_file(message, files, f"{prefix}.tls.file.cert/key")

@@ -40,7 +40,7 @@ from ..session import SessionPolicy
 from ..store.base import RouteStore
 from ..store.memcached import open_memcached_store
 from ..systemd import Notifier, run_watchdog
-from ..tlsfiles import flag_of_file
+from ..tlsfiles import tls_file_flag
 from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
 from .agents import AgentRegistry
 from .connect import agent_upstream
@@ -271,16 +271,14 @@ def _quic_settings(config: ProxyConfig, devcert_dir: Path) -> ServerSettings:
         server_configuration(settings)
         client_verifier(settings.tls)
     except TlsConfigError as exc:
-        files = {
-            f"--agent-server.tls.file.{part}": path
-            for part, path in (
-                ("cert", tls.cert_file),
-                ("key", tls.key_file),
-                ("client-ca", tls.client_ca_file),
-                ("client-crl", tls.client_crl_file),
-            )
-        }
-        blamed = flag_of_file(str(exc), files, "--agent-server.tls.file.cert/key")
+        blamed = tls_file_flag(
+            str(exc),
+            "--agent-server",
+            cert=tls.cert_file,
+            key=tls.key_file,
+            client_ca=tls.client_ca_file,
+            client_crl=tls.client_crl_file,
+        )
         raise ConfigError(f"{blamed}: {exc}") from None
     return settings
 
