@@ -13,6 +13,7 @@ from typing import Literal
 from .allowlist import AllowList
 from .quic.settings import ClientTls, ServerTls, TransportSettings
 from .store.route import ProxyAllowList
+from .tlsfiles import present
 
 AuthType = Literal["noauth", "jwt"]
 
@@ -47,8 +48,7 @@ class TcpTls:
     @property
     def files(self) -> list[Path]:
         """Every file behind this material (what a reload re-reads)."""
-        paths = [self.cert_file, self.key_file, self.client_ca_file, self.client_crl_file]
-        return [p for p in paths if p is not None]
+        return present(self.cert_file, self.key_file, self.client_ca_file, self.client_crl_file)
 
 
 @dataclass(frozen=True)

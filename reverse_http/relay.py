@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import trio
 
-CHUNK = 64 * 1024
+from .quic.stream import RELAY_CHUNK as CHUNK
+
 #: The least a relay reads when the QUIC side has less room (keeps packets full).
 MIN_READ = 4096
 _LINGER_RST = struct.pack("ii", 1, 0)
@@ -52,8 +53,11 @@ async def relay(
             while True:
                 size = CHUNK
                 if send_capacity is not None:
-                    await dst.wait_send_all_might_not_block()
-                    size = min(CHUNK, max(send_capacity(), MIN_READ))
+                    room = send_capacity()
+                    if room <= 0:  # wait only when it must: no extra task switch per chunk
+                        await dst.wait_send_all_might_not_block()
+                        room = send_capacity()
+                    size = min(CHUNK, max(room, MIN_READ))
                 data = await src.receive_some(size)
                 if not data:
                     break

@@ -252,6 +252,11 @@ def flag_of_file(message: str, files: Mapping[str, Path | None], fallback: str) 
     return max(matches)[1] if matches else fallback
 
 
+def present(*paths: Path | None) -> list[Path]:
+    """The files of a TLS setup that are configured (a reload re-reads these)."""
+    return [p for p in paths if p is not None]
+
+
 def tls_file_flag(
     message: str,
     prefix: str,

@@ -10,7 +10,13 @@ from typing import Any
 from aioquic import tls as aioquic_tls
 from aioquic.quic.configuration import QuicConfiguration
 
-from ..tlsfiles import ClientAuthority, TlsConfigError, load_client_authority, load_key_pair
+from ..tlsfiles import (
+    ClientAuthority,
+    TlsConfigError,
+    load_client_authority,
+    load_key_pair,
+    present,
+)
 from .congestion import algorithm_name
 
 __all__ = [
@@ -119,8 +125,7 @@ class ServerTls:
     @property
     def files(self) -> list[Path]:
         """Every file behind this material (what a reload re-reads)."""
-        paths = [self.cert_file, self.key_file, self.client_ca_file, self.client_crl_file]
-        return [p for p in paths if p is not None]
+        return present(self.cert_file, self.key_file, self.client_ca_file, self.client_crl_file)
 
 
 @dataclass(frozen=True)

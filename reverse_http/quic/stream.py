@@ -25,7 +25,7 @@ STREAM_ABORTED = 0x10C
 #: Bounded by the stream limit: 16384 streams x 4 KiB = 64 MiB in the worst case.
 UNBUDGETED_BYTES = 4096
 
-#: The most a relay reads for one write (mirrors ``reverse_http.relay.CHUNK``).
+#: The most a relay (``reverse_http.relay``) reads for one write.
 RELAY_CHUNK = 64 * 1024
 
 
