@@ -7,7 +7,7 @@ fractions and its int64 range, so both implementations agree on every input.
 
 from __future__ import annotations
 
-__all__ = ["parse_duration"]
+__all__ = ["DurationError", "parse_duration"]
 
 _NANOS_PER_UNIT: dict[str, int] = {
     "ns": 1,
@@ -28,8 +28,27 @@ def _is_digit(c: str) -> bool:
     return "0" <= c <= "9"
 
 
-def _invalid(original: str, why: str) -> ValueError:
-    return ValueError(f"invalid duration {original!r}: {why}")
+class DurationError(ValueError):
+    """A string that is not a Go duration; ``reason`` says why, for callers that quote
+    the input their own way (the CLI names the flag, variable or file key)."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(f"invalid duration {text!r}: {reason}")
+        self.text = text
+        self.reason = reason
+
+
+def _invalid(original: str, why: str) -> DurationError:
+    return DurationError(original, why)
+
+
+def _missing_unit(original: str, number: str) -> DurationError:
+    """A number without a unit, the commonest mistake (``10`` for ``10s``): show the fix."""
+    if number == original.lstrip("+-") and number:
+        why = f"missing unit; use e.g. {original}s, {original}ms or {original}m"
+    else:
+        why = f"missing unit after {number!r}"
+    return _invalid(original, f"{why} (valid units: {_VALID_UNITS})")
 
 
 def parse_duration(text: str) -> float:
@@ -37,7 +56,8 @@ def parse_duration(text: str) -> float:
 
     Accepts what Go accepts: an optional sign, then one or more ``<number><unit>``
     parts (decimal fractions allowed; units ns, us, µs, ms, s, m, h), or a bare
-    ``0``. Raises ``ValueError`` with a message quoting the input and the problem.
+    ``0``. Raises :class:`DurationError` (a ``ValueError``) with a message quoting the
+    input and the problem.
     """
     return _parse_nanos(text) / 1_000_000_000
 
@@ -55,6 +75,7 @@ def _parse_nanos(original: str) -> int:
 
     total = 0
     while s:
+        part_start = s
         if not (s[0] == "." or _is_digit(s[0])):
             raise _invalid(original, f"expected a number at {s!r} ({_EXAMPLES})")
         i = 0
@@ -95,7 +116,7 @@ def _parse_nanos(original: str) -> int:
         while i < len(s) and s[i] != "." and not _is_digit(s[i]):
             i += 1
         if i == 0:
-            raise _invalid(original, f"missing unit (valid units: {_VALID_UNITS})")
+            raise _missing_unit(original, part_start[: len(part_start) - len(s)])
         unit_name, s = s[:i], s[i:]
         unit = _NANOS_PER_UNIT.get(unit_name)
         if unit is None:

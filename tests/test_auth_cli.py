@@ -1,10 +1,13 @@
-"""``reverse-http auth ...``: reference defaults, output formats, one-line errors."""
+"""``reverse-http auth ...``: reference defaults, output formats, one-line errors, what
+each command says it did, and no silent replacement of a signing key."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -48,11 +51,12 @@ def payload(token: str) -> dict[str, object]:
 
 
 def assert_usage_error(result: Result, *fragments: str) -> None:
+    """One line naming the command (as the daemons' errors do), exit status 2."""
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
+    assert re.match(r"^\S*auth (key private|key public|jwt token): ", lines[0]), lines[0]
     for fragment in fragments:
         assert fragment in lines[0]
     assert "Traceback" not in result.output
@@ -65,6 +69,9 @@ def test_key_private_defaults(run: RunFn, tmp_path: Path) -> None:
     result = run("key", "private")
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
+    assert result.stderr == (
+        "wrote ES256 (EC P-256) private key to auth-key-private.pem (mode 0600)\n"
+    )
     out = tmp_path / "auth-key-private.pem"
     data = out.read_bytes()
     assert data.startswith(b"-----BEGIN EC PRIVATE KEY-----\n")
@@ -78,6 +85,7 @@ def test_key_private_to_stdout(run: RunFn, tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert result.stdout.startswith("-----BEGIN EC PRIVATE KEY-----\n")
     assert result.stdout.endswith("-----END EC PRIVATE KEY-----\n")
+    assert result.stderr == ""  # stdout carries the key and nothing else is said
     assert list(tmp_path.iterdir()) == []
 
 
@@ -89,6 +97,7 @@ def test_key_private_rs256(run: RunFn, tmp_path: Path) -> None:
     key = load_private_key_pem(data)
     assert isinstance(key, rsa.RSAPrivateKey)
     assert key.key_size == 4096
+    assert result.stderr == "wrote RS256 (RSA 4096 bits) private key to rsa.pem (mode 0600)\n"
 
 
 def test_key_private_algo_case_insensitive(run: RunFn) -> None:
@@ -97,11 +106,26 @@ def test_key_private_algo_case_insensitive(run: RunFn) -> None:
     assert "EC PRIVATE KEY" in result.stdout
 
 
-def test_key_private_tightens_existing_file(run: RunFn, tmp_path: Path) -> None:
+def test_key_private_refuses_to_replace_a_key(run: RunFn, tmp_path: Path) -> None:
+    """A new signing key silently invalidates every token made with the old one."""
+    assert run("key", "private").exit_code == 0
+    out = tmp_path / "auth-key-private.pem"
+    before = out.read_bytes()
+    assert_usage_error(run("key", "private"), "--out auth-key-private.pem: file exists", "--force")
+    assert out.read_bytes() == before
+    # also for a dangling symlink: O_EXCL would not follow it, nor does the check
+    (tmp_path / "link.pem").symlink_to(tmp_path / "nowhere.pem")
+    assert_usage_error(run("key", "private", "-o", "link.pem"), "link.pem: file exists")
+    assert not (tmp_path / "nowhere.pem").exists()
+
+
+def test_key_private_force_replaces_and_tightens_existing_file(run: RunFn, tmp_path: Path) -> None:
     out = tmp_path / "auth-key-private.pem"
     out.write_text("old content that is much longer than nothing" * 20)
     out.chmod(0o644)
-    assert run("key", "private").exit_code == 0
+    result = run("key", "private", "--force")
+    assert result.exit_code == 0, result.output
+    assert "private key to auth-key-private.pem" in result.stderr
     assert mode(out) == 0o600
     assert load_private_key_pem(out.read_bytes())
 
@@ -124,6 +148,9 @@ def test_key_public_from_go_key_matches_go_output(run: RunFn, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     out = tmp_path / "auth-key-public.pem"
     assert out.read_bytes() == GO_PUBLIC.read_bytes()
+    assert result.stderr == (
+        "wrote ES256 (EC P-256) public key of auth-key-private.pem to auth-key-public.pem\n"
+    )
     assert mode(out) & 0o077 in (0o044, 0o004, 0o040, 0o000)
 
 
@@ -131,6 +158,7 @@ def test_key_public_stdin_to_stdout(run: RunFn) -> None:
     result = run("key", "public", "--in", "-", "--out", "-", input=GO_PRIVATE.read_bytes())
     assert result.exit_code == 0, result.output
     assert result.stdout == GO_PUBLIC.read_text()
+    assert result.stderr == ""
 
 
 def test_key_public_from_generated_rsa_key(run: RunFn, tmp_path: Path) -> None:
@@ -175,6 +203,12 @@ def test_jwt_token_defaults(run: RunFn, tmp_path: Path) -> None:
     body = payload(token)
     assert body["exp"] == body["iat"] + 24 * 3600  # type: ignore[operator]
     assert "aud" not in body
+    assert isinstance(body["exp"], int)
+    expires = datetime.fromtimestamp(body["exp"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"wrote client token for agent 4711 (ES256, expires {expires}) to jwt.b64 (mode 0600)\n"
+    )
 
 
 def test_jwt_token_all_flags_to_stdout(run: RunFn) -> None:
@@ -190,6 +224,7 @@ def test_jwt_token_all_flags_to_stdout(run: RunFn) -> None:
     assert result.exit_code == 0, result.output
     token = result.stdout
     assert token.count(".") == 2 and not token.endswith("\n")
+    assert result.stderr == ""  # $(reverse-http auth jwt token ... -o -) gets the token only
     verifier = TokenVerifier(load_public_key(GO_PUBLIC), audience="proxy-a")
     claims = verifier.verify(token, "agent")
     assert claims.agent_id == "4712"

@@ -3,18 +3,26 @@
 Files written here are byte-compatible with the reference's (``auth key private``,
 ``auth key public``, ``auth jwt token``), so keys and tokens can move between the
 two implementations. Unlike the reference, private keys and tokens are written with
-mode 0600. User mistakes print one ``error:`` line to stderr and exit with status 2.
+mode 0600, ``auth key private`` does not replace an existing key without ``--force``
+(every token signed with the old key would stop working), and each command says on
+stderr what it wrote where. With ``--out -`` the key or token goes to stdout and
+nothing else is printed, so ``$(reverse-http auth jwt token ... --out -)`` captures
+just the token. User mistakes print one line to stderr,
+``reverse-http auth <command>: <message>`` naming the flag and the file, and exit
+with status 2, as the daemons' usage errors do.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer._click.globals import get_current_context
 
 from reverse_http import agentid
 from reverse_http.auth.jwt import ROLES, issue_token
@@ -22,6 +30,8 @@ from reverse_http.auth.keys import (
     Algorithm,
     KeyFileError,
     PrivateKey,
+    PublicKey,
+    algorithm_for_key,
     generate_private_key,
     load_private_key_pem,
     private_key_to_pem,
@@ -57,8 +67,24 @@ class _UsageError(Exception):
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    """One line on stderr, prefixed with the command (``reverse-http auth key private``)."""
+    context = get_current_context(silent=True)
+    prefix = context.command_path if context is not None else "reverse-http auth"
+    typer.echo(f"{prefix}: {message}", err=True)
     return typer.Exit(EXIT_USAGE)
+
+
+def _done(message: str) -> None:
+    """What a command wrote where, on stderr (stdout carries only keys and tokens)."""
+    typer.echo(message, err=True)
+
+
+def _describe(key: PrivateKey | PublicKey) -> str:
+    """``ES256 (EC P-256)`` or ``RS256 (RSA 4096 bits)``."""
+    algorithm = algorithm_for_key(key)
+    if algorithm == "ES256":
+        return "ES256 (EC P-256)"
+    return f"RS256 (RSA {key.key_size} bits)"
 
 
 def _read_input(path: str, flag: str) -> tuple[bytes, str]:
@@ -78,22 +104,39 @@ def _load_private(path: str, flag: str = "--in") -> PrivateKey:
         raise _UsageError(f"{flag} {exc}") from None
 
 
-def _write_output(path: str, data: bytes, *, secret: bool, flag: str = "--out") -> None:
-    """Write to stdout or a file; secret files get 0600 even when they already exist."""
+def _write_output(
+    path: str, data: bytes, *, secret: bool, replace: bool = True, flag: str = "--out"
+) -> bool:
+    """Write to stdout or a file; secret files get 0600 even when they already exist.
+
+    ``replace=False`` refuses an existing file (atomically: O_EXCL). True if a file was
+    written, False for stdout.
+    """
     if path == STDIO:
         stream = sys.stdout.buffer
         stream.write(data)
         stream.flush()
-        return
+        return False
     mode = 0o600 if secret else 0o644
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if replace else os.O_EXCL)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        fd = os.open(path, flags, mode)
         with os.fdopen(fd, "wb") as out:
             if secret:
                 os.fchmod(out.fileno(), 0o600)
             out.write(data)
+    except FileExistsError:
+        raise _exists(flag, path) from None
     except OSError as exc:
         raise _UsageError(f"{flag} {path}: {exc.strerror or type(exc).__name__}") from None
+    return True
+
+
+def _exists(flag: str, path: str) -> _UsageError:
+    return _UsageError(
+        f"{flag} {path}: file exists; replacing a signing key invalidates every token "
+        "signed with it (use --force to replace it anyway)"
+    )
 
 
 def _algorithm(value: str) -> Algorithm:
@@ -130,11 +173,18 @@ def key_private(
             help="Path to the generated private key file. Use '-' for stdout.",
         ),
     ] = DEFAULT_PRIVATE_KEY_FILE,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Replace the --out file if it exists.")
+    ] = False,
 ) -> None:
     """Generate a signing key in the reference's PEM format."""
     try:
-        key = generate_private_key(_algorithm(algo))
-        _write_output(out, private_key_to_pem(key), secret=True)
+        algorithm = _algorithm(algo)
+        if not force and out != STDIO and os.path.lexists(out):
+            raise _exists("--out", out)  # before the (slow, for RSA) key generation
+        key = generate_private_key(algorithm)
+        if _write_output(out, private_key_to_pem(key), secret=True, replace=force):
+            _done(f"wrote {_describe(key)} private key to {out} (mode 0600)")
     except _UsageError as exc:
         raise _fail(str(exc)) from None
 
@@ -157,7 +207,10 @@ def key_public(
     """Write the public half of a private key, for the proxy's verifier."""
     try:
         key = _load_private(in_)
-        _write_output(out, public_key_to_pem(public_key_of(key)), secret=False)
+        public = public_key_of(key)
+        if _write_output(out, public_key_to_pem(public), secret=False):
+            source = "<stdin>" if in_ == STDIO else in_
+            _done(f"wrote {_describe(public)} public key of {source} to {out}")
     except _UsageError as exc:
         raise _fail(str(exc)) from None
 
@@ -200,14 +253,22 @@ def jwt_token(
             raise _UsageError(f"--role: {role!r} is not one of {', '.join(ROLES)}")
         lifetime = _duration(duration)
         key = _load_private(in_)
+        now = datetime.now(UTC)
         token = issue_token(
             key,
             agent_id,
             "agent" if role == "agent" else "client",
             audience=audience or None,
             duration=lifetime,
+            now=now,
         )
-        _write_output(out, token.encode("ascii"), secret=True)
+        if _write_output(out, token.encode("ascii"), secret=True):
+            expires = datetime.fromtimestamp(math.floor((now + lifetime).timestamp()), UTC)
+            for_audience = f", audience {audience}" if audience else ""
+            _done(
+                f"wrote {role} token for agent {agent_id} ({algorithm_for_key(key)}"
+                f"{for_audience}, expires {expires:%Y-%m-%dT%H:%M:%SZ}) to {out} (mode 0600)"
+            )
     except _UsageError as exc:
         raise _fail(str(exc)) from None
 

@@ -96,8 +96,25 @@ def _file_entries(ctx: typer.Context) -> dict[str, options.FileEntry]:
 _LEADING_FLAG: Final = re.compile(r"--([a-z0-9][a-z0-9.-]*)(?=[: ]|$)")
 
 
-def _blame_file(ctx: typer.Context, message: str) -> str:
-    """A message about ``--<flag>`` names the file and key instead, if the value came from one.
+def _env_source(ctx: typer.Context, flag: str) -> str | None:
+    """The environment variable ``--<flag>``'s value came from, if it came from one.
+
+    Click reads the first of the flag's variables that is set and not empty.
+    """
+    root_flags: dict[str, str | None] = ctx.meta.get(_ROOT_LOG_KEY, {})
+    definition = options.FLAGS.get(flag)
+    if (
+        definition is None
+        or root_flags.get(flag) is not None
+        or _source_name(ctx, options.param_name(flag)) != "ENVIRONMENT"
+    ):
+        return None
+    return next((name for name in definition.envvars if os.environ.get(name)), None)
+
+
+def _blame_source(ctx: typer.Context, message: str) -> str:
+    """A message about ``--<flag>`` names the file and key, or the environment variable,
+    instead, if the value came from there.
 
     The builders in :mod:`.options` start every message about one flag's value with
     ``--<flag>``.
@@ -105,14 +122,32 @@ def _blame_file(ctx: typer.Context, message: str) -> str:
     match = _LEADING_FLAG.match(message)
     if match is None:
         return message
-    entry = _file_entries(ctx).get(match.group(1))
-    return message if entry is None else entry.label + message[match.end() :]
+    flag = match.group(1)
+    entry = _file_entries(ctx).get(flag)
+    if entry is not None:
+        return entry.label + message[match.end() :]
+    env = _env_source(ctx, flag)
+    if env is not None:
+        return f"environment variable {env}" + message[match.end() :]
+    return message
+
+
+_FLAG_OF_PARAM: Final = {options.param_name(name): name for name in options.FLAGS}
+
+
+def _bad_boolean(value: str) -> str:
+    return f"invalid boolean value {json.dumps(value)} (expected true or false)"
 
 
 def _usage_message(ctx: typer.Context, exc: UsageError) -> str:
-    """The usage error's message, plus the file and key when the bad value came from one."""
+    """The usage error's message, naming the file and key or the environment variable when
+    the bad value came from there (click says only "env var", in its own words)."""
     message = exc.format_message()
     name = getattr(getattr(exc, "param", None), "name", None)
+    flag = _FLAG_OF_PARAM.get(name or "")
+    env = None if flag is None else _env_source(ctx, flag)
+    if flag is not None and env is not None and options.FLAGS[flag].kind == "bool":
+        return f"environment variable {env}: {_bad_boolean(os.environ[env])}"
     for flag, entry in _file_entries(ctx).items():
         if name == options.param_name(flag):
             message = f"{message.rstrip('.')} (from {entry.label})"
@@ -212,7 +247,7 @@ class DaemonCommand(OneLineCommand):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            raise CliError(self.error_prefix, _blame_file(ctx, str(exc))) from None
+            raise CliError(self.error_prefix, _blame_source(ctx, str(exc))) from None
 
     def flag_values(self, ctx: typer.Context) -> dict[str, object]:
         """The resolved flag values by flag name, with the global ``--log.*`` flags applied."""
@@ -241,9 +276,7 @@ class DaemonCommand(OneLineCommand):
             elif value.strip().lower() in _FALSE:
                 out.append(f"--no-{name[2:]}")
             else:
-                raise CliError(
-                    self.error_prefix, f"{name}: invalid boolean value {json.dumps(value)}"
-                )
+                raise CliError(self.error_prefix, f"{name}: {_bad_boolean(value)}")
         return out
 
 

@@ -55,7 +55,7 @@ from ..config import (
     StoreConfig,
     TcpTls,
 )
-from ..durations import parse_duration
+from ..durations import DurationError, parse_duration
 from ..errors import ConfigError
 from ..quic.settings import ClientTls, ServerTls
 from ..store.route import InvalidRoute, ProxyAllowList, parse_route
@@ -671,7 +671,10 @@ def _file_value(flag: Flag, value: object, shown: str, path: Path) -> object:
             return value
         if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
             return _BOOL_WORDS[value.strip().lower()]
-        raise ConfigError(f"{path}: {shown}: expected true or false")
+        raise ConfigError(
+            f"{path}: {shown}: invalid boolean value {_q(_scalar_text(value))}"
+            " (expected true or false)"
+        )
     if isinstance(value, (dict, list)):
         raise ConfigError(f"{path}: {shown}: expected a single value")
     return _scalar_text(value)
@@ -850,8 +853,8 @@ class _Values:
         text = self.string(name) or ""
         try:
             seconds = parse_duration(text)
-        except ValueError:
-            raise ConfigError(f"--{name}: invalid duration {_q(text)}") from None
+        except DurationError as exc:
+            raise ConfigError(f"--{name}: invalid duration {_q(text)}: {exc.reason}") from None
         if seconds < 0 or (positive and seconds == 0):
             need = "positive" if positive else "zero or positive"
             raise ConfigError(f"--{name}: duration {_q(text)} must be {need}")
