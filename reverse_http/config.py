@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from .allowlist import AllowList
-from .quic.settings import ClientTls, ServerTls, TransportSettings
+from .quic.settings import AdmissionSettings, ClientTls, ServerTls, TransportSettings
 from .store.route import ProxyAllowList
 from .tlsfiles import present
 
@@ -96,6 +96,8 @@ class ProxyConfig:
     agent_tls: ServerTls | None = None
     agent_tls_refresh: float = 0.0
     agent_dial_timeout: float = 10.0
+    #: Retry under load and limits on agent handshakes in progress (UDP floods).
+    agent_admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     http_listen: ListenAddress = ListenAddress("", 3128)
     http_tls: TcpTls | None = None
     host_whitelist: AllowList = field(default_factory=lambda: AllowList.parse([]))

@@ -20,7 +20,7 @@ import trio
 from .accepting import accept_forever
 from .config import ListenAddress, TcpTls
 from .errors import ConfigError
-from .metrics import Health, Metrics
+from .metrics import DaemonMetrics, Health
 from .netaddr import format_address
 from .session import SessionPolicy, handle_client, refuse
 from .tlsfiles import TlsConfigError, server_ssl_context, tls_file_flag
@@ -35,7 +35,8 @@ Listener = trio.abc.Listener[trio.abc.Stream]
 class DaemonState:
     """What every daemon exposes to the CLI, tests and health checks."""
 
-    metrics: Metrics = field(default_factory=Metrics)
+    #: The daemon's own metric set (each daemon narrows the type to its own).
+    metrics: DaemonMetrics = field(default_factory=DaemonMetrics)
     health: Health = field(default_factory=Health)
     #: Listeners bound and not draining (readiness).
     listening: bool = False

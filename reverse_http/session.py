@@ -15,7 +15,7 @@ import trio
 
 from .allowlist import AllowList
 from .auth.authenticator import Authenticator, AuthError
-from .metrics import Metrics
+from .metrics import SessionMetrics
 from .relay import RelayStats, relay
 from .wire.http import (
     PROXY_AUTHENTICATE,
@@ -49,7 +49,7 @@ class SessionPolicy:
     allow: AllowList
     open_upstream: OpenUpstream
     header_timeout: float = 10.0
-    metrics: Metrics | None = None
+    metrics: SessionMetrics | None = None
     max_header_bytes: int = 16 * 1024
 
 

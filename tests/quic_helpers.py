@@ -11,6 +11,7 @@ import trio
 
 from reverse_http.devcerts import CertFiles
 from reverse_http.quic import (
+    AdmissionSettings,
     ClientTls,
     Connection,
     QuicServer,
@@ -64,6 +65,7 @@ async def quic_pair(
     client_transport: TransportSettings | None = None,
     handler: Callable[[Connection], Awaitable[None]] | None = None,
     retry: bool = False,
+    admission: AdmissionSettings | None = None,
 ) -> AsyncIterator[Pair]:
     """A server on 127.0.0.1:ephemeral and one client connected to it."""
     send, receive = trio.open_memory_channel[Connection](16)
@@ -72,7 +74,9 @@ async def quic_pair(
         await send.send(conn)
         await conn.wait_closed()
 
-    settings = server_settings(certs, server_transport, retry=retry)
+    settings = server_settings(
+        certs, server_transport, admission=admission or AdmissionSettings(retry=retry)
+    )
     async with trio.open_nursery() as nursery:
         server: QuicServer = await nursery.start(
             serve_quic, handler or default_handler, "127.0.0.1", 0, settings

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import prometheus_client
 import pytest
 import trio
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from reverse_http import metrics as metrics_module
@@ -17,7 +21,10 @@ from reverse_http.metrics import (
     OTHER_AGENT,
     STORE_ERROR_KINDS,
     STORE_OPS,
+    AgentMetrics,
+    DaemonMetrics,
     Health,
+    LbMetrics,
     Metrics,
     serve_metrics,
 )
@@ -27,7 +34,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @asynccontextmanager
-async def serving(metrics: Metrics, health: Health | None = None) -> AsyncIterator[str]:
+async def serving(metrics: DaemonMetrics, health: Health | None = None) -> AsyncIterator[str]:
     """serve_metrics on a kernel-chosen loopback port; yields its base URL."""
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve_metrics, "127.0.0.1", 0, metrics, health or Health())
@@ -111,7 +118,7 @@ async def test_scrape_shows_exact_values() -> None:
     assert value(s, "connect_setup_seconds_bucket", le="10.0") == 2
     assert value(s, "connect_setup_seconds_bucket", le="+Inf") == 2
     assert value(s, "connect_setup_seconds_bucket", le="0.0005") == 0
-    assert value(s, "store_errors_total", op="get", kind="unavailable") == 3
+    assert value(s, "store_errors_total", op="set", kind="unavailable") == 3
     assert value(s, "store_errors_total", op="set", kind="invalid_key") == 1
     assert value(s, "store_errors_total", op="refresh", kind="unavailable") == 0
     store_labels = {lb for (n, lb) in s if n.endswith("store_errors_total")}
@@ -137,7 +144,7 @@ async def test_quic_gauges_per_agent() -> None:
         s = await scrape(base)
     assert agents_of(s, "quic_rtt_seconds") == {"edge-1": 0.5}
     assert agents_of(s, "quic_congestion_window_bytes") == {"edge-1": 30000}
-    assert agents_of(s, "quic_lost_packets") == {"edge-1": 4}
+    assert agents_of(s, "quic_lost_packets_total") == {"edge-1": 4}
 
 
 async def test_agent_label_cardinality_is_bounded() -> None:
@@ -150,7 +157,7 @@ async def test_agent_label_cardinality_is_bounded() -> None:
         s = await scrape(base)
 
     assert value(s, "agents_connected") == 150
-    for name in ("quic_rtt_seconds", "quic_congestion_window_bytes", "quic_lost_packets"):
+    for name in ("quic_rtt_seconds", "quic_congestion_window_bytes", "quic_lost_packets_total"):
         series = agents_of(s, name)
         assert OTHER_AGENT in series
         named = set(series) - {OTHER_AGENT}
@@ -161,13 +168,16 @@ async def test_agent_label_cardinality_is_bounded() -> None:
     assert agents_of(s, "quic_congestion_window_bytes")[OTHER_AGENT] == sum(
         1000 * i for i in overflow
     )
-    assert agents_of(s, "quic_lost_packets")[OTHER_AGENT] == sum(overflow)
-    assert agents_of(s, "quic_lost_packets")["agent-42"] == 42
+    assert agents_of(s, "quic_lost_packets_total")[OTHER_AGENT] == sum(overflow)
+    assert agents_of(s, "quic_lost_packets_total")["agent-42"] == 42
 
-    # An update from an agent already in "_other" replaces its share, not adds to it.
+    # An update from an agent already in "_other" replaces its share of the gauges;
+    # losses are a counter: a lower count (a new connection) adds nothing, a higher one
+    # only its increase.
     m.update_quic("agent-149", rtt=0.75, cwnd=0, lost=0)
+    m.update_quic("agent-148", rtt=0.25, cwnd=1000 * 148, lost=150)
     s = await _local_scrape(m)
-    assert agents_of(s, "quic_lost_packets")[OTHER_AGENT] == sum(overflow) - 149
+    assert agents_of(s, "quic_lost_packets_total")[OTHER_AGENT] == sum(overflow) + 2
     assert agents_of(s, "quic_congestion_window_bytes")[OTHER_AGENT] == sum(
         1000 * i for i in range(100, 149)
     )
@@ -184,31 +194,32 @@ async def test_forget_removes_series_and_promotes_from_other() -> None:
         m.agent_connected(agent)
         m.update_quic(agent, rtt=0.5, cwnd=100, lost=lost)
     s = await _local_scrape(m)
-    assert agents_of(s, "quic_lost_packets") == {"a": 1, "b": 2, OTHER_AGENT: 7}
+    assert agents_of(s, "quic_lost_packets_total") == {"a": 1, "b": 2, OTHER_AGENT: 7}
 
     # "replaced": the same id lives on over a newer connection, so its series stay.
     m.agent_connected("a")
     m.agent_disconnected("a", "replaced")
     s = await _local_scrape(m)
-    assert agents_of(s, "quic_lost_packets") == {"a": 1, "b": 2, OTHER_AGENT: 7}
+    assert agents_of(s, "quic_lost_packets_total") == {"a": 1, "b": 2, OTHER_AGENT: 7}
     assert value(s, "agents_connected") == 4
 
-    # A named agent leaves: its series go, the oldest "_other" agent takes the slot.
+    # A named agent leaves: its series go, the oldest "_other" agent takes the slot;
+    # the "_other" loss counter never goes back while it exists.
     m.agent_disconnected("a", "closed")
     s = await _local_scrape(m)
-    assert agents_of(s, "quic_lost_packets") == {"b": 2, "c": 3, OTHER_AGENT: 4}
+    assert agents_of(s, "quic_lost_packets_total") == {"b": 2, "c": 3, OTHER_AGENT: 7}
     assert agents_of(s, "quic_rtt_seconds") == {"b": 0.5, "c": 0.5, OTHER_AGENT: 0.5}
 
     # The last "_other" agent leaves: the aggregate series goes too.
     m.agent_disconnected("d", "closed")
     m.forget_agent("d")  # idempotent
     s = await _local_scrape(m)
-    assert agents_of(s, "quic_lost_packets") == {"b": 2, "c": 3}
+    assert agents_of(s, "quic_lost_packets_total") == {"b": 2, "c": 3}
 
     m.agent_disconnected("b", "idle_timeout")
     m.agent_disconnected("c", "shutdown")
     s = await _local_scrape(m)
-    for name in ("quic_rtt_seconds", "quic_congestion_window_bytes", "quic_lost_packets"):
+    for name in ("quic_rtt_seconds", "quic_congestion_window_bytes", "quic_lost_packets_total"):
         assert agents_of(s, name) == {}
     assert value(s, "agents_connected") == 0
 
@@ -222,7 +233,7 @@ def test_agent_named_like_the_aggregate_is_aggregated() -> None:
         x.labels["agent"]: x.value
         for f in families
         for x in f.samples
-        if x.name == "reverse_http_quic_lost_packets"
+        if x.name == "reverse_http_quic_lost_packets_total"
     }
     assert lost == {OTHER_AGENT: 1, "real": 2}
 
@@ -399,10 +410,10 @@ def test_registries_are_private() -> None:
     first.store_error()
     assert first.registry is not second.registry
     assert first.registry is not prometheus_client.REGISTRY
-    sample = b'reverse_http_store_errors_total{kind="unavailable",op="get"}'
+    sample = b'reverse_http_store_errors_total{kind="unavailable",op="set"}'
     assert sample + b" 1.0" in first.exposition()
     assert sample + b" 0.0" in second.exposition()
-    labels = {"kind": "unavailable", "op": "get"}
+    labels = {"kind": "unavailable", "op": "set"}
     global_value = prometheus_client.REGISTRY.get_sample_value
     assert global_value("reverse_http_store_errors_total", labels) is None
 
@@ -417,3 +428,129 @@ async def test_a_failing_collection_is_a_500_not_a_dead_server() -> None:
         assert r.status_code == 500
         r = await get(base + "/healthz")
         assert r.status_code == 200
+
+
+async def get_with(url: str, accept: str) -> httpx.Response:
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        return await client.get(url, headers={"Accept": accept})
+
+
+async def test_openmetrics_on_request_text_format_otherwise() -> None:
+    m = Metrics()
+    m.session_started()
+    m.session_finished(200, up=10, down=20, setup_seconds=0.01)
+    prometheus_accept = (
+        "application/openmetrics-text;version=1.0.0;q=0.5,"
+        "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.1"
+    )
+    async with serving(m) as base:
+        om = await get_with(base + "/metrics", prometheus_accept)
+        text = await get_with(base + "/metrics", "text/plain")
+        refused = await get_with(base + "/metrics", "application/openmetrics-text;q=0")
+    assert om.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert om.text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_parser.text_string_to_metric_families(om.text)}
+    sessions = families["reverse_http_connect_sessions"]
+    assert sessions.type == "counter"
+    # OpenMetrics: the creation time belongs to the counter's own family
+    assert {s.name for s in sessions.samples} == {
+        "reverse_http_connect_sessions_total",
+        "reverse_http_connect_sessions_created",
+    }
+    for response in (text, refused):
+        assert response.headers["content-type"] == prometheus_client.CONTENT_TYPE_LATEST
+        assert "# EOF" not in response.text
+        # 0.0.4: a counter is its _total series only, no _created gauge beside it
+        assert "_created" not in response.text
+        assert 'reverse_http_connect_sessions_total{status="200"} 1.0' in response.text
+
+
+def test_wants_openmetrics() -> None:
+    assert metrics_module.wants_openmetrics("application/openmetrics-text")
+    assert metrics_module.wants_openmetrics("text/plain, Application/OpenMetrics-Text; q=0.2")
+    assert not metrics_module.wants_openmetrics("application/openmetrics-text; q=0")
+    assert not metrics_module.wants_openmetrics("application/openmetrics-text; q=x")
+    assert not metrics_module.wants_openmetrics("text/plain;version=0.0.4, */*")
+    assert not metrics_module.wants_openmetrics("")
+
+
+PROC_STAT = Path("/proc/self/stat")
+
+
+@pytest.mark.skipif(not PROC_STAT.exists(), reason="process metrics come from /proc")
+@pytest.mark.parametrize("make", [Metrics, LbMetrics, AgentMetrics])
+async def test_every_daemon_exports_process_metrics(make: type[DaemonMetrics]) -> None:
+    async with serving(make()) as base:
+        s = await scrape(base)
+    flat = {name: v for (name, labels), v in s.items() if not labels}
+    rss = flat["process_resident_memory_bytes"]
+    assert 10 * 2**20 < rss < 4 * 2**30  # a Python process with trio: tens of MiB
+    assert flat["process_virtual_memory_bytes"] >= rss
+    # listing /proc/self/fd opens one more; the scrape's own sockets may have closed
+    assert abs(flat["process_open_fds"] - len(os.listdir("/proc/self/fd"))) <= 3
+    assert 0 < flat["process_cpu_seconds_total"] < time.process_time() + 1
+    assert abs(flat["process_start_time_seconds"] - (time.time() - _uptime())) < 5
+
+
+def _uptime() -> float:
+    """Seconds since this process started, from /proc (as the collector reads it)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    start = int(PROC_STAT.read_text().rsplit(")", 1)[1].split()[19]) / ticks
+    boot_uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return boot_uptime - start
+
+
+def test_each_daemon_has_its_own_set() -> None:
+    def names(m: DaemonMetrics) -> set[str]:
+        return {f.name for f in m.registry.collect() if f.name.startswith("reverse_http_")}
+
+    proxy, lb, agent = names(Metrics()), names(LbMetrics()), names(AgentMetrics())
+    assert "reverse_http_agents_connected" in proxy
+    assert "reverse_http_agent_replacements" in proxy
+    # the LB holds no agent connections: no agent or QUIC series there
+    assert not {n for n in lb if "agent" in n or "quic" in n}
+    assert {"reverse_http_lb_route_lookups", "reverse_http_lb_upstream_dial_seconds"} <= lb
+    assert {"reverse_http_store_errors", "reverse_http_connect_sessions"} <= lb
+    # the agent: its own tunnels, no copy of the proxy's series
+    assert not agent & (
+        proxy
+        - {
+            "reverse_http_quic_rtt_seconds",
+            "reverse_http_quic_congestion_window_bytes",
+            "reverse_http_quic_lost_packets",
+        }
+    )
+    assert {
+        "reverse_http_agent_sessions_opened",
+        "reverse_http_agent_sessions_failed",
+        "reverse_http_agent_dial_seconds",
+        "reverse_http_agent_relay_bytes",
+        "reverse_http_agent_reconnects",
+        "reverse_http_agent_replaced",
+        "reverse_http_agent_connection_state",
+    } <= agent
+
+
+async def test_agent_counts_losses_across_connections() -> None:
+    m = AgentMetrics()
+    live = {"rtt_seconds": 0.02, "congestion_window_bytes": 14000.0, "lost_packets": 3.0}
+    m.attempt()
+    m.connected(lambda: live)
+    async with serving(m) as base:
+        s = await scrape(base)
+        assert value(s, "quic_rtt_seconds") == 0.02
+        assert value(s, "quic_lost_packets_total") == 3
+        assert value(s, "agent_connection_state", state="connected") == 1
+        m.disconnected(dict(live, lost_packets=5.0), replaced=True)
+        m.attempt()
+        s = await scrape(base)
+        assert value(s, "quic_rtt_seconds") is None  # no connection, no RTT
+        assert value(s, "quic_lost_packets_total") == 5
+        assert value(s, "agent_connection_state", state="connecting") == 1
+        assert value(s, "agent_connection_state", state="connected") == 0
+        assert value(s, "agent_replaced_total") == 1
+        assert value(s, "agent_reconnects_total") == 1
+        m.connected(lambda: dict(live, lost_packets=1.0))
+        s = await scrape(base)
+        assert value(s, "quic_lost_packets_total") == 6
+        assert value(s, "agent_connections_total") == 2

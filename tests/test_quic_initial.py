@@ -30,8 +30,10 @@ def client_hello_datagram() -> bytes:
     return quic.datagrams_to_send(now=0.0)[0][0]
 
 
-def initial_with(frames: bytes, dcid: bytes = DCID) -> bytes:
-    """A client Initial padded to 1200 bytes carrying ``frames`` (raw frame bytes)."""
+def initial_with(
+    frames: bytes, dcid: bytes = DCID, token: bytes = b"", size: int = 1200
+) -> bytes:
+    """A client Initial padded to ``size`` bytes carrying ``frames`` (raw frame bytes)."""
     pair = CryptoPair()
     pair.setup_initial(cid=dcid, is_client=True, version=QuicProtocolVersion.VERSION_1)
     builder = QuicPacketBuilder(
@@ -39,12 +41,14 @@ def initial_with(frames: bytes, dcid: bytes = DCID) -> bytes:
         peer_cid=dcid,
         version=QuicProtocolVersion.VERSION_1,
         is_client=True,
-        max_datagram_size=1200,
+        max_datagram_size=size,
+        peer_token=token,
     )
     builder.start_packet(QuicPacketType.INITIAL, pair)
-    buf = builder.start_frame(frames[0], capacity=1200 - 100)
+    room = size - 100 - len(token)
+    buf = builder.start_frame(frames[0], capacity=room)
     buf.push_bytes(frames[1:])
-    buf.push_bytes(bytes(1200 - 100 - len(frames)))  # PADDING
+    buf.push_bytes(bytes(room - len(frames)))  # PADDING
     datagrams, _ = builder.flush()
     return datagrams[0]
 

@@ -21,7 +21,7 @@ import trio
 
 from ..config import AgentConfig
 from ..errors import ConfigError
-from ..metrics import Health, Metrics, serve_metrics
+from ..metrics import AgentMetrics, Health, serve_metrics
 from ..quic import Connection, ConnectionError, QuicStream, connect
 from ..quic.settings import TlsConfigError, client_configuration
 from ..systemd import Notifier, run_watchdog
@@ -72,7 +72,7 @@ class AgentHandle:
     proxy_draining: bool = False
     #: The last state change, as logged ("connected to ...", "cannot connect ...").
     last_state: str = ""
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: AgentMetrics = field(default_factory=AgentMetrics)
     health: Health = field(default_factory=Health)
     _stop: trio.Event = field(default_factory=trio.Event)
 

@@ -35,7 +35,7 @@ from ..auth.authenticator import Authenticator
 from ..config import ConnectorTls, LbConfig
 from ..errors import ConfigError
 from ..frontend import DaemonState, SessionFrontend, open_http_listeners, watch_signals
-from ..metrics import Metrics, serve_metrics
+from ..metrics import LbMetrics, serve_metrics
 from ..netaddr import format_address
 from ..safetext import safe_text
 from ..session import SessionPolicy, Upstream
@@ -55,6 +55,7 @@ REFUSAL_LOG_INTERVAL: Final = 10.0
 @dataclass(kw_only=True)
 class LbServer(DaemonState):
     config: LbConfig
+    metrics: LbMetrics = field(default_factory=LbMetrics)
     store: RouteStore | None = None
     frontend: SessionFrontend | None = None
 
@@ -271,7 +272,7 @@ class ProxyConnector:
     tls: ssl.SSLContext | None = None
     server_name: str | None = None
     connect_timeout: float = 10.0
-    metrics: Metrics | None = None
+    metrics: LbMetrics | None = None
     resolve: Resolve = resolve_addresses
     throttled: ThrottledLog = field(default_factory=lambda: ThrottledLog(log))
 

@@ -60,6 +60,7 @@ class ProxyServer(DaemonState):
     """Handles a running proxy exposes to tests and to the CLI."""
 
     config: ProxyConfig
+    metrics: Metrics = field(default_factory=Metrics)
     registry: AgentRegistry = field(default_factory=AgentRegistry)
     quic: QuicServer | None = None
     frontend: SessionFrontend | None = None

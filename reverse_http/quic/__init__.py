@@ -5,6 +5,7 @@ from .connection import CloseInfo, Connection, ConnectionError, StreamLimitError
 from .server import QuicServer, serve_quic
 from .settings import (
     DEFAULT_ALPN,
+    AdmissionSettings,
     ClientTls,
     ServerSettings,
     ServerTls,
@@ -15,6 +16,7 @@ from .stream import QuicStream
 
 __all__ = [
     "DEFAULT_ALPN",
+    "AdmissionSettings",
     "ClientTls",
     "CloseInfo",
     "Connection",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
@@ -27,14 +27,14 @@ from aioquic.quic.packet import (
     encode_quic_version_negotiation,
     pull_quic_header,
 )
-from aioquic.quic.retry import QuicRetryTokenHandler
 
+from .admission import Admission, TokenBucket, source_key
 from .connection import Connection, ConnectionError
 from .driver import Driver
 from .endpoint import UdpEndpoint
 from .initial import opens_handshake
 from .protocol import TunnelQuicConnection, encode_invalid_token_close
-from .reset import derive_reset_key, encode_reset, reset_token
+from .reset import MIN_RESET_SIZE, derive_reset_key, encode_reset, reset_token
 from .settings import ClientCertVerifier, ServerSettings, client_verifier, server_configuration
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,11 @@ Handler = Callable[[Connection], Awaitable[None]]
 #: Stateless resets sent per second at most (a restarted proxy with 5000 agents that
 #: keep alive every 10 s needs 500).
 RESETS_PER_SECOND = 2000
+#: Version Negotiation and INVALID_TOKEN closes sent per second at most: floods of
+#: them are what a reflection attack asks for, a real client needs one.
+ANSWERS_PER_SECOND = 1000
+#: Initials of new connections waiting for the end of their receive batch.
+MAX_QUEUED_INITIALS = 4096
 
 
 class QuicServer:
@@ -59,20 +64,40 @@ class QuicServer:
         self._routes: dict[bytes, Connection] = {}
         self._cids: dict[Connection, set[bytes]] = {}
         self._new_initials: list[tuple[bytes, Any, Any]] = []
-        self._retry = QuicRetryTokenHandler() if settings.retry else None
-        self._pending_handshakes = 0
+        now = trio.current_time()
+        self.admission = Admission(settings.admission, now)
+        #: The source (see admission.source_key) of each connection still in handshake.
+        self._handshake_sources: dict[Connection, str] = {}
         self._accepting = True
         self.connections: set[Connection] = set()
         self._spawn: Callable[[Connection], None] | None = None
-        self.initials_dropped = 0
         self._reset_key = settings.stateless_reset_key or derive_reset_key(
             settings.tls.key_file.read_bytes()
         )
-        self._reset_budget = float(RESETS_PER_SECOND)
-        self._reset_refilled_at = trio.current_time()
+        self._reset_budget = TokenBucket(RESETS_PER_SECOND, now)
+        self._answer_budget = TokenBucket(ANSWERS_PER_SECOND, now)
         self.resets_sent = 0
-        #: Initials that did not decrypt or carried no ClientHello; no state was kept.
-        self.initials_refused = 0
+        self.versions_negotiated = 0
+
+    # --- counters (what metrics.Metrics.watch_agent_server reads) -----------------------
+
+    @property
+    def initials_refused(self) -> int:
+        """Initials that did not decrypt or carried no ClientHello; no state was kept."""
+        return self.admission.dropped["undecryptable"]
+
+    @property
+    def initials_dropped(self) -> Mapping[str, int]:
+        """Initials of new connections dropped, by reason (admission.DROP_REASONS)."""
+        return self.admission.dropped
+
+    @property
+    def retries_sent(self) -> int:
+        return self.admission.retries_sent
+
+    @property
+    def handshakes_pending(self) -> int:
+        return self.admission.pending
 
     @property
     def local_address(self) -> Any:
@@ -117,11 +142,25 @@ class QuicServer:
         if conn is not None:
             conn.datagram_received(data, addr, now)
             return
-        if header.packet_type == QuicPacketType.INITIAL and len(self._new_initials) < 4096:
-            # New connections wait for the end of the batch: established traffic first.
-            self._new_initials.append((data, addr, header))
+        supported = header.version in self._configuration.supported_versions
+        is_initial = supported and header.packet_type == QuicPacketType.INITIAL
+        if len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+            # RFC 9000 14.1: an Initial in a datagram this small opens nothing, and no
+            # answer (Version Negotiation neither) goes to one: nothing to amplify.
+            if is_initial:
+                self.admission.drop("too_small", now)
             return
-        self._new_connection(data, addr, header, now)
+        if not supported:
+            if header.packet_type != QuicPacketType.VERSION_NEGOTIATION:
+                self._negotiate_version(header, addr, now)
+            return
+        if not is_initial:
+            return  # Handshake or 0-RTT for a connection we do not know
+        if len(self._new_initials) >= MAX_QUEUED_INITIALS:
+            self.admission.drop("busy", now)
+            return
+        # New connections wait for the end of the batch: established traffic first.
+        self._new_initials.append((data, addr, header))
 
     def _after_batch(self) -> None:
         """Admit the batch's new connections (a bounded number, in arrival order), then
@@ -133,88 +172,88 @@ class QuicServer:
             conn = self._routes.get(header.destination_cid)
             if conn is not None:  # a retransmitted Initial of one admitted just now
                 conn.datagram_received(data, addr, now)
-            elif admitted < self.settings.handshakes_per_batch:
+            elif admitted < self.settings.admission.handshakes_per_batch:
                 admitted += self._new_connection(data, addr, header, now)
             else:
-                self.initials_dropped += 1  # the client resends it
+                self.admission.drop("busy", now)  # the client resends it
+        self.admission.log.flush(now)
         self.driver.flush()
 
-    def _new_connection(self, data: bytes, addr: Any, header: Any, now: float) -> bool:
-        """Version negotiation, retry, or a new connection; True when one was created."""
-        cfg = self._configuration
-        if (
-            header.packet_type != QuicPacketType.VERSION_NEGOTIATION
-            and header.version is not None
-            and header.version not in cfg.supported_versions
-        ):
+    def _negotiate_version(self, header: Any, addr: Any, now: float) -> None:
+        if self._answer_budget.take(now):
+            self.versions_negotiated += 1
             self._send_now(
                 encode_quic_version_negotiation(
                     source_cid=header.destination_cid,
                     destination_cid=header.source_cid,
-                    supported_versions=cfg.supported_versions,
+                    supported_versions=self._configuration.supported_versions,
                 ),
                 addr,
             )
-            return False
-        if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
-            return False
+
+    def _new_connection(self, data: bytes, addr: Any, header: Any, now: float) -> bool:
+        """Retry, a refusal, or a new connection for an Initial of a supported version
+        in a full-sized datagram; True when a connection was created."""
         if not self._accepting or self._spawn is None:
             return False
+        admission = self.admission
         if not opens_handshake(data, self._cid_length):
-            self.initials_refused += 1
+            admission.drop("undecryptable", now)
             return False
-        if self._pending_handshakes >= self.settings.max_pending_handshakes:
-            self.initials_dropped += 1
-            return False
-        version = header.version
-        assert version is not None  # an Initial always has a long header
+        admission.initial_seen(now)
+        version: int = header.version
         odcid: bytes = header.destination_cid
         retry_scid: bytes | None = None
-        if self._retry is not None:
-            if not header.token:
-                scid = os.urandom(8)
-                token = self._retry.create_token(
-                    address=addr,
-                    original_destination_connection_id=header.destination_cid,
-                    retry_source_connection_id=scid,
-                    now=now,
-                )
-                self._send_now(
-                    encode_quic_retry(
-                        version=version,
-                        source_cid=scid,
-                        destination_cid=header.source_cid,
-                        original_destination_cid=header.destination_cid,
-                        retry_token=token,
-                    ),
-                    addr,
-                )
+        if header.token:
+            # We issue no NEW_TOKEN: a token is from one of our Retries, whatever the load
+            # is now, and the connection must tell the client it saw that Retry.
+            validated = admission.validate_token(addr, odcid, header.token, now)
+            if validated is None:
+                admission.drop("invalid_token", now)
+                if self._answer_budget.take(now):
+                    self._send_now(
+                        encode_invalid_token_close(
+                            version=version,
+                            source_cid=header.destination_cid,
+                            destination_cid=header.source_cid,
+                        ),
+                        addr,
+                    )
                 return False
-            try:
-                odcid = self._retry.validate_token(
-                    address=addr,
-                    destination_cid=header.destination_cid,
-                    token=header.token,
-                    now=now,
-                )
-            except ValueError:
-                self._send_now(
-                    encode_invalid_token_close(
-                        version=version,
-                        source_cid=header.destination_cid,
-                        destination_cid=header.source_cid,
-                    ),
-                    addr,
-                )
-                return False
-            retry_scid = header.destination_cid
+            odcid, retry_scid = validated, header.destination_cid
+        elif admission.retry_required(now):
+            scid = os.urandom(self._cid_length)
+            token = admission.create_token(addr, header.destination_cid, scid, now)
+            self._send_now(
+                encode_quic_retry(
+                    version=version,
+                    source_cid=scid,
+                    destination_cid=header.source_cid,
+                    original_destination_cid=header.destination_cid,
+                    retry_token=token,
+                ),
+                addr,
+            )
+            admission.retry_sent(now)
+            return False
+        source = source_key(addr)
+        refusal = admission.limit_reached(source)
+        if refusal is not None:
+            admission.drop(refusal, now)  # the client resends its Initial
+            return False
         conn = self._create_connection(odcid, retry_scid, addr)
         self._route(header.destination_cid, conn)
         self._route(conn.host_cid, conn)
-        self._pending_handshakes += 1
+        admission.started(source)
+        self._handshake_sources[conn] = source
         self._spawn(conn)
         conn.datagram_received(data, addr, now)
         return True
+
+    def _handshake_over(self, conn: Connection) -> None:
+        source = self._handshake_sources.pop(conn, None)
+        if source is not None:
+            self.admission.finished(source)
 
     def _create_connection(self, odcid: bytes, retry_scid: bytes | None, addr: Any) -> Connection:
         t = self.settings.transport
@@ -252,16 +291,11 @@ class QuicServer:
     def _send_reset(self, cid: bytes, size: int, addr: Any, now: float) -> None:
         """Tell the sender of a packet for a connection we do not know that it is gone
         (we restarted, or a load balancer moved it here), at a bounded rate."""
-        elapsed = now - self._reset_refilled_at
-        self._reset_refilled_at = now
-        self._reset_budget = min(
-            RESETS_PER_SECOND, self._reset_budget + elapsed * RESETS_PER_SECOND
-        )
-        if self._reset_budget < 1:
+        if size <= MIN_RESET_SIZE:
             return
-        reset = encode_reset(reset_token(self._reset_key, cid), size)
-        if reset is not None:
-            self._reset_budget -= 1
+        if self._reset_budget.take(now):
+            reset = encode_reset(reset_token(self._reset_key, cid), size)
+            assert reset is not None  # size checked above
             self.resets_sent += 1
             self._send_now(reset, addr)
 
@@ -287,7 +321,6 @@ class QuicServer:
             await self.endpoint.run(self.dispatch, self._after_batch)
 
     async def _connection_lifetime(self, conn: Connection, handler: Handler) -> None:
-        handshake_counted = True
         self.connections.add(conn)
         try:
             with trio.CancelScope() as scope:
@@ -298,8 +331,7 @@ class QuicServer:
                     log.debug("handshake with %s failed: %s", conn.peer_address, exc)
                     return
                 finally:
-                    self._pending_handshakes -= 1
-                    handshake_counted = False
+                    self._handshake_over(conn)
                 try:
                     await handler(conn)
                 except* ConnectionError:
@@ -314,8 +346,7 @@ class QuicServer:
                     conn.abort(1, "internal error")
                 await conn.close()
         finally:
-            if handshake_counted:
-                self._pending_handshakes -= 1
+            self._handshake_over(conn)
             conn.abort_now()
             self._forget(conn)
 

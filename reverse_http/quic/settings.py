@@ -17,10 +17,12 @@ from ..tlsfiles import (
     load_key_pair,
     present,
 )
+from .admission import AdmissionSettings
 from .congestion import algorithm_name
 
 __all__ = [
     "DEFAULT_ALPN",
+    "AdmissionSettings",
     "ClientCertVerifier",
     "ClientTls",
     "ServerSettings",
@@ -143,14 +145,8 @@ class ClientTls:
 class ServerSettings:
     tls: ServerTls
     transport: TransportSettings = field(default_factory=TransportSettings)
-    #: Stateless retry proves the client's address before any state is kept.
-    retry: bool = False
-    #: Connections still in handshake beyond this are dropped (Initial floods). A
-    #: handshake costs milliseconds of CPU: too many at once and none finishes in time.
-    max_pending_handshakes: int = 256
-    #: New connections admitted per receive batch, after the batch's established
-    #: traffic; further Initials are dropped and the clients resend them.
-    handshakes_per_batch: int = 16
+    #: Retry under load, limits on handshakes in progress (Initial floods).
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     #: Key of the stateless reset tokens; None derives it from the TLS private key file,
     #: so a restarted proxy, or another one sharing the key, can reset our connections.
     stateless_reset_key: bytes | None = None

@@ -1,0 +1,56 @@
+"""The agent server's defences against floods, as Prometheus metrics.
+
+Read from the :class:`~reverse_http.quic.QuicServer`'s counters at scrape time, so
+the receive loop pays nothing per dropped datagram. Labels are the fixed
+``DROP_REASONS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ..metrics import PREFIX
+from ..quic import QuicServer
+from ..quic.admission import DROP_REASONS
+
+
+class AgentServerCollector:
+    """``quic_retries_sent_total``, ``quic_initials_dropped_total{reason}``,
+    ``quic_handshakes_pending`` and ``quic_stateless_resets_sent_total``."""
+
+    def __init__(self, server: QuicServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._server
+        retries = CounterMetricFamily(
+            PREFIX + "quic_retries_sent",
+            "Retry packets sent to new agent connections (address validation under load).",
+        )
+        retries.add_metric([], s.retries_sent)
+        dropped = CounterMetricFamily(
+            PREFIX + "quic_initials_dropped",
+            "Initials of new agent connections dropped without keeping state, by reason.",
+            labels=["reason"],
+        )
+        counts = s.initials_dropped
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], counts.get(reason, 0))
+        resets = CounterMetricFamily(
+            PREFIX + "quic_stateless_resets_sent",
+            "Stateless resets sent for packets of connections this proxy does not know.",
+        )
+        resets.add_metric([], s.resets_sent)
+        pending = GaugeMetricFamily(
+            PREFIX + "quic_handshakes_pending",
+            "Agent connections in handshake right now.",
+            value=s.handshakes_pending,
+        )
+        yield from (retries, dropped, resets, pending)
+
+
+def watch_agent_server(registry: CollectorRegistry, server: QuicServer) -> None:
+    registry.register(AgentServerCollector(server))

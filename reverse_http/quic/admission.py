@@ -1,0 +1,238 @@
+"""Which new connections the agent server takes on (sans-IO: every call gets ``now``).
+
+A handshake costs the server milliseconds of CPU and a connection's memory, a
+forged Initial costs its sender one datagram. So, for an Initial that decrypted and
+carries a ClientHello (see :mod:`.initial`):
+
+- **Retry under load.** While handshakes in progress or the rate of new Initials are
+  above a threshold (or always, when configured), a client without a token gets a
+  stateless Retry: only a client that receives at its source address comes back,
+  one round trip later. Below the thresholds nobody pays that round trip.
+- **Tokens** are aioquic's: AES-GCM under a per-process key, bound to the client's
+  address and port, the original and the Retry connection IDs, valid 30 s.
+- **Limits on handshakes in progress**, per source (an IPv4 address, an IPv6 /64)
+  and in total. Beyond them Initials are dropped; their clients resend.
+- **Attack logs are summaries**: one WARN per interval with what was dropped and
+  sent, never a line per packet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from aioquic.quic.retry import QuicRetryTokenHandler
+
+log = logging.getLogger(__name__)
+
+#: Every reason an Initial for a new connection is dropped (``initials_dropped[reason]``).
+DROP_REASONS = (
+    "too_small",  # a datagram below 1200 bytes cannot open a connection (RFC 9000 14.1)
+    "undecryptable",  # no Initial that decrypts with its DCID's keys, or no ClientHello
+    "invalid_token",  # a token we did not issue to this address, or expired
+    "source_limit",  # the source has max_pending_per_source handshakes in progress
+    "global_limit",  # max_pending_handshakes handshakes in progress
+    "busy",  # more new connections in one receive batch than handshakes_per_batch
+)
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    """Thresholds of :class:`Admission`; the defaults take a fleet of thousands of
+    agents reconnecting at once (with Retry) and refuse no ordinary start-up."""
+
+    #: Retry every new connection, whatever the load.
+    retry: bool = False
+    #: Retry while at least this many handshakes are in progress.
+    retry_pending_threshold: int = 64
+    #: Retry while new Initials arrive faster than this many per second.
+    retry_initial_rate: float = 200.0
+    #: Handshakes in progress in total; Initials beyond are dropped. A handshake costs
+    #: milliseconds of CPU: too many at once and none finishes in time.
+    max_pending_handshakes: int = 256
+    #: Handshakes in progress from one source (IPv4 address, IPv6 /64).
+    max_pending_per_source: int = 64
+    #: New connections admitted per receive batch, after the batch's established
+    #: traffic; further Initials are dropped and the clients resend them.
+    handshakes_per_batch: int = 16
+    #: At most one attack summary per this many seconds.
+    log_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "retry_pending_threshold",
+            "max_pending_handshakes",
+            "max_pending_per_source",
+            "handshakes_per_batch",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.retry_initial_rate <= 0 or self.log_interval <= 0:
+            raise ValueError("retry_initial_rate and log_interval must be positive")
+
+
+def source_key(addr: Any) -> str:
+    """What one source is: an IPv4 address, or the /64 of an IPv6 one (a single host
+    owns a /64, and picks any address in it)."""
+    host = str(addr[0])
+    if ":" not in host or host.startswith("::ffff:"):
+        return host
+    try:
+        return str(ipaddress.IPv6Network((host.split("%", 1)[0], 64), strict=False))
+    except ValueError:
+        return host
+
+
+class RateMeter:
+    """Events per second over the last second (two fixed windows, interpolated)."""
+
+    def __init__(self, now: float, window: float = 1.0) -> None:
+        self._window = window
+        self._start = now
+        self._current = 0
+        self._previous = 0
+
+    def _roll(self, now: float) -> None:
+        elapsed = now - self._start
+        if elapsed < self._window:
+            return
+        if elapsed < 2 * self._window:
+            self._previous, self._current = self._current, 0
+            self._start += self._window
+        else:
+            self._previous = self._current = 0
+            self._start = now
+
+    def add(self, now: float) -> None:
+        self._roll(now)
+        self._current += 1
+
+    def rate(self, now: float) -> float:
+        self._roll(now)
+        left = 1.0 - (now - self._start) / self._window
+        return (self._previous * left + self._current) / self._window
+
+
+class TokenBucket:
+    """At most ``rate`` events per second, bursts of up to ``rate``."""
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self._level = rate
+        self._at = now
+
+    def take(self, now: float) -> bool:
+        self._level = min(self.rate, self._level + (now - self._at) * self.rate)
+        self._at = now
+        if self._level < 1:
+            return False
+        self._level -= 1
+        return True
+
+
+class AttackLog:
+    """Counts what floods cause; one WARN per ``interval`` summarises the counts."""
+
+    def __init__(self, interval: float, now: float, logger: logging.Logger = log) -> None:
+        self.interval = interval
+        self._log = logger
+        self._counts: Counter[str] = Counter()
+        self._since = now
+        self._next = now
+
+    def note(self, what: str, now: float) -> None:
+        self._counts[what] += 1
+        if now >= self._next:
+            self.flush(now)
+
+    def flush(self, now: float) -> None:
+        """Log the counts gathered since the last line, if any and if the interval is over."""
+        if not self._counts or now < self._next:
+            return
+        parts = ", ".join(f"{what} {n}" for what, n in sorted(self._counts.items()))
+        self._log.warning(
+            "agent server under load, last %.1fs: %s", max(now - self._since, 0.0), parts
+        )
+        self._counts.clear()
+        self._since = now
+        self._next = now + self.interval
+
+
+class Admission:
+    """The state behind admission decisions: handshakes in progress, per source and in
+    total, the rate of new Initials, Retry tokens, and counters of what was refused."""
+
+    def __init__(self, settings: AdmissionSettings, now: float) -> None:
+        self.settings = settings
+        self.tokens = QuicRetryTokenHandler()
+        self.pending = 0
+        self._per_source: dict[str, int] = {}
+        self._initials = RateMeter(now)
+        self.log = AttackLog(settings.log_interval, now)
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.retries_sent = 0
+
+    def initial_seen(self, now: float) -> None:
+        """A new connection's Initial decrypted (counted towards the Initial rate)."""
+        self._initials.add(now)
+
+    def retry_required(self, now: float) -> bool:
+        s = self.settings
+        return (
+            s.retry
+            or self.pending >= s.retry_pending_threshold
+            or self._initials.rate(now) > s.retry_initial_rate
+        )
+
+    def limit_reached(self, source: str) -> str | None:
+        """The drop reason when one more handshake from ``source`` is too many, else None."""
+        if self.pending >= self.settings.max_pending_handshakes:
+            return "global_limit"
+        if self._per_source.get(source, 0) >= self.settings.max_pending_per_source:
+            return "source_limit"
+        return None
+
+    def started(self, source: str) -> None:
+        self.pending += 1
+        self._per_source[source] = self._per_source.get(source, 0) + 1
+
+    def finished(self, source: str) -> None:
+        """A handshake from ``source`` completed or failed (pairs with :meth:`started`)."""
+        self.pending -= 1
+        left = self._per_source.get(source, 0) - 1
+        if left > 0:
+            self._per_source[source] = left
+        else:
+            self._per_source.pop(source, None)
+
+    def pending_from(self, source: str) -> int:
+        return self._per_source.get(source, 0)
+
+    def drop(self, reason: str, now: float) -> None:
+        self.dropped[reason] += 1
+        self.log.note(f"initials dropped ({reason})", now)
+
+    def retry_sent(self, now: float) -> None:
+        self.retries_sent += 1
+        self.log.note("retries sent", now)
+
+    def create_token(self, addr: Any, odcid: bytes, retry_scid: bytes, now: float) -> bytes:
+        return self.tokens.create_token(
+            address=addr,
+            original_destination_connection_id=odcid,
+            retry_source_connection_id=retry_scid,
+            now=now,
+        )
+
+    def validate_token(self, addr: Any, dcid: bytes, token: bytes, now: float) -> bytes | None:
+        """The original destination CID a valid token was issued for; None when the token
+        is not ours, not this address's, not for this CID, or expired."""
+        try:
+            return self.tokens.validate_token(
+                address=addr, destination_cid=dcid, token=token, now=now
+            )
+        except ValueError:
+            return None

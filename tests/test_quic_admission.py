@@ -1,0 +1,278 @@
+"""Admission of new QUIC connections under load: Retry, handshake limits, tokens, logs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import ssl
+
+import pytest
+import trio
+import trio.testing
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
+
+from reverse_http.devcerts import CertFiles
+from reverse_http.quic import DEFAULT_ALPN, AdmissionSettings, TransportSettings, connect
+from reverse_http.quic.admission import Admission, AttackLog, RateMeter, source_key
+from tests.quic_helpers import client_tls, echo_streams, quic_pair, read_to_eof
+from tests.test_quic_initial import initial_with
+from tests.tunnel_helpers import echo_target, noauth, open_connect, tunnel
+
+ADDR = ("192.0.2.1", 4433)
+
+
+# --- sans-IO -------------------------------------------------------------------------
+
+
+def test_retry_while_handshakes_in_progress_reach_the_threshold() -> None:
+    adm = Admission(AdmissionSettings(retry_pending_threshold=3), now=0.0)
+    assert not adm.retry_required(0.0)
+    for _ in range(3):
+        adm.started("a")
+    assert adm.retry_required(0.0)
+    adm.finished("a")
+    assert not adm.retry_required(0.0)
+    assert Admission(AdmissionSettings(retry=True), now=0.0).retry_required(0.0)
+
+
+async def test_retry_while_initials_arrive_faster_than_the_rate(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    adm = Admission(AdmissionSettings(retry_initial_rate=100), now=trio.current_time())
+    for _ in range(90):  # 90 in the first second: below
+        adm.initial_seen(trio.current_time())
+        mock_clock.jump(0.01)
+    assert not adm.retry_required(trio.current_time())
+    for _ in range(150):  # 150/s for 1.5 s: above
+        adm.initial_seen(trio.current_time())
+        mock_clock.jump(0.01)
+    assert adm.retry_required(trio.current_time())
+    mock_clock.jump(2.5)  # the flood stopped: no Retry after a quiet second or two
+    assert not adm.retry_required(trio.current_time())
+
+
+def test_rate_meter_interpolates_between_windows() -> None:
+    meter = RateMeter(now=0.0)
+    for i in range(100):
+        meter.add(i / 100)
+    assert meter.rate(1.0) == pytest.approx(100)
+    assert meter.rate(1.5) == pytest.approx(50)
+    assert meter.rate(3.0) == 0
+
+
+def test_pending_handshakes_are_limited_per_source_and_in_total() -> None:
+    adm = Admission(AdmissionSettings(max_pending_per_source=2, max_pending_handshakes=3), 0.0)
+    adm.started("a")
+    adm.started("a")
+    assert adm.limit_reached("a") == "source_limit"
+    assert adm.limit_reached("b") is None
+    adm.started("b")
+    assert adm.limit_reached("c") == "global_limit"
+    adm.finished("a")
+    assert adm.limit_reached("c") is None
+    assert adm.limit_reached("a") is None
+    adm.finished("a")
+    adm.finished("b")
+    assert adm.pending == 0 and adm.pending_from("a") == 0
+
+
+def test_a_source_is_an_ipv4_address_or_an_ipv6_64() -> None:
+    assert source_key(("192.0.2.1", 1)) == source_key(("192.0.2.1", 2)) == "192.0.2.1"
+    assert source_key(("192.0.2.1", 1)) != source_key(("192.0.2.2", 1))
+    a = source_key(("2001:db8:1:2::1", 1, 0, 0))
+    assert a == source_key(("2001:db8:1:2:ffff::9", 7, 0, 0)) == "2001:db8:1:2::/64"
+    assert a != source_key(("2001:db8:1:3::1", 1, 0, 0))
+    assert source_key(("::ffff:192.0.2.1", 1, 0, 0)) == "::ffff:192.0.2.1"
+
+
+def test_tokens_are_bound_to_address_connection_ids_and_time() -> None:
+    adm = Admission(AdmissionSettings(), now=100.0)
+    odcid, scid = os.urandom(8), os.urandom(8)
+    token = adm.create_token(ADDR, odcid, scid, now=100.0)
+    assert adm.validate_token(ADDR, scid, token, now=101.0) == odcid
+    assert adm.validate_token(("192.0.2.1", 4434), scid, token, now=101.0) is None  # port
+    assert adm.validate_token(("192.0.2.9", 4433), scid, token, now=101.0) is None  # host
+    assert adm.validate_token(ADDR, odcid, token, now=101.0) is None  # not the Retry's CID
+    assert adm.validate_token(ADDR, scid, token, now=131.0) is None  # expired
+    forged = bytearray(token)
+    forged[20] ^= 1
+    assert adm.validate_token(ADDR, scid, bytes(forged), now=101.0) is None
+    assert adm.validate_token(ADDR, scid, os.urandom(len(token)), now=101.0) is None
+    assert adm.validate_token(ADDR, scid, b"short", now=101.0) is None
+    other = Admission(AdmissionSettings(), now=100.0)  # another process: another key
+    assert other.validate_token(ADDR, scid, token, now=101.0) is None
+
+
+async def test_attack_logs_are_one_line_per_interval(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("test.attack")
+    attack = AttackLog(10.0, trio.current_time(), logger)
+    with caplog.at_level(logging.WARNING, logger="test.attack"):
+        for i in range(20_000):  # 1000 events per second for 20 s
+            attack.note("retries sent" if i % 2 else "initials dropped (busy)", trio.current_time())
+            mock_clock.jump(0.001)
+        mock_clock.jump(10)
+        attack.flush(trio.current_time())
+        attack.flush(trio.current_time())  # nothing new: no line
+    lines = [r.getMessage() for r in caplog.records]
+    assert 2 <= len(lines) <= 4, lines
+    assert "initials dropped (busy)" in lines[-1] and "retries sent" in lines[-1]
+    assert sum(int(n) for line in lines for n in re.findall(r" (\d+)(?=,|$)", line)) == 20_000
+
+
+def test_settings_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="max_pending_per_source"):
+        AdmissionSettings(max_pending_per_source=0)
+    with pytest.raises(ValueError, match="retry_initial_rate"):
+        AdmissionSettings(retry_initial_rate=0)
+
+
+# --- live: a server on loopback, raw datagrams and real clients ----------------------
+
+
+def _client(server_name: str = "localhost") -> QuicConnection:
+    cfg = QuicConfiguration(is_client=True, alpn_protocols=[DEFAULT_ALPN])
+    cfg.verify_mode = ssl.CERT_NONE
+    cfg.server_name = server_name
+    return QuicConnection(configuration=cfg)
+
+
+def _first_datagram(quic: QuicConnection, peer: tuple[str, int]) -> bytes:
+    quic.connect(peer, now=0.0)
+    return quic.datagrams_to_send(now=0.0)[0][0]
+
+
+async def _udp(host: str = "127.0.0.1") -> trio.socket.SocketType:
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind((host, 0))
+    return sock
+
+
+async def _eventually(check: object) -> None:
+    with trio.fail_after(5):
+        while not check():  # type: ignore[operator]
+            await trio.sleep(0.01)
+
+
+async def test_below_the_thresholds_nobody_pays_a_retry(certs: CertFiles) -> None:
+    async with quic_pair(certs, handler=echo_streams) as pair:
+        assert pair.client.handshake_complete
+        assert pair.server.retries_sent == 0
+
+
+async def test_an_agent_connects_through_retry_and_transfers(certs: CertFiles) -> None:
+    """Threshold forced low: every new agent gets a Retry, and works."""
+    low = AdmissionSettings(retry_pending_threshold=1, retry_initial_rate=0.01)
+    async with (
+        echo_target() as target,
+        tunnel(certs, proxy_overrides={"agent_admission": low}) as t,
+    ):
+        quic = t.proxy.quic
+        assert quic is not None
+        assert quic.retries_sent >= 1
+        assert quic.initials_dropped["invalid_token"] == 0
+        result = await open_connect(t.http_port, f"127.0.0.1:{target.port}", noauth())
+        assert result.status == 200 and result.stream is not None
+        payload = os.urandom(256 * 1024)
+        async with result.stream as s, trio.open_nursery() as n:
+            n.start_soon(s.send_all, payload)
+            got = b""
+            with trio.fail_after(10):
+                while len(got) < len(payload):
+                    got += await s.receive_some(65536)
+        assert got == payload
+
+
+async def test_a_token_is_refused_from_another_address_or_forged(certs: CertFiles) -> None:
+    async with quic_pair(certs, handler=echo_streams, retry=True) as pair:
+        server = pair.server
+        port = server.local_address[1]
+        peer = ("127.0.0.1", port)
+        a, b = await _udp(), await _udp()
+        quic = _client()
+        await a.sendto(_first_datagram(quic, peer), peer)
+        with trio.fail_after(5):
+            retry, _ = await a.recvfrom(2048)
+        header = pull_quic_header(Buffer(data=retry), host_cid_length=8)
+        assert header.packet_type == QuicPacketType.RETRY and header.token
+        quic.receive_datagram(retry, peer, now=0.1)
+        with_token = quic.datagrams_to_send(now=0.1)[0][0]
+        retries = server.retries_sent
+
+        # the token replayed from another port: refused with INVALID_TOKEN, no state
+        await b.sendto(with_token, peer)
+        with trio.fail_after(5):
+            answer, _ = await b.recvfrom(2048)
+        assert pull_quic_header(Buffer(data=answer), 8).packet_type == QuicPacketType.INITIAL
+        assert server.initials_dropped["invalid_token"] == 1
+        # a forged token on an Initial that decrypts: refused the same way
+        forged = initial_with(bytes([0x06, 0, 4]) + b"helo", token=os.urandom(60))
+        await b.sendto(forged, peer)
+        await _eventually(lambda: server.initials_dropped["invalid_token"] == 2)
+        assert server.handshakes_pending == 0 and server.retries_sent == retries
+
+        # from the address it was issued to, the same Initial opens the handshake
+        await a.sendto(with_token, peer)
+        with trio.fail_after(5):
+            flight, _ = await a.recvfrom(2048)
+        assert pull_quic_header(Buffer(data=flight), 8).packet_type == QuicPacketType.INITIAL
+        assert server.handshakes_pending == 1
+        assert server.initials_dropped["invalid_token"] == 2
+        assert server.retries_sent == retries
+        a.close()
+        b.close()
+
+
+async def test_a_source_over_its_pending_limit_is_dropped_while_another_connects(
+    certs: CertFiles,
+) -> None:
+    limits = AdmissionSettings(max_pending_per_source=3, retry_pending_threshold=100)
+    async with quic_pair(certs, handler=echo_streams, admission=limits) as pair:
+        server = pair.server
+        peer = ("127.0.0.1", server.local_address[1])
+        flooder = await _udp("127.0.0.2")
+        for _ in range(8):  # real ClientHellos, never continued
+            await flooder.sendto(_first_datagram(_client(), peer), peer)
+        await _eventually(lambda: server.initials_dropped["source_limit"] == 5)
+        assert server.handshakes_pending == 3
+        with trio.fail_after(10):
+            other = await connect(
+                pair.nursery, "127.0.0.1", peer[1], TransportSettings(), client_tls(certs)
+            )
+        assert other.handshake_complete
+        stream = await other.open_stream()
+        await stream.send_all(b"still served")
+        await stream.send_eof()
+        with trio.fail_after(10):
+            assert await read_to_eof(stream) == b"still served"
+        assert server.initials_dropped["source_limit"] == 5
+        flooder.close()
+
+
+async def test_small_datagrams_draw_no_version_negotiation(certs: CertFiles) -> None:
+    async with quic_pair(certs) as pair:
+        server = pair.server
+        peer = ("127.0.0.1", server.local_address[1])
+        sock = await _udp()
+        unknown = b"\xc0\x1a\x2a\x3a\x4a"
+        small_scid, big_scid = b"S" * 8, b"B" * 8
+        await sock.sendto(unknown + b"\x08" + os.urandom(8) + b"\x08" + small_scid
+                          + bytes(1199 - 23), peer)  # fmt: skip
+        await sock.sendto(unknown + b"\x08" + os.urandom(8) + b"\x08" + small_scid, peer)
+        await sock.sendto(initial_with(bytes([0x06, 0, 4]) + b"helo", size=1000), peer)
+        await sock.sendto(unknown + b"\x08" + os.urandom(8) + b"\x08" + big_scid
+                          + bytes(1200 - 23), peer)  # fmt: skip
+        with trio.fail_after(5):
+            answer, _ = await sock.recvfrom(2048)
+        # the first answer is the big datagram's: the small ones drew none
+        header = pull_quic_header(Buffer(data=answer), host_cid_length=8)
+        assert header.packet_type == QuicPacketType.VERSION_NEGOTIATION
+        assert header.destination_cid == big_scid
+        assert server.versions_negotiated == 1
+        assert server.initials_dropped["too_small"] == 1
+        sock.close()
