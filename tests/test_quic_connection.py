@@ -223,3 +223,29 @@ async def test_a_new_stream_answers_while_bulk_data_holds_the_whole_budget(
                 await fresh.send_all(b"x" * 8192)
             assert scope.cancelled_caught
             nursery.cancel_scope.cancel()
+
+
+async def test_a_burst_of_new_streams_is_accepted_in_batches(
+    certs: CertFiles, autojump_clock: trio.testing.MockClock
+) -> None:
+    """2000 CONNECTs at once: taking them one per scheduler round cost the agent
+    seconds before it read the last one (503 "agent did not answer")."""
+    async with linked(certs, TransportSettings()) as (link, client):
+        await client.wait_handshake()
+        server = await link.server_conn()
+        for i in range(300):
+            stream = await client.open_stream()
+            await stream.send_all(b"%d" % i)
+        await trio.testing.wait_all_tasks_blocked()
+        batches: list[list[QuicStream]] = []
+        with trio.fail_after(5):
+            while sum(map(len, batches)) < 300:
+                batches.append(await server.accept_streams(limit=256))
+        assert len(batches) <= 3  # one at a time would take 300 calls
+        assert max(map(len, batches)) <= 256
+        accepted = [s for batch in batches for s in batch]
+        assert [await s.receive_some() for s in accepted[:3]] == [b"0", b"1", b"2"]
+        # the peer went quiet: the next call waits instead of returning nothing
+        with trio.move_on_after(1) as scope:
+            await server.accept_streams()
+        assert scope.cancelled_caught

@@ -22,7 +22,7 @@ import trio
 from ..config import AgentConfig
 from ..errors import ConfigError
 from ..metrics import AgentMetrics, Health, serve_metrics
-from ..quic import Connection, ConnectionError, QuicStream, connect
+from ..quic import Connection, ConnectionError, connect
 from ..quic.settings import TlsConfigError, client_configuration
 from ..systemd import Notifier, run_watchdog
 from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
@@ -242,11 +242,14 @@ async def _serve_streams(conn: Connection, handle: AgentHandle) -> None:
     async def accept(streams: trio.Nursery) -> None:
         while True:
             try:
-                stream: QuicStream = await conn.accept_stream()
+                accepted = await conn.accept_streams()
             except ConnectionError:
                 streams.cancel_scope.cancel()
                 return
-            streams.start_soon(serve_tunnel, stream, config.host_whitelist, config.dial_timeout)
+            for stream in accepted:
+                streams.start_soon(
+                    serve_tunnel, stream, config.host_whitelist, config.dial_timeout
+                )
 
     async with trio.open_nursery() as streams:
         streams.start_soon(accept, streams)

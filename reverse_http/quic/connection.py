@@ -260,6 +260,22 @@ class Connection:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise ConnectionError(self._info_or_unknown()) from None
 
+    async def accept_streams(self, limit: int = 256) -> list[QuicStream]:
+        """The streams the peer opened since the last call (at least one, at most ``limit``).
+
+        A burst of CONNECTs must not be served one per scheduler round: with
+        thousands of busy tunnels a round takes milliseconds, so taking 2000 new
+        streams one at a time costs seconds before the last one is even read.
+        """
+        first = await self.accept_stream()
+        streams = [first]
+        while len(streams) < limit:
+            try:
+                streams.append(self._accept_recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        return streams
+
     async def close(self, error_code: int = 0, reason: str = "") -> CloseInfo:
         """Let unacknowledged stream data drain, then send CONNECTION_CLOSE."""
         if self.state in (State.HANDSHAKE, State.OPEN):
