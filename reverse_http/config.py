@@ -67,6 +67,9 @@ class AgentCredentials:
     type: AuthType
     agent_id: str | None = None
     token: str | None = None
+    #: The ``file:`` the token came from: the agent re-reads it before every connection
+    #: attempt and on SIGHUP.
+    token_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.type == "noauth" and not self.agent_id:

@@ -11,16 +11,13 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import signal
 import ssl
-from dataclasses import dataclass, field
 
 import trio
 
 from .accepting import accept_forever
 from .config import ListenAddress, TcpTls
 from .errors import ConfigError
-from .metrics import DaemonMetrics, Health
 from .netaddr import format_address
 from .session import SessionPolicy, handle_client, refuse
 from .tlsfiles import TlsConfigError, server_ssl_context, tls_file_flag
@@ -29,25 +26,6 @@ from .tlsreload import ReloadableFiles, SwappableServerContext
 log = logging.getLogger(__name__)
 
 Listener = trio.abc.Listener[trio.abc.Stream]
-
-
-@dataclass(kw_only=True)
-class DaemonState:
-    """What every daemon exposes to the CLI, tests and health checks."""
-
-    #: The daemon's own metric set (each daemon narrows the type to its own).
-    metrics: DaemonMetrics = field(default_factory=DaemonMetrics)
-    health: Health = field(default_factory=Health)
-    #: Listeners bound and not draining (readiness).
-    listening: bool = False
-    _shutdown: trio.Event = field(default_factory=trio.Event)
-    _stopped: trio.Event = field(default_factory=trio.Event)
-
-    def shutdown(self) -> None:
-        self._shutdown.set()
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
 
 class SessionFrontend:
@@ -158,18 +136,6 @@ def _server_context(tls: TcpTls, flag: str) -> ssl.SSLContext:
         client_ca_file=tls.client_ca_file,
         client_crl_file=tls.client_crl_file,
     )
-
-
-async def watch_signals(shutdown: trio.Event, everything: trio.CancelScope) -> None:
-    """First SIGTERM/SIGINT: graceful shutdown. Second: cancel everything now."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            if shutdown.is_set():
-                log.warning("second signal: exiting now")
-                everything.cancel()
-                return
-            log.info("received %s: shutting down", signal.Signals(signum).name)
-            shutdown.set()
 
 
 def os_reason(exc: OSError) -> str:

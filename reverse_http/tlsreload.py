@@ -3,18 +3,16 @@
 New material is used for new handshakes only; established QUIC connections and
 TLS sessions keep what they negotiated. A file that changed but does not load
 (half-written, wrong key) leaves the old material in place and is logged once
-until it changes again.
+until it changes again. When to reload (SIGHUP, ``--*.tls.refresh``) is the
+daemon lifecycle's business (:mod:`.daemon`).
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import trio
 
 log = logging.getLogger(__name__)
 
@@ -67,36 +65,6 @@ class ReloadableFiles:
             "%s: loaded new TLS material from %s", self.name, ", ".join(str(p) for p in self.paths)
         )
         return True
-
-
-async def watch(
-    materials: Sequence[ReloadableFiles],
-    refresh: float,
-    *,
-    sighup: bool = True,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Reload on SIGHUP at once, and every ``refresh`` seconds when files changed."""
-    if not materials:
-        task_status.started()
-        return
-    async with trio.open_nursery() as nursery:
-        if sighup:
-            nursery.start_soon(_on_sighup, materials)
-        task_status.started()
-        if refresh > 0:
-            while True:
-                await trio.sleep(refresh)
-                for m in materials:
-                    m.reload()
-
-
-async def _on_sighup(materials: Sequence[ReloadableFiles]) -> None:
-    with trio.open_signal_receiver(signal.SIGHUP) as signals:
-        async for _ in signals:
-            log.info("SIGHUP: reloading TLS material")
-            for m in materials:
-                m.reload(force=True)
 
 
 class SwappableServerContext:

@@ -3,28 +3,33 @@
 Nursery tree::
 
     run_agent
-    ├── _watch_signals                   SIGTERM/SIGINT -> close with code 0, exit
-    └── reconnect loop (one attempt at a time)
-        └── attempt nursery
-            ├── QUIC connection tasks    (receive loop, Connection.run)
-            └── streams nursery          one task per tunnel: serve_tunnel
+    └── daemon.lifecycle                     signals, SIGHUP reload, watchdog, metrics
+        ├── ready_when connected             READY=1 after the first authentication
+        └── reconnect loop (one attempt at a time)
+            └── attempt nursery
+                ├── QUIC connection tasks    (receive loop, Connection.run)
+                └── streams nursery          one task per tunnel: serve_tunnel
+
+SIGTERM/SIGINT close the connection with code 0 and exit. A ``file:`` token is read
+again before every connection attempt and on SIGHUP.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import signal
 from dataclasses import dataclass, field
 
 import trio
 
+from ..auth.tokenfile import TokenFile
 from ..config import AgentConfig
+from ..daemon import DaemonState, lifecycle
 from ..errors import ConfigError
-from ..metrics import AgentMetrics, Health, serve_metrics
+from ..metrics import AgentMetrics
 from ..quic import Connection, ConnectionError, connect
 from ..quic.settings import TlsConfigError, client_configuration
-from ..systemd import Notifier, run_watchdog
+from ..systemd import Notifier
 from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
 from .tunnel import serve_tunnel
 
@@ -60,11 +65,12 @@ class Backoff:
         self.attempt = 0
 
 
-@dataclass
-class AgentHandle:
+@dataclass(kw_only=True)
+class AgentHandle(DaemonState):
     """What a running agent exposes to tests and health checks."""
 
     config: AgentConfig
+    metrics: AgentMetrics = field(default_factory=AgentMetrics)
     connection: Connection | None = None
     connected: trio.Event = field(default_factory=trio.Event)
     connects: int = 0
@@ -72,16 +78,22 @@ class AgentHandle:
     proxy_draining: bool = False
     #: The last state change, as logged ("connected to ...", "cannot connect ...").
     last_state: str = ""
-    metrics: AgentMetrics = field(default_factory=AgentMetrics)
-    health: Health = field(default_factory=Health)
-    _stop: trio.Event = field(default_factory=trio.Event)
+    #: The ``file:`` token source, re-read before every attempt; None for a fixed secret.
+    token_file: TokenFile | None = None
 
     @property
     def is_connected(self) -> bool:
         return self.connection is not None and not self.connection.is_closed
 
+    @property
+    def secret(self) -> str:
+        """What the next attempt sends on the auth stream; never log this."""
+        if self.token_file is not None:
+            return self.token_file.token
+        return self.config.credentials.secret
+
     def stop(self) -> None:
-        self._stop.set()
+        self.shutdown()
 
 
 class _StateLog:
@@ -113,43 +125,27 @@ async def run_agent(
         client_configuration(config.transport, config.tls, config.server_host)
     except TlsConfigError as exc:
         raise ConfigError(f"--agent-client.tls.file.*: {exc}") from None
-    handle = AgentHandle(config)
+    handle = AgentHandle(config=config)
     handle.health.add_check("connected", lambda: handle.is_connected)
-    notify = notifier or Notifier(None)
-    async with trio.open_nursery() as nursery:
-        if config.metrics_listen is not None:
-            await nursery.start(
-                serve_metrics,
-                config.metrics_listen.host,
-                config.metrics_listen.port,
-                handle.metrics,
-                handle.health,
-            )
+    creds = config.credentials
+    if creds.token_file is not None and creds.token is not None:
+        handle.token_file = TokenFile(creds.token_file, creds.token)
+    async with lifecycle(
+        "agent",
+        handle,
+        notifier or Notifier(None),
+        handle_signals=handle_signals,
+        metrics_listen=config.metrics_listen,
+    ) as life:
+        if handle.token_file is not None:
+            life.watch_files([handle.token_file], 0)
         task_status.started(handle)
-        if handle_signals:
-            nursery.start_soon(_watch_signals, handle)
-        nursery.start_soon(run_watchdog, notify)
-        nursery.start_soon(_notify_ready, handle, notify)
-        nursery.start_soon(_reconnect_forever, handle)
-        await handle._stop.wait()
-        notify.stopping()
+        life.nursery.start_soon(life.ready_when, handle.connected, "connected")
+        life.nursery.start_soon(_reconnect_forever, handle)
+        await life.until_shutdown("closing")
         if handle.connection is not None and not handle.connection.is_closed:
             with trio.move_on_after(5):
                 await handle.connection.close(CODE_CLIENT_CLOSED, REASON_CLIENT_CLOSED)
-        nursery.cancel_scope.cancel()
-    log.info("agent stopped")
-
-
-async def _notify_ready(handle: AgentHandle, notifier: Notifier) -> None:
-    await handle.connected.wait()
-    notifier.ready("connected")
-
-
-async def _watch_signals(handle: AgentHandle) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s: closing", signal.Signals(signum).name)
-            handle.stop()
 
 
 async def _reconnect_forever(handle: AgentHandle) -> None:
@@ -165,7 +161,11 @@ async def _reconnect_forever(handle: AgentHandle) -> None:
         except* AuthRefused as group:
             state(logging.ERROR, f"proxy {target} refused authentication: {group.exceptions[0]}")
         except* (
-            ConnectionError, OSError, FramingError, trio.TooSlowError, trio.BrokenResourceError
+            ConnectionError,
+            OSError,
+            FramingError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
         ) as group:
             reason = _reason(group.exceptions[0])
             state(logging.WARNING, f"cannot connect to proxy {target}: {reason}")
@@ -191,7 +191,9 @@ async def _one_connection(handle: AgentHandle, state: _StateLog, target: str) ->
         conn = await connect(
             attempt, config.server_host, config.server_port, config.transport, config.tls
         )
-        await _authenticate(conn, config.credentials.secret)
+        if handle.token_file is not None:
+            handle.token_file.reload()  # a token renewed on disk is used at once
+        await _authenticate(conn, handle.secret)
         # Connected (and ready) means authenticated, not merely past the QUIC handshake.
         handle.connection = conn
         handle.connects += 1

@@ -49,6 +49,7 @@ __all__ = [
     "EmptyAgentId",
     "Role",
     "TokenVerifier",
+    "inspect_token",
     "issue_token",
 ]
 
@@ -199,6 +200,33 @@ def _audience(payload: dict[str, Any]) -> tuple[str, ...]:
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return tuple(value)
     raise AuthError("malformed claim: aud")
+
+
+def inspect_token(token: str) -> Claims:
+    """The claims of ``token`` read without checking its signature or times.
+
+    For the agent's own token (``--check``, reload logs): whether it is a well-formed
+    reverse-http JWT and when it expires. Only the proxy's verification decides anything.
+    """
+    parts = token.strip(_SURROUNDING_WHITESPACE).split(".")
+    if len(parts) != 3:
+        raise AuthError("malformed token: not three dot-separated parts")
+    _json_object(_b64url_decode(parts[0]), "header")
+    payload = _json_object(_b64url_decode(parts[1]), "payload")
+    role = payload.get("role")
+    if role not in ROLES:
+        raise AuthError(f"no reverse-http role claim (want one of {', '.join(ROLES)})")
+    agent_id = payload.get("agent_id")
+    return Claims(
+        agent_id=agent_id if isinstance(agent_id, str) else "",
+        role=role,
+        issuer=_optional_str(payload, "iss"),
+        subject=_optional_str(payload, "sub"),
+        audience=_audience(payload),
+        expires_at=_optional_time(payload, "exp"),
+        not_before=_optional_time(payload, "nbf"),
+        issued_at=_optional_time(payload, "iat"),
+    )
 
 
 class TokenVerifier:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Final, Literal, NamedTuple, cast
 
 from ..allowlist import AllowList, AllowListError
+from ..auth.tokenfile import TokenFileError, read_token_file
 from ..config import (
     AgentConfig,
     AgentCredentials,
@@ -741,7 +742,8 @@ def build_agent_config(values: Mapping[str, object]) -> AgentConfig:
         insecure_skip_verify=v.boolean("agent-client.tls.insecure-skip-verify"),
     )
     if v.choice("auth.type") == "jwt":
-        credentials = AgentCredentials(type="jwt", token=_token(v, "auth.jwt.token"))
+        token, token_file = _token(v, "auth.jwt.token")
+        credentials = AgentCredentials(type="jwt", token=token, token_file=token_file)
     else:
         agent_id = v.string("auth.noauth.agent-id")
         if not agent_id:
@@ -1072,23 +1074,18 @@ def _check_connector_verification(tls: ConnectorTls) -> None:
         )
 
 
-def _token(v: _Values, name: str) -> str:
-    """The JWT from the flag or from ``file:PATH``; messages never contain the token."""
+def _token(v: _Values, name: str) -> tuple[str, Path | None]:
+    """The JWT from the flag or from ``file:PATH`` (and that path); messages never
+    contain the token."""
     source = v.string(name)
     if source is None:
         raise ConfigError(f"--{name} is required with --auth.type jwt")
     if not source.startswith(TOKEN_FILE_PREFIX):
-        return source
+        return source, None
     filename = source[len(TOKEN_FILE_PREFIX) :].strip()
     if not filename:
         raise ConfigError(f"--{name}: 'file:' needs a file name")
     try:
-        token = Path(filename).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ConfigError(f"--{name}: token file {_q(filename)} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        raise ConfigError(f"--{name}: cannot read token file {_q(filename)}: {reason}") from None
-    if not token:
-        raise ConfigError(f"--{name}: token file {_q(filename)} is empty")
-    return token
+        return read_token_file(Path(filename)), Path(filename)
+    except TokenFileError as exc:
+        raise ConfigError(f"--{name}: {exc}") from None

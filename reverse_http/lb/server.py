@@ -3,10 +3,10 @@
 Nursery tree::
 
     run_lb
-    ├── watch_signals            SIGTERM/SIGINT -> drain and exit
-    └── SessionFrontend.run      accept loops + one task per client session
-        └── handle_client        auth, allow-list, route lookup, forward, relay
-            └── ProxyConnector   parse the route, check it, dial, CONNECT
+    └── daemon.lifecycle             signals, SIGHUP reload, watchdog, metrics
+        └── SessionFrontend.run      accept loops + one task per client session
+            └── handle_client        auth, allow-list, route lookup, forward, relay
+                └── ProxyConnector   parse the route, check it, dial, CONNECT
 
 The route store's answer is only a hint: the owning proxy checks its own
 connections, so a stale route yields 503 from that proxy, never a tunnel to
@@ -29,20 +29,20 @@ from typing import Final
 
 import trio
 
-from .. import tlsreload
 from ..allowlist import IPAddress
 from ..auth.authenticator import Authenticator
 from ..config import ConnectorTls, LbConfig
+from ..daemon import DaemonState, lifecycle
 from ..errors import ConfigError
-from ..frontend import DaemonState, SessionFrontend, open_http_listeners, watch_signals
-from ..metrics import LbMetrics, serve_metrics
+from ..frontend import SessionFrontend, open_http_listeners
+from ..metrics import LbMetrics
 from ..netaddr import format_address
 from ..safetext import safe_text
 from ..session import SessionPolicy, Upstream
 from ..store.base import Reclaim, RouteStore, StoredRoute, StoreError, StoreUnavailable
 from ..store.memcached import open_memcached_store
 from ..store.route import InvalidRoute, ProxyAddress, ProxyAllowList, parse_route
-from ..systemd import Notifier, run_watchdog
+from ..systemd import Notifier
 from ..tlsfiles import TlsConfigError, flag_of_file, load_key_pair
 from ..wire.http import ConnectRequest, HttpError, request_tunnel
 
@@ -68,18 +68,22 @@ class LbServer(DaemonState):
 async def run_lb(
     config: LbConfig,
     *,
+    handle_signals: bool = True,
     notifier: Notifier | None = None,
     task_status: trio.TaskStatus[LbServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``LbServer.shutdown()``); raises ConfigError on bad setup."""
     try:
-        await _run_lb(config, notifier or Notifier(None), task_status)
+        await _run_lb(config, handle_signals, notifier or Notifier(None), task_status)
     except* ConfigError as group:
         raise group.exceptions[0] from None
 
 
 async def _run_lb(
-    config: LbConfig, notifier: Notifier, task_status: trio.TaskStatus[LbServer]
+    config: LbConfig,
+    handle_signals: bool,
+    notifier: Notifier,
+    task_status: trio.TaskStatus[LbServer],
 ) -> None:
     if config.store.type != "memcached":
         raise ConfigError("--store.type: the LB server needs memcached")
@@ -106,21 +110,17 @@ async def _run_lb(
         server.health.add_check("listeners", lambda: server.listening)
         listeners, tls_files = await open_http_listeners(config.http_listen, config.http_tls)
         server.frontend = frontend = SessionFrontend(listeners, policy)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals, server._shutdown, nursery.cancel_scope)
+        async with lifecycle(
+            "lb",
+            server,
+            notifier,
+            handle_signals=handle_signals,
+            metrics_listen=config.metrics_listen,
+        ) as life:
             if tls_files is not None:
                 assert config.http_tls is not None
-                await nursery.start(tlsreload.watch, [tls_files], config.http_tls.refresh)
-            if config.metrics_listen is not None:
-                await nursery.start(
-                    serve_metrics,
-                    config.metrics_listen.host,
-                    config.metrics_listen.port,
-                    server.metrics,
-                    server.health,
-                )
-            nursery.start_soon(run_watchdog, notifier)
-            await nursery.start(frontend.run)
+                life.watch_files([tls_files], config.http_tls.refresh)
+            await life.nursery.start(frontend.run)
             server.listening = True
             log.info(
                 "lb listening: clients on tcp %s%s; routes from memcached %s; "
@@ -131,14 +131,9 @@ async def _run_lb(
                 config.allowed_proxies,
             )
             task_status.started(server)
-            notifier.ready("listening")
-            await server._shutdown.wait()
-            notifier.stopping("draining")
-            server.listening = False
+            life.ready("listening")
+            await life.until_shutdown("draining")
             await frontend.drain(config.shutdown_grace_period)
-            nursery.cancel_scope.cancel()
-    server._stopped.set()
-    log.info("lb stopped")
 
 
 @asynccontextmanager

@@ -3,11 +3,13 @@
 Nursery tree (who owns whom; cancelling a node cancels its subtree)::
 
     run_proxy
-    ├── _watch_signals                 SIGTERM/SIGINT -> ProxyServer.shutdown()
-    ├── serve_quic (agent server)      one task per agent connection:
-    │   └── _serve_agent               authenticate, register, wait for the end
-    └── accept loop (HTTP CONNECT)     under its own cancel scope: stop accepting
-        └── sessions nursery           one task per client: handle_client
+    └── daemon.lifecycle               signals, SIGHUP reload, watchdog, metrics
+        ├── serve_quic (agent server)  one task per agent connection:
+        │   └── _serve_agent           authenticate, register, wait for the end
+        ├── RouteRegistrar.run         with a route store: publish our agents
+        ├── _publish_quic_stats        RTT, cwnd, losses per agent
+        └── SessionFrontend.run        accept loops (own cancel scope: stop accepting)
+            └── sessions nursery       one task per client: handle_client
 
 Shutdown: stop accepting clients and agents, let running sessions finish for
 ``shutdown_grace_period``, then close agent connections with code 0.
@@ -29,21 +31,23 @@ import trio
 from .. import tlsreload
 from ..auth.authenticator import Authenticator, AuthError
 from ..config import ProxyConfig
+from ..daemon import DaemonState, lifecycle
 from ..devcerts import make_dev_certs
 from ..errors import ConfigError
-from ..frontend import DaemonState, SessionFrontend, open_http_listeners, os_reason, watch_signals
-from ..metrics import Metrics, serve_metrics
+from ..frontend import SessionFrontend, open_http_listeners, os_reason
+from ..metrics import Metrics
 from ..netaddr import format_address
 from ..quic import Connection, ConnectionError, QuicServer, ServerSettings, ServerTls, serve_quic
 from ..quic.settings import TlsConfigError, client_verifier, server_configuration
 from ..session import SessionPolicy
 from ..store.base import RouteStore
 from ..store.memcached import open_memcached_store
-from ..systemd import Notifier, run_watchdog
+from ..systemd import Notifier
 from ..tlsfiles import tls_file_flag
 from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
 from .agents import AgentRegistry
 from .connect import agent_upstream
+from .quic_metrics import watch_agent_server
 from .registrar import RouteRegistrar
 
 log = logging.getLogger(__name__)
@@ -125,9 +129,17 @@ async def _run_proxy(
         settings = _quic_settings(config, Path(tmp))
         listeners, http_tls_files = await open_http_listeners(config.http_listen, config.http_tls)
         server.frontend = frontend = SessionFrontend(listeners, policy)
-        async with trio.open_nursery() as nursery, _open_store(config) as store:
-            if handle_signals:
-                nursery.start_soon(watch_signals, server._shutdown, nursery.cancel_scope)
+        async with (
+            _open_store(config) as store,
+            lifecycle(
+                "proxy",
+                server,
+                notifier,
+                handle_signals=handle_signals,
+                metrics_listen=config.metrics_listen,
+            ) as life,
+        ):
+            nursery = life.nursery
             try:
                 server.quic = quic = await nursery.start(
                     serve_quic,
@@ -140,10 +152,9 @@ async def _run_proxy(
                 raise ConfigError(
                     f"--agent-server.listen-address {config.agent_listen}: {os_reason(exc)}"
                 ) from None
-            await nursery.start(
-                functools.partial(tlsreload.watch, sighup=handle_signals),
-                _reloadables(config, settings, quic, http_tls_files),
-                _refresh_interval(config),
+            watch_agent_server(metrics.registry, quic)
+            life.watch_files(
+                _reloadables(config, settings, quic, http_tls_files), _refresh_interval(config)
             )
             if store is not None:
                 address = config.store.http_proxy_address or _advertised(frontend.addresses[0])
@@ -157,16 +168,7 @@ async def _run_proxy(
                 health.add_check("store", lambda: registrar.healthy)
                 nursery.start_soon(registrar.run)
                 log.info("registering agents in the route store as %s", address)
-            if config.metrics_listen is not None:
-                await nursery.start(
-                    serve_metrics,
-                    config.metrics_listen.host,
-                    config.metrics_listen.port,
-                    metrics,
-                    health,
-                )
             nursery.start_soon(_publish_quic_stats, server.registry, metrics)
-            nursery.start_soon(run_watchdog, notifier)
             await nursery.start(frontend.run)
             server.listening = True
             log.info(
@@ -176,18 +178,13 @@ async def _run_proxy(
                 " (TLS)" if config.http_tls else "",
             )
             task_status.started(server)
-            notifier.ready("listening")
-            await server._shutdown.wait()
-            notifier.stopping("draining")
-            server.listening = False
+            life.ready("listening")
+            await life.until_shutdown("draining")
             quic.stop_accepting()
             await frontend.drain(config.shutdown_grace_period)
             if server.registrar is not None:
                 await server.registrar.unregister_all()
             await quic.close_all(CODE_SHUTDOWN, REASON_SHUTDOWN)
-            nursery.cancel_scope.cancel()
-    server._stopped.set()
-    log.info("proxy stopped")
 
 
 async def _serve_agent(
@@ -267,7 +264,9 @@ def _quic_settings(config: ProxyConfig, devcert_dir: Path) -> ServerSettings:
             certs.ca_cert,
         )
         tls = ServerTls(cert_file=certs.cert, key_file=certs.key)
-    settings = ServerSettings(tls=tls, transport=config.transport)
+    settings = ServerSettings(
+        tls=tls, transport=config.transport, admission=config.agent_admission
+    )
     try:
         server_configuration(settings)
         client_verifier(settings.tls)

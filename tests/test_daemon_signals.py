@@ -1,0 +1,188 @@
+"""SIGHUP never ends a daemon (issue 13, defect 2): every daemon, every mode, real processes.
+
+Under systemd ``ExecReload=`` and logrotate-style tooling send SIGHUP to everything; each
+daemon must log the reload and keep serving.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Memcached, free_port, free_ports
+from reverse_http.devcerts import CertFiles
+from tests.ha_cluster import Daemon, reverse_http_exe, wait_tcp
+from tests.tunnel_helpers import noauth
+
+
+def echo_server() -> tuple[socket.socket, int]:
+    """A loopback TCP server echoing each connection's bytes back, in a thread."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, int(srv.getsockname()[1])
+
+
+def connect_echo(
+    port: int, target: int, agent_id: str, ca: Path | None = None, timeout: float = 20
+) -> bytes:
+    """CONNECT through the proxy/LB at ``port`` (TLS with ``ca``) until the tunnel answers;
+    returns what the echo target sent back for one payload."""
+    deadline = time.monotonic() + timeout
+    last = b""
+    while time.monotonic() < deadline:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock: socket.socket = raw
+        if ca is not None:
+            sock = ssl.create_default_context(cafile=str(ca)).wrap_socket(
+                raw, server_hostname="localhost"
+            )
+        with sock:
+            sock.sendall(
+                f"CONNECT 127.0.0.1:{target} HTTP/1.1\r\nHost: 127.0.0.1:{target}\r\n"
+                f"Proxy-Authorization: {noauth(agent_id)}\r\n\r\n".encode()
+            )
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := sock.recv(4096)):
+                head += chunk
+            if head.startswith(b"HTTP/1.1 200"):
+                sock.sendall(b"still serving")
+                got = b""
+                while len(got) < len(b"still serving") and (chunk := sock.recv(4096)):
+                    got += chunk
+                return got
+            last = head
+        time.sleep(0.1)  # the agent is not connected (or its route not stored) yet
+    raise AssertionError(f"no tunnel through port {port}: {last!r}")
+
+
+def wait_log(daemon: Daemon, needle: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in daemon.log():
+        assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()
+        assert time.monotonic() < deadline, (
+            f"no {needle!r} in the {daemon.name} log:\n{daemon.log()}"
+        )
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+def test_sighup_reloads_and_never_kills_any_daemon(
+    certs: CertFiles, memcached: Memcached, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    exe = reverse_http_exe()
+    srv, target = echo_server()
+    udp_files, udp_dev = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    http_files, http_dev, lb_plain, lb_tls = free_ports(4)
+
+    def run(name: str, *args: str) -> Daemon:
+        d = Daemon(name, [*exe, *args], tmp_path)
+        d.start()
+        daemons.append(d)
+        return d
+
+    proxy_files = run(
+        "proxy-tls-files",
+        "proxy",
+        f"--agent-server.listen-address=127.0.0.1:{udp_files}",
+        f"--agent-server.tls.file.cert={certs.cert}",
+        f"--agent-server.tls.file.key={certs.key}",
+        f"--http-proxy.listen-address=127.0.0.1:{http_files}",
+        "--store.type=memcached",
+        f"--store.memcached.address={memcached.address}",
+        f"--store.http-proxy-address=127.0.0.1:{http_files}",
+    )
+    proxy_dev = run(
+        "proxy-dev-certs",
+        "proxy",
+        f"--agent-server.listen-address=127.0.0.1:{udp_dev}",
+        f"--http-proxy.listen-address=127.0.0.1:{http_dev}",
+    )
+    wait_tcp(http_files)
+    wait_tcp(http_dev)
+    agent = run(
+        "agent",
+        "agent",
+        f"--agent-client.server-address=127.0.0.1:{udp_files}",
+        f"--agent-client.tls.file.root-ca={certs.ca_cert}",
+        "--auth.noauth.agent-id=4711",
+    )
+    agent_dev = run(
+        "agent-dev",
+        "agent",
+        f"--agent-client.server-address=127.0.0.1:{udp_dev}",
+        "--agent-client.tls.insecure-skip-verify",
+        "--auth.noauth.agent-id=4712",
+    )
+    lb_args = [
+        "lb",
+        f"--store.memcached.address={memcached.address}",
+        "--http-connector.allowed-proxies=127.0.0.1/32",
+    ]
+    lb = run("lb-plain", *lb_args, f"--http-proxy.listen-address=127.0.0.1:{lb_plain}")
+    lb_with_tls = run(
+        "lb-tls",
+        *lb_args,
+        f"--http-proxy.listen-address=127.0.0.1:{lb_tls}",
+        "--http-proxy.tls.enable",
+        f"--http-proxy.tls.file.cert={certs.cert}",
+        f"--http-proxy.tls.file.key={certs.key}",
+    )
+    try:
+        # everything serves before the signal...
+        assert connect_echo(http_files, target, "4711") == b"still serving"
+        assert connect_echo(http_dev, target, "4712") == b"still serving"
+        assert connect_echo(lb_plain, target, "4711") == b"still serving"
+        assert connect_echo(lb_tls, target, "4711", ca=certs.ca_cert) == b"still serving"
+
+        for d in daemons:
+            d.signal(signal.SIGHUP)
+        wait_log(proxy_files, "agent server TLS: loaded new TLS material")
+        wait_log(proxy_dev, "reload: nothing to re-read")
+        wait_log(agent, "received SIGHUP")
+        wait_log(agent_dev, "received SIGHUP")
+        wait_log(lb, "reload: nothing to re-read")
+        wait_log(lb_with_tls, "http-proxy TLS: loaded new TLS material")
+
+        # ...and after it: no daemon died, each still carries a tunnel end to end
+        assert connect_echo(http_files, target, "4711") == b"still serving"
+        assert connect_echo(http_dev, target, "4712") == b"still serving"
+        assert connect_echo(lb_plain, target, "4711") == b"still serving"
+        assert connect_echo(lb_tls, target, "4711", ca=certs.ca_cert) == b"still serving"
+        for d in daemons:
+            assert d.proc is not None and d.proc.poll() is None, (d.name, d.log())
+        # the agents kept their connections: a reload is not a reconnect
+        assert agent.log().count("connected to proxy") == 1, agent.log()
+        # and SIGTERM still drains and exits cleanly after a SIGHUP
+        for d in daemons:
+            d.signal(signal.SIGTERM)
+        for d in daemons:
+            assert d.wait(timeout=20) == 0, (d.name, d.log())
+    finally:
+        srv.close()
