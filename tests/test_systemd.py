@@ -342,6 +342,22 @@ HARDENING = {
 }
 
 
+#: Where docs/systemd/README.md (and README.md) install the command: a virtual
+#: environment, which works where pip may not install into the system Python (PEP 668).
+INSTALLED = "/opt/reverse-http/venv/bin/reverse-http"
+
+
+def test_install_instructions_put_the_command_where_the_units_run_it() -> None:
+    guide = (UNIT_DIR / "README.md").read_text(encoding="utf-8")
+    install = re.search(r"^## Install\n.*?```sh\n(.*?)```", guide, re.S | re.M)
+    assert install is not None
+    venv = str(Path(INSTALLED).parent.parent)
+    commands = install.group(1).splitlines()
+    assert f"python3 -m venv {venv}" in commands
+    assert f"{venv}/bin/pip install ." in commands
+    assert f"{INSTALLED} version" in commands
+
+
 @pytest.mark.parametrize("daemon", DAEMONS)
 def test_unit_file(daemon: str) -> None:
     unit = parse_unit(unit_path(daemon).read_text(encoding="utf-8"))
@@ -363,7 +379,7 @@ def test_unit_file(daemon: str) -> None:
 
     (exec_start,) = service["ExecStart"]
     argv = shlex.split(exec_start)
-    assert Path(argv[0]).is_absolute() and Path(argv[0]).name == "reverse-http"
+    assert argv[0] == INSTALLED
     assert argv[1] == daemon
     assert argv[2:] == ["--config", f"/etc/reverse-http/{daemon}.yaml"]
 
@@ -435,7 +451,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     for daemon in DAEMONS:
         text = unit_path(daemon).read_text(encoding="utf-8")
         text, count = re.subn(
-            r"^ExecStart=/usr/local/bin/reverse-http ", f"ExecStart={true} ", text, flags=re.M
+            rf"^ExecStart={re.escape(INSTALLED)} ", f"ExecStart={true} ", text, flags=re.M
         )
         assert count == 1
         copy = tmp_path / unit_path(daemon).name
