@@ -41,6 +41,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from .accepting import accept_forever
+from .buildinfo import build_info
 from .errors import ConfigError
 from .netaddr import format_address
 
@@ -138,6 +139,13 @@ class DaemonMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
+        build = build_info()
+        Gauge(
+            PREFIX + "build_info",
+            "Always 1; the labels say which build runs (as version -V shows it).",
+            ["version", "commit"],
+            registry=self.registry,
+        ).labels(build.version, build.commit).set(1)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format 0.0.4 (no ``*_created`` series)."""

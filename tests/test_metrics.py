@@ -515,6 +515,7 @@ def test_each_daemon_has_its_own_set() -> None:
     assert not agent & (
         proxy
         - {
+            "reverse_http_build_info",
             "reverse_http_quic_rtt_seconds",
             "reverse_http_quic_congestion_window_bytes",
             "reverse_http_quic_lost_packets",

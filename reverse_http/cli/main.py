@@ -29,11 +29,10 @@ import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 from typer.core import TyperCommand, TyperGroup
 
-from .. import __version__, _build
 from ..errors import ConfigError
 from ..logs import log_fields, setup_logging
 from ..systemd import Notifier
-from . import options
+from . import options, version_text
 from .auth_cmd import auth_app
 
 __all__ = [
@@ -335,6 +334,12 @@ app = typer.Typer(
 app.add_typer(auth_app, name="auth", help="Auth tools.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text(verbose=False))
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -358,6 +363,16 @@ def _root(
             + ".",
         ),
     ] = None,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            expose_value=False,
+            callback=_print_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
 ) -> None:
     """HTTP reverse tunnel."""
     # As with Kong, the daemons' log flags may come before the command; one given
@@ -605,11 +620,7 @@ def version(
         bool, typer.Option("--verbose", "-V", help="Print version, commit and date as JSON.")
     ] = False,
 ) -> None:
-    if verbose:
-        info = {"commit": _build.COMMIT, "date": _build.DATE, "version": __version__}
-        typer.echo(json.dumps(info, separators=(",", ":"), sort_keys=True))
-    else:
-        typer.echo(__version__)
+    typer.echo(version_text(verbose))
 
 
 @app.command(cls=OneLineCommand, help="Run proxy, agent and a local web page in one process.")
