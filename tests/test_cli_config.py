@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -16,12 +17,15 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from reverse_http.cli import main as cli_main
 from reverse_http.cli import options
 from reverse_http.cli.main import app
 from reverse_http.config import AgentConfig, LbConfig, ListenAddress, LogConfig, ProxyConfig
 from reverse_http.devcerts import CertFiles
 from reverse_http.errors import ConfigError
+
+# The module, not reverse_http.cli.main(): the package's console-script function of the
+# same name hides the module until something imports it.
+cli_main = importlib.import_module("reverse_http.cli.main")
 
 SECRET = "eyJhbGciOiJFUzI1NiJ9.SECRET-PAYLOAD.SECRET-SIGNATURE"
 #: The real one; the autouse fixture replaces it with the test's home directory.
