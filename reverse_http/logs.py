@@ -58,8 +58,19 @@ LEVELS: Final[Mapping[str, int]] = {
     "error": logging.ERROR,
 }
 
-#: aioquic logs every packet at DEBUG on this logger; it only follows us at ``trace``.
-_NOISY_LOGGERS: Final = ("quic",)
+#: aioquic's loggers: every packet at DEBUG, and at INFO a line per handshake step and
+#: per stream reset (``Stream 0 reset by peer`` ends every CONNECT). Set here only:
+#: WARNING unless ``--log.level=debug`` (then INFO) or ``trace`` (then everything).
+_NOISY_LOGGERS: Final = ("quic", "http3")
+
+
+def _noisy_level(level: int) -> int:
+    if level <= TRACE:
+        return level
+    if level <= logging.DEBUG:
+        return logging.INFO
+    return max(level, logging.WARNING)
+
 
 _LEVEL_LABELS: Final[Mapping[int, str]] = {
     TRACE: "TRACE",
@@ -238,7 +249,7 @@ def setup_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(level if level <= TRACE else max(level, logging.INFO))
+        logging.getLogger(name).setLevel(_noisy_level(level))
 
 
 def reset_logging() -> None:

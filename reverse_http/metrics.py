@@ -345,10 +345,6 @@ class ProxyMetrics(SessionMetrics):
         self.agents_connected.set(self._connected)
         self.agent_connects.inc()
 
-    def agent_replaced(self) -> None:
-        """A connection was closed because a newer one authenticated with its agent id."""
-        self.agent_replacements.inc()
-
     def agent_disconnected(self, agent_id: str, reason_label: str) -> None:
         """A connection from ``agent_id`` ended; ``reason_label`` from :meth:`disconnect_reason`.
 
@@ -359,6 +355,8 @@ class ProxyMetrics(SessionMetrics):
         if reason_label not in DISCONNECT_REASONS:
             reason_label = "error"
         self.agent_disconnects.labels(reason_label).inc()
+        if reason_label == "replaced":
+            self.agent_replacements.inc()
         if reason_label != "auth_failed":
             self._connected = max(0, self._connected - 1)
             self.agents_connected.set(self._connected)
@@ -606,14 +604,16 @@ class AgentMetrics(DaemonMetrics):
         self.quic_stats = stats
         self.set_state("connected")
 
-    def disconnected(self, final: dict[str, float] | None, *, replaced: bool = False) -> None:
+    def disconnected(self, final: dict[str, float] | None) -> None:
         """The connection ended (``final``: its last stats); the agent waits to retry."""
         if final is not None:
             self._lost_before += final.get("lost_packets", 0.0)
         self.quic_stats = None
-        if replaced:
-            self.replaced.inc()
         self.set_state("backoff")
+
+    def was_replaced(self) -> None:
+        """The proxy closed our connection for another one with our agent id (409)."""
+        self.replaced.inc()
 
     def session_started(self) -> None:
         self.sessions_opened.inc()

@@ -228,3 +228,13 @@ def test_any_argument_or_field_makes_one_printable_line(arg: str, value: str) ->
             record = json.loads(line)
             assert all(str(v).isprintable() for v in record.values())
             assert record["msg"].startswith("got ")
+
+
+@pytest.mark.parametrize("level", ["info", "warn", "error"])
+def test_aioquic_info_lines_are_silent_above_debug(level: str) -> None:
+    stream = configure(level=level)
+    for name in ("quic", "http3"):
+        logging.getLogger(name).info("Stream 0 reset by peer (error code 0, final size 0)")
+        logging.getLogger(name).error("aioquic trouble")
+    assert "reset by peer" not in stream.getvalue()
+    assert stream.getvalue().count("aioquic trouble") == 2

@@ -486,8 +486,8 @@ async def test_every_daemon_exports_process_metrics(make: type[DaemonMetrics]) -
     rss = flat["process_resident_memory_bytes"]
     assert 10 * 2**20 < rss < 4 * 2**30  # a Python process with trio: tens of MiB
     assert flat["process_virtual_memory_bytes"] >= rss
-    # listing /proc/self/fd opens one more; the scrape's own sockets may have closed
-    assert abs(flat["process_open_fds"] - len(os.listdir("/proc/self/fd"))) <= 3
+    # listing /proc/self/fd opens one more; the scrape's own sockets come and go
+    assert abs(flat["process_open_fds"] - len(os.listdir("/proc/self/fd"))) <= 8
     assert 0 < flat["process_cpu_seconds_total"] < time.process_time() + 1
     assert abs(flat["process_start_time_seconds"] - (time.time() - _uptime())) < 5
 
@@ -542,7 +542,8 @@ async def test_agent_counts_losses_across_connections() -> None:
         assert value(s, "quic_rtt_seconds") == 0.02
         assert value(s, "quic_lost_packets_total") == 3
         assert value(s, "agent_connection_state", state="connected") == 1
-        m.disconnected(dict(live, lost_packets=5.0), replaced=True)
+        m.disconnected(dict(live, lost_packets=5.0))
+        m.was_replaced()
         m.attempt()
         s = await scrape(base)
         assert value(s, "quic_rtt_seconds") is None  # no connection, no RTT

@@ -26,10 +26,12 @@ from ..auth.tokenfile import TokenFile
 from ..config import AgentConfig
 from ..daemon import DaemonState, lifecycle
 from ..errors import ConfigError
+from ..logs import log_fields
 from ..metrics import AgentMetrics
 from ..quic import Connection, ConnectionError, connect
 from ..quic.settings import TlsConfigError, client_configuration
 from ..systemd import Notifier
+from ..tlsfiles import flag_of_file
 from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
 from .tunnel import serve_tunnel
 
@@ -41,6 +43,13 @@ CODE_REPLACED = 409
 #: Close codes of a proxy refusing the agent: 500 auth/registration failure, 400 empty id.
 CODES_REFUSED = (500, 400)
 REASON_PROXY_SHUTDOWN = "proxy server shutdown"
+#: After the proxy replaced our connection (409: another connection authenticated with
+#: our agent id), wait about this long, doubling with every replacement up to
+#: REPLACED_MAX_BACKOFF. An agent that merely restarted never sees a 409 (its old
+#: connection is dead), so repeats mean two agents share one id: the flap slows down
+#: to a few replacements per REPLACED_MAX_BACKOFF instead of running at full speed.
+REPLACED_INITIAL_BACKOFF = 2.0
+REPLACED_MAX_BACKOFF = 300.0
 
 
 class AuthRefused(Exception):
@@ -76,6 +85,10 @@ class AgentHandle(DaemonState):
     connects: int = 0
     #: The last connection ended because the proxy shut down (reconnect at once).
     proxy_draining: bool = False
+    #: The last connection ended because the proxy replaced it (409).
+    replaced: bool = False
+    #: Connections of this agent the proxy replaced so far.
+    replacements: int = 0
     #: The last state change, as logged ("connected to ...", "cannot connect ...").
     last_state: str = ""
     #: The ``file:`` token source, re-read before every attempt; None for a fixed secret.
@@ -97,17 +110,22 @@ class AgentHandle(DaemonState):
 
 
 class _StateLog:
-    """Log each state change once; repeats of the same failure go to debug."""
+    """Log each state change once; repeats of the same failure go to debug.
 
-    def __init__(self, handle: AgentHandle) -> None:
+    Every line carries ``proxy`` and ``event`` fields (key=value in text, keys in JSON).
+    """
+
+    def __init__(self, handle: AgentHandle, target: str) -> None:
         self._handle = handle
+        self._target = target
 
-    def __call__(self, level: int, message: str) -> None:
+    def __call__(self, level: int, message: str, event: str) -> None:
+        fields = log_fields(proxy=self._target, event=event)
         if message == self._handle.last_state:
-            log.debug("%s (again)", message)
+            log.debug("%s (again)", message, extra=fields)
             return
         self._handle.last_state = message
-        log.log(level, "%s", message)
+        log.log(level, "%s", message, extra=fields)
 
 
 async def run_agent(
@@ -121,10 +139,7 @@ async def run_agent(
 
     Ready (systemd, /readyz) means connected and authenticated.
     """
-    try:
-        client_configuration(config.transport, config.tls, config.server_host)
-    except TlsConfigError as exc:
-        raise ConfigError(f"--agent-client.tls.file.*: {exc}") from None
+    check_client_tls(config)
     handle = AgentHandle(config=config)
     handle.health.add_check("connected", lambda: handle.is_connected)
     creds = config.credentials
@@ -148,18 +163,43 @@ async def run_agent(
                 await handle.connection.close(CODE_CLIENT_CLOSED, REASON_CLIENT_CLOSED)
 
 
+def check_client_tls(config: AgentConfig) -> None:
+    """Load the TLS files as a connection would (also what ``--check`` runs); ConfigError
+    names the ``--agent-client.tls.file.*`` flag of the bad file."""
+    try:
+        client_configuration(config.transport, config.tls, config.server_host)
+    except TlsConfigError as exc:
+        flag = flag_of_file(
+            str(exc),
+            {
+                "--agent-client.tls.file.root-ca": config.tls.root_ca_file,
+                "--agent-client.tls.file.cert": config.tls.cert_file,
+                "--agent-client.tls.file.key": config.tls.key_file,
+            },
+            "--agent-client.tls.file.*",
+        )
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
 async def _reconnect_forever(handle: AgentHandle) -> None:
     config = handle.config
     backoff = Backoff(config.reconnect_initial_backoff, config.reconnect_max_backoff)
-    state = _StateLog(handle)
+    replaced_backoff = Backoff(REPLACED_INITIAL_BACKOFF, REPLACED_MAX_BACKOFF)
     target = f"{config.server_host}:{config.server_port}"
+    state = _StateLog(handle, target)
+    metrics = handle.metrics
     while True:
         started = trio.current_time()
-        handle.proxy_draining = False
+        handle.proxy_draining = handle.replaced = False
+        metrics.attempt()
         try:
             await _one_connection(handle, state, target)
         except* AuthRefused as group:
-            state(logging.ERROR, f"proxy {target} refused authentication: {group.exceptions[0]}")
+            state(
+                logging.ERROR,
+                f"proxy {target} refused authentication: {group.exceptions[0]}",
+                "auth_refused",
+            )
         except* (
             ConnectionError,
             OSError,
@@ -168,14 +208,42 @@ async def _reconnect_forever(handle: AgentHandle) -> None:
             trio.BrokenResourceError,
         ) as group:
             reason = _reason(group.exceptions[0])
-            state(logging.WARNING, f"cannot connect to proxy {target}: {reason}")
+            state(logging.WARNING, f"cannot connect to proxy {target}: {reason}", "connect_failed")
         except* Exception as group:
             # A bug must not end the agent: log it and keep reconnecting.
             log.error("agent connection failed unexpectedly", exc_info=group)
         finally:
+            if handle.connection is not None:
+                metrics.disconnected(_final_stats(handle.connection))
+            else:
+                metrics.set_state("backoff")
             handle.connection = None
-        if trio.current_time() - started >= config.healthy_after:
+        lived = trio.current_time() - started
+        if lived >= config.healthy_after:
             backoff.reset()
+        if lived >= REPLACED_MAX_BACKOFF:
+            replaced_backoff.reset()  # held the id that long: any earlier flap is over
+        if handle.replaced:
+            handle.replacements += 1
+            metrics.was_replaced()
+            delay = replaced_backoff.next_delay()
+            log.warning(
+                "proxy %s closed this connection: another connection authenticated as "
+                "agent %s (two agents with one id?); replaced %d time(s), reconnecting in "
+                "%.1fs",
+                target,
+                _agent_label(config),
+                handle.replacements,
+                delay,
+                extra=log_fields(
+                    proxy=target,
+                    event="replaced",
+                    replacements=handle.replacements,
+                    backoff=round(delay, 3),
+                ),
+            )
+            await trio.sleep(delay)
+            continue
         if handle.proxy_draining:
             # The proxy is going away on purpose: find another one now.
             backoff.reset()
@@ -183,6 +251,14 @@ async def _reconnect_forever(handle: AgentHandle) -> None:
         delay = backoff.next_delay()
         log.debug("reconnecting in %.2fs", delay)
         await trio.sleep(delay)
+
+
+def _final_stats(conn: Connection) -> dict[str, float] | None:
+    """The ended connection's last QUIC stats (its losses count on), if it still has them."""
+    try:
+        return conn.stats()
+    except Exception:
+        return None
 
 
 async def _one_connection(handle: AgentHandle, state: _StateLog, target: str) -> None:
@@ -197,28 +273,30 @@ async def _one_connection(handle: AgentHandle, state: _StateLog, target: str) ->
         # Connected (and ready) means authenticated, not merely past the QUIC handshake.
         handle.connection = conn
         handle.connects += 1
+        handle.metrics.connected(conn.stats)
         handle.connected.set()
-        state(logging.INFO, f"connected to proxy {target} as agent {_agent_label(config)}")
+        state(
+            logging.INFO,
+            f"connected to proxy {target} as agent {_agent_label(config)}",
+            "connected",
+        )
         await _serve_streams(conn, handle)
         info = conn.close_info
         if info is not None and info.by_peer and info.reason == REASON_PROXY_SHUTDOWN:
             handle.proxy_draining = True
-            state(logging.INFO, f"proxy {target} is shutting down; reconnecting")
+            state(logging.INFO, f"proxy {target} is shutting down; reconnecting", "proxy_shutdown")
         elif info is not None and info.by_peer and info.error_code == CODE_REPLACED:
-            state(
-                logging.WARNING,
-                f"proxy {target} closed this connection: another agent with the same id "
-                f"connected ({info.reason}); retrying with backoff",
-            )
+            handle.replaced = True  # logged with its backoff by the reconnect loop
+            handle.last_state = "replaced"
         elif info is not None and info.by_peer and info.error_code in CODES_REFUSED:
             # The Go reference answers "authenticated" before it refuses an empty agent id
             # (400) or fails to register the agent (500): a refusal all the same.
             reason = info.reason or f"code {info.error_code}"
-            state(logging.ERROR, f"proxy {target} refused authentication: {reason}")
+            state(logging.ERROR, f"proxy {target} refused authentication: {reason}", "auth_refused")
         elif info is not None and not info.by_peer and info.reason == REASON_CLIENT_CLOSED:
-            state(logging.INFO, f"connection to proxy {target} closed")
+            state(logging.INFO, f"connection to proxy {target} closed", "closed")
         else:
-            state(logging.WARNING, f"connection to proxy {target} lost: {info}")
+            state(logging.WARNING, f"connection to proxy {target} lost: {info}", "lost")
         attempt.cancel_scope.cancel()
 
 
@@ -250,7 +328,11 @@ async def _serve_streams(conn: Connection, handle: AgentHandle) -> None:
                 return
             for stream in accepted:
                 streams.start_soon(
-                    serve_tunnel, stream, config.host_whitelist, config.dial_timeout
+                    serve_tunnel,
+                    stream,
+                    config.host_whitelist,
+                    config.dial_timeout,
+                    handle.metrics,
                 )
 
     async with trio.open_nursery() as streams:

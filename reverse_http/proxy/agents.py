@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from ..logs import log_fields
 from ..netaddr import format_address
 from ..quic import Connection
 
@@ -43,11 +44,19 @@ class AgentRegistry:
         if self.on_up is not None:
             self.on_up(agent_id)
         if old is not None and old is not conn:
-            log.info(
-                "agent %s reconnected from %s; closing its old connection from %s",
+            new_address = format_address(conn.peer_address)
+            old_address = format_address(old.peer_address)
+            # A warning: an agent that restarts never sees it (its old connection is
+            # dead), so a 409 that repeats means two agents run with this id.
+            log.warning(
+                "agent %s connected from %s while already connected from %s: closing the "
+                "older connection; if this repeats, two agents share this id",
                 agent_id,
-                format_address(conn.peer_address),
-                format_address(old.peer_address),
+                new_address,
+                old_address,
+                extra=log_fields(
+                    agent_id=agent_id, address=new_address, replaced_address=old_address
+                ),
             )
             old.abort(CODE_REPLACED, REASON_REPLACED)
 

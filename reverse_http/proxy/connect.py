@@ -7,7 +7,7 @@ import trio
 from ..quic import Connection, ConnectionError, QuicStream, StreamLimitError
 from ..safetext import safe_text
 from ..session import OpenUpstream, Upstream
-from ..wire.http import ConnectRequest, HttpError, request_tunnel
+from ..wire.http import ConnectRequest, HttpError, ResponseHead, request_tunnel
 from .agents import AgentRegistry
 
 
@@ -45,9 +45,7 @@ async def open_tunnel(conn: Connection, request: ConnectRequest, dial_timeout: f
                 return tunnel
             if head.status == 403:
                 raise HttpError(403, f"destination {request.authority} is not allowed by the agent")
-            raise HttpError(
-                503, f"agent could not reach {request.authority}: {head.status} {head.reason}"
-            )
+            raise HttpError(503, f"agent could not reach {request.authority}: {_why(head)}")
         if stream is None:
             raise HttpError(
                 503,
@@ -61,3 +59,15 @@ async def open_tunnel(conn: Connection, request: ConnectRequest, dial_timeout: f
         if stream is not None:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+
+def _why(head: ResponseHead) -> str:
+    """The agent's own reason (refused, timed out, DNS...) from its answer's body.
+
+    Our agents write ``dial <host:port>: <reason>``; the Go agent sends no body, so
+    its status line is all there is to pass on.
+    """
+    text = safe_text(head.body.decode("utf-8", "replace").strip())
+    if text.startswith("dial ") and ": " in text:
+        text = text.split(": ", 1)[1]
+    return text or f"{head.status} {head.reason} (the agent gave no reason)"

@@ -243,6 +243,9 @@ class ResponseHead:
     status: int
     reason: str
     leftover: bytes
+    #: A refusal's body (its reason, as our agents and proxies write it), at most
+    #: MAX_DETAIL bytes; empty for a 200 and for peers that give no reason (Go).
+    body: bytes = b""
 
 
 async def read_response_head(
@@ -268,14 +271,38 @@ async def read_response_head(
             conn.receive_data(bytes(data))
             continue
         if isinstance(event, h11.Response):
-            leftover = conn.trailing_data[0] if event.status_code == 200 else b""
             reason = safe_text(event.reason.decode("latin-1"))
-            return ResponseHead(event.status_code, reason, bytes(leftover))
+            if event.status_code == 200:
+                return ResponseHead(200, reason, bytes(conn.trailing_data[0]))
+            body = await _read_body(conn, stream)
+            return ResponseHead(event.status_code, reason, b"", body)
         if isinstance(event, h11.ConnectionClosed):
             raise HttpError(502, "upstream closed before answering")
         if isinstance(event, h11.InformationalResponse):
             continue
         raise HttpError(502, "unexpected answer from upstream")
+
+
+async def _read_body(conn: h11.Connection, stream: trio.abc.ReceiveStream) -> bytes:
+    """The body of a refusal, up to MAX_DETAIL bytes; whatever arrived if it breaks off.
+
+    The caller bounds the time: a peer that sends no body and keeps the stream open
+    costs at most the caller's deadline, and the answer's status stands either way.
+    """
+    body = b""
+    try:
+        while len(body) < MAX_DETAIL:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                conn.receive_data(bytes(data))
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
+            else:
+                break  # EndOfMessage, or the peer closed
+    except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    return body[:MAX_DETAIL]
 
 
 async def request_tunnel(
