@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -108,7 +109,8 @@ def test_sdist_and_wheel_build_and_the_wheel_runs_from_a_fresh_venv(tmp_path: Pa
     packaged = {p.relative_to(ROOT).as_posix() for p in (ROOT / "reverse_http").rglob("*.py")}
     assert packaged <= names, packaged - names  # every module, and no tests
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
-    assert "reverse-http = reverse_http.cli.main:main" in entry_points
+    script = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert f"reverse-http = {script['reverse-http']}" in entry_points
 
     bin_dir = fresh_venv(tmp_path / "venv")
     run([bin_dir / "pip", "install", "--quiet", wheel], tmp_path)
