@@ -4,7 +4,8 @@ A wheel and an sdist are built (``python -m build``: the wheel from the unpacked
 so the sdist must be complete) from exactly the files compose/Dockerfile copies into the
 image, and the wheel is installed into a fresh virtual environment (no system
 site-packages, dependencies from the package index or pip's cache), whose
-``reverse-http`` must run from there. Downloads make it slow: integration session.
+``reverse-http`` must run from there; then the README's ``pipx install .``. Downloads
+make it slow: integration session.
 """
 
 from __future__ import annotations
@@ -53,16 +54,24 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def run(argv: list[str | Path], cwd: Path, timeout: float = 240) -> str:
+def run(
+    argv: list[str | Path],
+    cwd: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 240,
+) -> str:
     result = subprocess.run(
         [str(a) for a in argv],
         cwd=cwd,
-        env=clean_env(),
+        env={**clean_env(), **(extra_env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-    assert result.returncode == 0, f"{argv}:\n{result.stdout}\n{result.stderr}"
+    if check:
+        assert result.returncode == 0, f"{argv}:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
 
@@ -74,7 +83,9 @@ def fresh_venv(path: Path) -> Path:
     return path / "bin"
 
 
-def test_sdist_and_wheel_build_and_the_wheel_runs_from_a_fresh_venv(tmp_path: Path) -> None:
+def test_sdist_and_wheel_build_and_install_into_a_fresh_venv_and_with_pipx(
+    tmp_path: Path,
+) -> None:
     sources = image_sources()
     assert {"pyproject.toml", "README.md", "reverse_http"} <= set(sources), sources
     src = tmp_path / "src"  # never build in the shared work tree (build/, *.egg-info)
@@ -122,3 +133,15 @@ def test_sdist_and_wheel_build_and_the_wheel_runs_from_a_fresh_venv(tmp_path: Pa
     assert Path(where).is_relative_to(tmp_path / "venv"), where
     key = run([bin_dir / "reverse-http", "auth", "key", "private", "--out", "-"], elsewhere)
     assert key.startswith("-----BEGIN EC PRIVATE KEY-----")
+
+    # README's quick start, `pipx install .` in the checkout, with pipx's own directories
+    run([builder / "pip", "install", "--quiet", "pipx"], tmp_path)
+    pipx_env = {
+        "PIPX_HOME": str(tmp_path / "pipx"),
+        "PIPX_BIN_DIR": str(tmp_path / "pipx-bin"),
+        "PIPX_MAN_DIR": str(tmp_path / "pipx-man"),
+    }
+    run([builder / "pipx", "install", "."], src, extra_env=pipx_env)
+    command = tmp_path / "pipx-bin" / "reverse-http"
+    assert run([command], elsewhere, check=False).count("Usage:") == 1  # no args: help
+    assert run([command, "version"], elsewhere).strip() == version
