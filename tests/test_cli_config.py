@@ -157,7 +157,7 @@ def test_signatures_match_flag_table(command: str) -> None:
 
     group = typer.main.get_command(app)
     cmd = group.commands[command]  # type: ignore[attr-defined]
-    params = {p.name: p for p in cmd.params if p.name not in ("config", "help")}
+    params = {p.name: p for p in cmd.params if p.name not in ("config", "check", "help")}
     table = options.COMMANDS[command]
     assert set(params) == {options.param_name(f.name) for f in table}
     for flag in table:
@@ -1064,6 +1064,10 @@ def test_duration_without_unit_says_so_and_shows_the_fix(captured: Captured) -> 
             {"REVERSE_HTTP_HTTP_PROXY_TLS_ENABLE": "maybe"},
             "environment variable REVERSE_HTTP_HTTP_PROXY_TLS_ENABLE: "
             'invalid boolean value "maybe" (expected true or false)',
+        ),
+        (
+            {"REVERSE_HTTP_CONFIG": "/nonexistent/reverse-http.yaml"},
+            'environment variable REVERSE_HTTP_CONFIG: cannot read "/nonexistent/',
         ),
         # a message about several flags names the variable that set the first one
         (

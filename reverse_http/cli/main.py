@@ -229,7 +229,12 @@ class OneLineCommand(TyperCommand):
         try:
             return super().parse_args(ctx, args)
         except ConfigError as exc:  # from the --config callback
-            raise CliError(self.error_prefix, str(exc)) from None
+            message = str(exc)
+            if _source_name(ctx, "config") == "ENVIRONMENT":
+                message = re.sub(
+                    r"^--config\b", f"environment variable {options.CONFIG_ENVVAR}", message
+                )
+            raise CliError(self.error_prefix, message) from None
         except UsageError as exc:
             raise CliError(self.error_prefix, _usage_message(ctx, exc)) from None
 
