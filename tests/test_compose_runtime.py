@@ -14,7 +14,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,9 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
+
+from reverse_http.cli.main import PROG_NAME, app
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose"
 FILES = sorted(COMPOSE.glob("docker-compose.*.yml"))
@@ -133,7 +135,7 @@ def test_documented_permissions_let_the_image_user_read_keys_and_tokens(
     compose = shared_dir / "compose"
     (compose / "jwt").mkdir(parents=True)
     (compose / "certs").mkdir()
-    runner = [sys.executable, "-c", "from reverse_http.cli.main import main; main()"]
+    runner = CliRunner()
     jwt = compose / "jwt"
     for args in (
         ["auth", "key", "private", "--out", str(jwt / "auth-key-private.pem")],
@@ -142,7 +144,8 @@ def test_documented_permissions_let_the_image_user_read_keys_and_tokens(
         ["auth", "jwt", "token", "--agent-id", "4711", "--role", "agent",
          "--in", str(jwt / "auth-key-private.pem"), "--out", str(jwt / "auth-agent-jwt-4711.b64")],
     ):  # fmt: skip
-        subprocess.run([*runner, *args], check=True, capture_output=True, timeout=60)
+        result = runner.invoke(app, args, prog_name=PROG_NAME)
+        assert result.exit_code == 0, result.output
     key = compose / "certs" / "proxy-key.pem"
     key.write_text("-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n")
     key.chmod(0o600)  # what openssl -keyout writes
