@@ -107,10 +107,24 @@ async def open_http_listeners(
     if tls is None:
         return list(tcp), None
     try:
-        swappable = SwappableServerContext(functools.partial(_server_context, tls, flag))
-    except (OSError, ssl.SSLError, TlsConfigError) as exc:
+        swappable = http_tls_context(tls, flag)
+    except ConfigError:
         for ln in tcp:
             await ln.aclose()
+        raise
+    files = ReloadableFiles(f"{flag.lstrip('-')} TLS", tls.files, swappable.reload)
+    listeners: list[Listener] = [
+        trio.SSLListener(ln, swappable.outer, https_compatible=True) for ln in tcp
+    ]
+    return listeners, files
+
+
+def http_tls_context(tls: TcpTls, flag: str = "--http-proxy") -> SwappableServerContext:
+    """The listeners' TLS, loaded and cross-checked (also what ``--check`` runs);
+    ConfigError names the ``{flag}.tls.*`` flag of the bad file."""
+    try:
+        return SwappableServerContext(functools.partial(_server_context, tls, flag))
+    except (OSError, ssl.SSLError, TlsConfigError) as exc:
         blamed = tls_file_flag(
             str(exc),
             flag,
@@ -120,11 +134,6 @@ async def open_http_listeners(
             client_crl=tls.client_crl_file,
         )
         raise ConfigError(f"{blamed}: {exc}") from None
-    files = ReloadableFiles(f"{flag.lstrip('-')} TLS", tls.files, swappable.reload)
-    listeners: list[Listener] = [
-        trio.SSLListener(ln, swappable.outer, https_compatible=True) for ln in tcp
-    ]
-    return listeners, files
 
 
 def _server_context(tls: TcpTls, flag: str) -> ssl.SSLContext:

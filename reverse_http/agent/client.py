@@ -31,7 +31,7 @@ from ..metrics import AgentMetrics
 from ..quic import Connection, ConnectionError, connect
 from ..quic.settings import TlsConfigError, client_configuration
 from ..systemd import Notifier
-from ..tlsfiles import flag_of_file
+from ..tlsfiles import flag_of_file, read_certificates
 from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
 from .tunnel import serve_tunnel
 
@@ -167,6 +167,9 @@ def check_client_tls(config: AgentConfig) -> None:
     """Load the TLS files as a connection would (also what ``--check`` runs); ConfigError
     names the ``--agent-client.tls.file.*`` flag of the bad file."""
     try:
+        if config.tls.root_ca_file is not None and not config.tls.insecure_skip_verify:
+            # aioquic takes a file without any certificate and then fails every handshake
+            read_certificates(config.tls.root_ca_file)
         client_configuration(config.transport, config.tls, config.server_host)
     except TlsConfigError as exc:
         flag = flag_of_file(

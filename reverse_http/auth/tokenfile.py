@@ -40,11 +40,15 @@ def read_token_file(path: Path) -> str:
 
 
 def describe_token(token: str, now: datetime | None = None) -> str:
-    """``agent id "a1", expires 2026-12-04T06:00:00Z (in 23h59m)``; raises ValueError
-    (an ``AuthError``) for a token that is not a well-formed reverse-http JWT."""
+    """``agent id "a1", expires 2026-12-04T06:00:00Z (in 23h59m)``; raises
+    TokenFileError for a token that is not a well-formed reverse-http JWT."""
+    from .basic import AuthError
     from .jwt import inspect_token
 
-    claims = inspect_token(token)
+    try:
+        claims = inspect_token(token)
+    except AuthError as exc:
+        raise TokenFileError(str(exc)) from None
     who = f"{claims.role} id {_q(claims.agent_id)}" if claims.agent_id else "no agent_id"
     if claims.expires_at is None:
         return f"{who}, never expires"

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import IO, Annotated, Any, ClassVar, Final, TypeVar
+from typing import IO, Annotated, Any, ClassVar, Final, NoReturn, TypeVar
 
 import typer
 
@@ -211,6 +211,16 @@ _CONFIG_OPTION: Final[Any] = typer.Option(
         "Configuration file (.yaml, .yml or .json). Default: every one of "
         + ", ".join(options.CONFIG_SEARCH_PATHS)
         + " that exists, later ones overriding earlier ones; '' for none."
+    ),
+)
+
+
+_CHECK_OPTION: Final[Any] = typer.Option(
+    "--check",
+    help=(
+        "Load the configuration and every file it names, cross-check them, print what "
+        "was found and exit: 0 if fine, 1 with one line per problem. Binds no port and "
+        "connects nowhere."
     ),
 )
 
@@ -436,6 +446,44 @@ def _run_daemon(run: Callable[[T], Awaitable[object]], config: T) -> None:
         raise
 
 
+def _check(
+    ctx: typer.Context,
+    values: dict[str, object],
+    build: Callable[[dict[str, object]], Any],
+    checker: str,
+) -> NoReturn:
+    """``--check``: notes on stdout, one line per problem on stderr; exit 0 or 1."""
+    from .. import check as checks
+
+    prefix = _command(ctx).error_prefix
+    report = checks.Report()
+    search: options.ConfigSearch | None = ctx.meta.get(_CONFIG_SEARCH_KEY)
+    if search is not None:
+        for path in search.files:
+            report.note(f"configuration file {path} loaded")
+        for path, reason in search.skipped:
+            report.note(f"configuration file {path} skipped: {reason}")
+    try:
+        options.build_log_config(values)
+        config = build(values)
+    except ConfigError as exc:
+        report.problem(_blame_source(ctx, str(exc)))
+    else:
+        found = getattr(checks, checker)(config)
+        report.notes.extend(found.notes)
+        report.problems.extend(_blame_source(ctx, p) for p in found.problems)
+    for note in report.notes:
+        typer.echo(f"{prefix}: ok: {note}")
+    for problem in report.problems:
+        typer.echo(f"{prefix}: {problem}", err=True)
+    if report.ok:
+        typer.echo(f"{prefix}: configuration OK")
+        raise typer.Exit(0)
+    count = len(report.problems)
+    typer.echo(f"{prefix}: configuration check failed: {count} problem(s)", err=True)
+    raise typer.Exit(1)
+
+
 def _command(ctx: typer.Context) -> DaemonCommand:
     command = ctx.command
     assert isinstance(command, DaemonCommand)
@@ -500,8 +548,11 @@ def proxy(
     log_level: Annotated[str, _proxy_opt("log.level")] = "info",
     log_format: Annotated[str, _proxy_opt("log.format")] = "text",
     config: Annotated[str | None, _CONFIG_OPTION] = None,
+    check: Annotated[bool, _CHECK_OPTION] = False,
 ) -> None:
     values = _command(ctx).flag_values(ctx)
+    if check:
+        _check(ctx, values, options.build_proxy_config, "check_proxy")
     log_config = options.build_log_config(values)
     proxy_config = options.build_proxy_config(values)
     setup_logging(log_config)
@@ -540,8 +591,11 @@ def agent(
     log_level: Annotated[str, _agent_opt("log.level")] = "info",
     log_format: Annotated[str, _agent_opt("log.format")] = "text",
     config: Annotated[str | None, _CONFIG_OPTION] = None,
+    check: Annotated[bool, _CHECK_OPTION] = False,
 ) -> None:
     values = _command(ctx).flag_values(ctx)
+    if check:
+        _check(ctx, values, options.build_agent_config, "check_agent")
     log_config = options.build_log_config(values)
     agent_config = options.build_agent_config(values)
     setup_logging(log_config)
@@ -608,8 +662,11 @@ def lb(
     log_level: Annotated[str, _lb_opt("log.level")] = "info",
     log_format: Annotated[str, _lb_opt("log.format")] = "text",
     config: Annotated[str | None, _CONFIG_OPTION] = None,
+    check: Annotated[bool, _CHECK_OPTION] = False,
 ) -> None:
     values = _command(ctx).flag_values(ctx)
+    if check:
+        _check(ctx, values, options.build_lb_config, "check_lb")
     log_config = options.build_log_config(values)
     lb_config = options.build_lb_config(values)
     setup_logging(log_config)
