@@ -83,6 +83,10 @@ class AgentCredentials:
         return self.token if self.type == "jwt" and self.token else self.agent_id or ""
 
 
+#: An LB server without its store can route nothing: it leaves its load balancer soon.
+LB_READINESS_GRACE = 5.0
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     type: Literal["none", "memcached"] = "none"
@@ -91,6 +95,8 @@ class StoreConfig:
     #: The proxy's HTTP address as the LB servers reach it; None: the listen address.
     http_proxy_address: str | None = None
     entry_ttl: float = 30.0
+    #: The store may fail this long (no success in between) before /readyz says 503.
+    readiness_grace: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,9 @@ class LbConfig:
     http_tls: TcpTls | None = None
     host_whitelist: AllowList = field(default_factory=lambda: AllowList.parse([]))
     auth: ProxyAuth = field(default_factory=ProxyAuth)
-    store: StoreConfig = field(default_factory=lambda: StoreConfig(type="memcached"))
+    store: StoreConfig = field(
+        default_factory=lambda: StoreConfig(type="memcached", readiness_grace=LB_READINESS_GRACE)
+    )
     connector_tls: ConnectorTls = field(default_factory=ConnectorTls)
     #: The only addresses the LB dials because a route names them.
     allowed_proxies: ProxyAllowList = field(default_factory=ProxyAllowList.default)

@@ -18,23 +18,26 @@ from reverse_http.store.memcached import open_memcached_store
 from tests.tunnel_helpers import agent_config, echo_target, noauth, open_connect, proxy_config
 
 
-def store_config(memcached: Memcached, ttl: float = 30.0) -> StoreConfig:
+def store_config(
+    memcached: Memcached, ttl: float = 30.0, readiness_grace: float = 30.0
+) -> StoreConfig:
     return StoreConfig(
         type="memcached",
         memcached_addresses=(memcached.address,),
         memcached_timeout=0.5,
         entry_ttl=ttl,
+        readiness_grace=readiness_grace,
     )
 
 
 @asynccontextmanager
 async def cluster(
-    certs: CertFiles, memcached: Memcached, ttl: float = 30.0
+    certs: CertFiles, memcached: Memcached, ttl: float = 30.0, readiness_grace: float = 30.0
 ) -> AsyncIterator[tuple[trio.Nursery, list[ProxyServer], LbServer]]:
     async with trio.open_nursery() as nursery:
+        store = store_config(memcached, ttl, readiness_grace)
         proxies = [
-            await nursery.start(run_proxy, proxy_config(certs, store=store_config(memcached, ttl)))
-            for _ in range(2)
+            await nursery.start(run_proxy, proxy_config(certs, store=store)) for _ in range(2)
         ]
         lb = await nursery.start(
             run_lb,
@@ -130,7 +133,10 @@ async def test_moving_agent_leaves_only_the_current_route(
 async def test_memcached_outage_keeps_local_traffic_and_reregisters(
     certs: CertFiles, memcached: Memcached
 ) -> None:
-    async with echo_target() as target, cluster(certs, memcached) as (nursery, proxies, _lb):
+    async with (
+        echo_target() as target,
+        cluster(certs, memcached, readiness_grace=1.0) as (nursery, proxies, _lb),
+    ):
         await start_agent(nursery, certs, proxies[0], "4711")
         await start_agent(nursery, certs, proxies[1], "4712")
         await wait_route(memcached, "4711", address_of(proxies[0]))

@@ -205,9 +205,10 @@ async def test_outage_unreadies_and_recovery_reregisters(
         r.store.down.add("*")
         down_at = trio.current_time()
         await r.store.until(lambda: not r.registrar.healthy, within=30)
-        # unready once nothing succeeded for the grace (the last refresh was <= 1 s
-        # before the outage), noticed at the next retry (<= max_backoff later)
-        assert 4.0 <= trio.current_time() - down_at <= 5.0 + 2.0
+        # unready once the store failed for the grace with no success in between: the
+        # first failure is the next refresh (<= 1 s after the outage), noticed at the
+        # next retry (<= max_backoff later)
+        assert 5.0 <= trio.current_time() - down_at <= 1.0 + 5.0 + 2.0
         assert r.errors("refresh", "unavailable") >= 2
         # the store comes back empty
         for agent_id in ("4711", "4712"):
@@ -216,6 +217,36 @@ async def test_outage_unreadies_and_recovery_reregisters(
         r.store.down.clear()
         await r.store.until_written("4711", "4712")
         assert r.registrar.healthy
+
+
+async def test_a_blip_shorter_than_the_grace_keeps_the_proxy_ready(
+    memcached: Memcached, clock: trio.testing.MockClock
+) -> None:
+    """Defect 5: a memcached restart must not take every proxy out of the LB at once."""
+    async with registrar(memcached, ttl=3.0, max_backoff=2.0) as r:  # default grace, 30 s
+        r.up("4711")
+        await r.store.until_written("4711")
+        await r.store.until(lambda: len(r.store.times("refresh", "4711")) >= 1)
+        r.store.down.add("*")
+        down_at = trio.current_time()
+        unready: list[float] = []
+
+        def sample(seconds: float) -> Callable[[], bool]:
+            def check() -> bool:
+                if not r.registrar.healthy:
+                    unready.append(trio.current_time() - down_at)
+                return trio.current_time() - down_at >= seconds
+
+            return check
+
+        await r.store.until(sample(25.0), within=60)
+        assert unready == []  # 25 s of failures: still ready
+        assert r.errors("refresh", "unavailable") + r.errors("set", "unavailable") >= 5
+        # a longer outage does unready it, once the grace is over
+        await r.store.until(lambda: not r.registrar.healthy, within=60)
+        assert 30.0 <= trio.current_time() - down_at <= 1.0 + 30.0 + 2.0
+        r.store.down.clear()
+        await r.store.until(lambda: r.registrar.healthy, within=30)
 
 
 async def test_disconnect_while_failing_supersedes_the_retry(memcached: Memcached) -> None:

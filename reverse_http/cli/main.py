@@ -543,6 +543,7 @@ def proxy(
         str, _proxy_opt("store.memcached.address")
     ] = "localhost:11211",
     store_memcached_timeout: Annotated[str, _proxy_opt("store.memcached.timeout")] = "1s",
+    store_readiness_grace: Annotated[str, _proxy_opt("store.readiness-grace")] = "30s",
     shutdown_grace_period: Annotated[str, _proxy_opt("shutdown-grace-period")] = "30s",
     metrics_listen_address: Annotated[str, _proxy_opt("metrics.listen-address")] = "",
     log_level: Annotated[str, _proxy_opt("log.level")] = "info",
@@ -657,6 +658,7 @@ def lb(
     store_type: Annotated[str, _lb_opt("store.type")] = "memcached",
     store_memcached_address: Annotated[str, _lb_opt("store.memcached.address")] = "localhost:11211",
     store_memcached_timeout: Annotated[str, _lb_opt("store.memcached.timeout")] = "1s",
+    store_readiness_grace: Annotated[str, _lb_opt("store.readiness-grace")] = "5s",
     shutdown_grace_period: Annotated[str, _lb_opt("shutdown-grace-period")] = "30s",
     metrics_listen_address: Annotated[str, _lb_opt("metrics.listen-address")] = "",
     log_level: Annotated[str, _lb_opt("log.level")] = "info",

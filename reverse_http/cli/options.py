@@ -256,6 +256,12 @@ _PROXY_ONLY: Final = (
     Flag("store.type", "Agent access store.", "none", choices=STORE_TYPES),
     Flag("store.http-proxy-address", "Host and port for HTTP proxy access."),
     *_MEMCACHED_FLAGS,
+    _duration_flag(
+        "store.readiness-grace",
+        "How long the route store may fail before /readyz answers 503 (0: at once); "
+        "meanwhile the proxy serves its own agents.",
+        "30s",
+    ),
     _SHUTDOWN_FLAG,
 )
 
@@ -332,6 +338,11 @@ _LB_ONLY: Final = (
     *_AUTH_VERIFIER_FLAGS,
     Flag("store.type", "Agent access store.", "memcached", choices=("memcached",)),
     *_MEMCACHED_FLAGS,
+    _duration_flag(
+        "store.readiness-grace",
+        "How long the route store may fail before /readyz answers 503 (0: at once).",
+        "5s",
+    ),
     _SHUTDOWN_FLAG,
 )
 
@@ -1040,6 +1051,7 @@ def _store(v: _Values) -> StoreConfig:
         memcached_addresses=addresses or StoreConfig().memcached_addresses,
         memcached_timeout=timeout,
         http_proxy_address=proxy_address,
+        readiness_grace=v.duration("store.readiness-grace"),
     )
 
 

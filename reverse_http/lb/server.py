@@ -39,7 +39,14 @@ from ..metrics import LbMetrics
 from ..netaddr import format_address
 from ..safetext import safe_text
 from ..session import SessionPolicy, Upstream
-from ..store.base import Reclaim, RouteStore, StoredRoute, StoreError, StoreUnavailable
+from ..store.base import (
+    Outage,
+    Reclaim,
+    RouteStore,
+    StoredRoute,
+    StoreError,
+    StoreUnavailable,
+)
 from ..store.memcached import open_memcached_store
 from ..store.route import InvalidRoute, ProxyAddress, ProxyAllowList, parse_route
 from ..systemd import Notifier
@@ -50,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: A refused route (malformed, outside the allow-list) is logged at most this often per kind.
 REFUSAL_LOG_INTERVAL: Final = 10.0
+#: How often the LB server asks the store whether it answers (readiness).
+STORE_PROBE_INTERVAL: Final = 1.0
 
 
 @dataclass(kw_only=True)
@@ -108,6 +117,8 @@ async def _run_lb(
             metrics=server.metrics,
         )
         server.health.add_check("listeners", lambda: server.listening)
+        outage = Outage(config.store.readiness_grace)
+        server.health.add_check("store", lambda: outage.ready)
         listeners, tls_files = await open_http_listeners(config.http_listen, config.http_tls)
         server.frontend = frontend = SessionFrontend(listeners, policy)
         async with lifecycle(
@@ -120,6 +131,7 @@ async def _run_lb(
             if tls_files is not None:
                 assert config.http_tls is not None
                 life.watch_files([tls_files], config.http_tls.refresh)
+            life.nursery.start_soon(probe_store, store, outage, server.metrics)
             await life.nursery.start(frontend.run)
             server.listening = True
             log.info(
@@ -134,6 +146,31 @@ async def _run_lb(
             life.ready("listening")
             await life.until_shutdown("draining")
             await frontend.drain(config.shutdown_grace_period)
+
+
+async def probe_store(
+    store: RouteStore, outage: Outage, metrics: LbMetrics, interval: float = STORE_PROBE_INTERVAL
+) -> None:
+    """Ping the store every ``interval``: the LB is ready only while it answers.
+
+    Without its store the LB can route nothing; after ``--store.readiness-grace`` of
+    failures /readyz answers 503, so its load balancer sends clients to another LB.
+    """
+    while True:
+        try:
+            await store.ping()
+        except StoreUnavailable as exc:
+            metrics.store_error("ping")
+            if outage.failed():
+                log.warning(
+                    "route store not answering: %s; unready after %gs more of this",
+                    exc,
+                    outage.grace,
+                )
+        else:
+            if outage.succeeded():
+                log.info("route store answers again")
+        await trio.sleep(interval)
 
 
 @asynccontextmanager
@@ -278,14 +315,17 @@ class ProxyConnector:
         try:
             stored = await self.store.lookup(agent_id)
         except StoreUnavailable as exc:
+            self._looked_up("store_error")
             if self.metrics is not None:
                 self.metrics.store_error()
             raise HttpError(503, f"route store unavailable: {safe_text(exc)}") from None
         if stored is None or not stored.value:
+            self._looked_up("missing")
             raise HttpError(503, f"agent {shown} is not connected to any proxy")
         try:
             address = parse_route(stored.value)
         except InvalidRoute as exc:
+            self._looked_up("malformed")
             await self._refuse(agent_id, stored, "malformed", f"{exc}: {stored.value!r}")
             raise HttpError(
                 503, f"agent {shown} is not connected to any proxy (its route is malformed)"
@@ -293,6 +333,7 @@ class ProxyConnector:
         deadline = trio.current_time() + self.connect_timeout
         try:
             ips = await self._allowed_addresses(agent_id, stored, address, deadline)
+            self._looked_up("found")
             upstream = await self._connect(ips, address, request, authorization, deadline)
         except _Unusable as exc:
             if not stored.leased:
@@ -327,6 +368,7 @@ class ProxyConnector:
                 raise _Unusable(HttpError(503, f"proxy {address} unreachable: no address"))
         outside = [str(a) for a in ips if not self.allowed.allows(a)]
         if outside:
+            self._looked_up("not_allowed")
             where = f" ({', '.join(outside)})" if address.ip is None else ""
             await self._refuse(
                 agent_id, stored, "not_allowed", f"{address}{where} is outside {self.allowed}"
@@ -350,6 +392,7 @@ class ProxyConnector:
         stream: trio.abc.Stream | None = None
         try:
             with trio.move_on_at(deadline):
+                started = trio.current_time()
                 try:
                     tcp = await _dial(ips, address.port)
                 except OSError as exc:
@@ -363,6 +406,8 @@ class ProxyConnector:
                         tcp, self.tls, server_hostname=name, https_compatible=True
                     )
                     await stream.do_handshake()
+                if self.metrics is not None:
+                    self.metrics.upstream_dialled(trio.current_time() - started)
                 extra = [("Proxy-Authorization", authorization)] if authorization else []
                 try:
                     head = await request_tunnel(stream, request.host, request.port, extra)
@@ -386,6 +431,10 @@ class ProxyConnector:
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(stream)
 
+    def _looked_up(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.route_lookup(result)
+
     async def _refuse(self, agent_id: str, stored: StoredRoute, reason: str, detail: str) -> None:
         """Count and (throttled) log a route we will not dial; delete it if foreign."""
         if self.metrics is not None:
@@ -408,6 +457,8 @@ class ProxyConnector:
         try:
             changed = await self.store.reclaim(agent_id, stored, how)
         except StoreError as exc:
+            if self.metrics is not None:
+                self.metrics.store_error("reclaim")
             log.debug("route for agent %s: %s failed: %s", agent_id, how, exc)
             return
         if changed:

@@ -22,7 +22,7 @@ from typing import Literal, TypeAlias
 import trio
 
 from ..agentid import shown
-from ..store.base import InvalidRouteKey, RouteStore, StoreError, StoreUnavailable
+from ..store.base import InvalidRouteKey, Outage, RouteStore, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ ErrorKind: TypeAlias = Literal["unavailable", "invalid_key"]
 
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 10.0
-#: A success this recent means the store works, whatever fails meanwhile (see ``healthy``).
-HEALTH_GRACE = 5.0
+#: The store may fail this long before the proxy reports itself unready (see ``healthy``).
+HEALTH_GRACE = 30.0
 #: Entries named in one summary log line; the rest are counted.
 LOG_NAMES = 5
 #: Store operations in flight at once; matches the memcached client's pool per server.
@@ -57,10 +57,11 @@ class RouteRegistrar:
     """Writes agent routes to the store, one independent entry per agent.
 
     :attr:`healthy` (the proxy's ``store`` readiness check) is about the store, not one
-    key: it is false while an entry fails because the store did not answer and no
-    operation has succeeded since that entry began failing, nor in the last
-    ``health_grace`` seconds; the next success makes it true again. A key the store
-    cannot hold (:class:`InvalidRouteKey`) never counts against it.
+    key: it turns false once operations have failed because the store did not answer
+    for ``health_grace`` seconds with no success in between (``--store.readiness-grace``);
+    the next success makes it true again. A short blip (a memcached restart) leaves every
+    proxy in its load balancer, and meanwhile each keeps serving its own agents. A key
+    the store cannot hold (:class:`InvalidRouteKey`) never counts against it.
 
     New failures and recoveries are logged once per pass, as one line each; repeats go
     to debug, and a whole-store outage is logged once.
@@ -87,7 +88,7 @@ class RouteRegistrar:
         self._wake = trio.Event()
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff
-        self._health_grace = health_grace
+        self._outage = Outage(health_grace)
         self._concurrency = max(1, concurrency)
         self._last_ok: float | None = None
         self._reported_healthy = True
@@ -100,11 +101,7 @@ class RouteRegistrar:
 
     @property
     def healthy(self) -> bool:
-        newest = max((f.since for f in self._failing.values() if f.unavailable), default=None)
-        if newest is None or self._last_ok is None:
-            return newest is None
-        recent = trio.current_time() - self._last_ok < self._health_grace
-        return self._last_ok >= newest or recent
+        return self._outage.ready
 
     def backoff(self, attempts: int) -> float:
         """Delay before the next try of an entry that has failed ``attempts`` times."""
@@ -182,6 +179,7 @@ class RouteRegistrar:
 
     def _succeeded(self, agent_id: str, op: Op) -> None:
         self._last_ok = trio.current_time()
+        self._outage.succeeded()
         # a newer event for this agent may have arrived while we awaited
         if op != "refresh" and self._pending.get(agent_id) is (op == "set"):
             del self._pending[agent_id]
@@ -213,6 +211,8 @@ class RouteRegistrar:
         failing = self._failing.setdefault(agent_id, _Failing(since=now))
         failing.attempts += 1
         failing.unavailable = isinstance(exc, StoreUnavailable)
+        if failing.unavailable:
+            self._outage.failed()
         delay = self.backoff(failing.attempts)
         failing.due = now + delay
         if op == "refresh":

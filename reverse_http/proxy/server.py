@@ -159,7 +159,11 @@ async def _run_proxy(
             if store is not None:
                 address = config.store.http_proxy_address or _advertised(frontend.addresses[0])
                 server.registrar = RouteRegistrar(
-                    store, address, config.store.entry_ttl, server.registry.agent_ids
+                    store,
+                    address,
+                    config.store.entry_ttl,
+                    server.registry.agent_ids,
+                    health_grace=config.store.readiness_grace,
                 )
                 server.registry.on_up = server.registrar.agent_up
                 server.registry.on_down = server.registrar.agent_down
@@ -264,13 +268,9 @@ def _quic_settings(config: ProxyConfig, devcert_dir: Path) -> ServerSettings:
             certs.ca_cert,
         )
         tls = ServerTls(cert_file=certs.cert, key_file=certs.key)
-    return agent_server_settings(config, tls)
-
-
-def agent_server_settings(config: ProxyConfig, tls: ServerTls) -> ServerSettings:
-    """The agent server's settings with ``tls`` loaded and cross-checked as a start would
-    (also what ``--check`` runs); ConfigError names the flag of the bad file."""
-    settings = ServerSettings(tls=tls, transport=config.transport, admission=config.agent_admission)
+    settings = ServerSettings(
+        tls=tls, transport=config.transport, admission=config.agent_admission
+    )
     try:
         server_configuration(settings)
         client_verifier(settings.tls)

@@ -6,6 +6,8 @@ import abc
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+import trio
+
 from .. import agentid
 
 
@@ -32,6 +34,41 @@ def route_key(agent_id: str) -> str:
     if reason is not None:
         raise InvalidRouteKey(f"no route for agent {agentid.shown(agent_id)}: {reason}")
     return agent_id
+
+
+class Outage:
+    """How long the store has failed with no success since: readiness with a grace.
+
+    A shared store going away takes every daemon that depends on it down at once, so
+    readiness must not follow each failed request: only a failure that lasted
+    ``grace`` seconds (no success in between) makes the daemon unready. ``grace`` 0
+    makes the first failure count.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        #: When the failing began (trio time); None while the store works.
+        self.since: float | None = None
+
+    def failed(self) -> bool:
+        """A request failed because the store did not answer; True if this starts an outage."""
+        if self.since is None:
+            self.since = trio.current_time()
+            return True
+        return False
+
+    def succeeded(self) -> bool:
+        """A request succeeded; True if that ended an outage."""
+        ended, self.since = self.since is not None, None
+        return ended
+
+    @property
+    def ready(self) -> bool:
+        return self.since is None or trio.current_time() - self.since < self.grace
+
+    def failing_for(self) -> float:
+        """Seconds since the failing began (0 while the store works)."""
+        return 0.0 if self.since is None else trio.current_time() - self.since
 
 
 #: How an LB server reclaims a foreign entry it read (see :meth:`RouteStore.reclaim`).
@@ -90,6 +127,10 @@ class RouteStore(abc.ABC):
         again; ``unlease``: it did, so the lease is lifted. Owned entries are left alone.
         """
         return False
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the backend answers (health probes)."""
+        return None
 
     async def aclose(self) -> None:
         return None

@@ -149,11 +149,30 @@ class MemcachedStore(RouteStore):
     async def _call(self, key: bytes, method: str, *args: Any, **kwargs: Any) -> Any:
         """``client.method(key, *args)`` on the server that owns ``key``."""
         node = self._ring.node_for(key.decode("ascii"))
+        return await self._on(node, method, key, *args, **kwargs)
+
+    async def ping(self) -> None:
+        """Ask every server for its version; fine while any one answers.
+
+        With some servers down the LB still reaches the routes on the others, so only
+        a store with no server answering is unavailable.
+        """
+        errors = []
+        for node in self._servers:
+            try:
+                await self._on(node, "version")
+                return
+            except StoreUnavailable as exc:
+                errors.append(str(exc))
+        raise StoreUnavailable("; ".join(errors))
+
+    async def _on(self, node: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``client.method(*args)`` on ``node``; StoreUnavailable if it does not answer."""
         client = self._client(node)
         try:
             with trio.fail_after(self._timeout):
                 call = trio_asyncio.aio_as_trio(getattr(client, method))
-                return await call(key, *args, **kwargs)
+                return await call(*args, **kwargs)
         except aiomcache.exceptions.ValidationException as exc:
             # Refused before anything was sent: the connection is fine.
             raise InvalidRouteKey(f"memcached {node}: {exc}") from None
