@@ -26,7 +26,7 @@ from .tlsfiles import read_certificates
 
 __all__ = ["Report", "check_agent", "check_lb", "check_proxy"]
 
-#: A certificate that expires sooner than this is mentioned as a problem.
+#: A certificate that expires sooner than this gets a warning (expired ones are problems).
 EXPIRY_WARNING = dt.timedelta(days=14)
 
 
@@ -177,7 +177,7 @@ def _certificate(report: Report, flag: str, cert_file: Path, key_file: Path) -> 
         start = leaf.not_valid_before_utc.strftime("%Y-%m-%d")
         report.problem(f"{where}: certificate for {names} is not valid before {start}")
     elif expires - now < EXPIRY_WARNING:
-        report.problem(f"{where}: certificate for {names} expires soon, on {when}")
+        report.note(f"{where}: WARNING: certificate for {names} expires soon, on {when}")
     else:
         days = (expires - now).days
         report.note(

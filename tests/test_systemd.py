@@ -454,6 +454,15 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
             rf"^ExecStart={re.escape(INSTALLED)} ", f"ExecStart={true} ", text, flags=re.M
         )
         assert count == 1
+        # systemctl reload: --check first, then SIGHUP (which never ends a daemon)
+        text, count = re.subn(
+            rf"^ExecReload={re.escape(INSTALLED)} {daemon} (.*) --check$",
+            f"ExecReload={true} \\1",
+            text,
+            flags=re.M,
+        )
+        assert count == 1
+        assert "\nExecReload=/bin/kill -HUP $MAINPID\n" in text
         copy = tmp_path / unit_path(daemon).name
         copy.write_text(text, encoding="utf-8")
         copies.append(copy)
