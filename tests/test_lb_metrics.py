@@ -13,7 +13,7 @@ from reverse_http.devcerts import CertFiles
 from reverse_http.lb.server import run_lb
 from reverse_http.proxy.server import run_proxy
 from tests.test_ha_store import address_of, echo_through, store_config, wait_route
-from tests.tunnel_helpers import agent_config, echo_target, proxy_config
+from tests.tunnel_helpers import agent_config, echo_target, noauth, open_connect, proxy_config
 
 
 async def test_lb_metrics_count_lookups_dials_and_bytes(
@@ -37,6 +37,14 @@ async def test_lb_metrics_count_lookups_dials_and_bytes(
         for payload in (b"a" * 5000, b"b" * 70_000):
             assert await echo_through(lb.http_port, target.port, "4711", payload) == 200
         assert await echo_through(lb.http_port, target.port, "4712", b"x") == 503
+        # the agent's reason for a refusal travels through proxy and LB to the client
+        closed = free_port()
+        refused = await open_connect(lb.http_port, f"127.0.0.1:{closed}", noauth("4711"))
+        assert refused.status == 503
+        assert refused.head.endswith(
+            f"proxy {address_of(proxy)}: agent could not reach 127.0.0.1:{closed}: "
+            "connection refused\n".encode()
+        )
         async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
             with trio.fail_after(10):
                 while True:  # sessions are counted when they end
@@ -54,12 +62,12 @@ async def test_lb_metrics_count_lookups_dials_and_bytes(
     def lookups(result: str) -> float:
         return m[("reverse_http_lb_route_lookups_total", (("result", result),))]
 
-    assert [lookups(r) for r in ("found", "missing", "malformed", "not_allowed")] == [2, 1, 0, 0]
+    assert [lookups(r) for r in ("found", "missing", "malformed", "not_allowed")] == [3, 1, 0, 0]
     assert lookups("store_error") == 0
-    assert m[("reverse_http_lb_upstream_dial_seconds_count", ())] == 2
+    assert m[("reverse_http_lb_upstream_dial_seconds_count", ())] == 3
     assert 0 < m[("reverse_http_lb_upstream_dial_seconds_sum", ())] < 1
     assert m[("reverse_http_connect_sessions_total", (("status", "200"),))] == 2
-    assert m[("reverse_http_connect_sessions_total", (("status", "503"),))] == 1
+    assert m[("reverse_http_connect_sessions_total", (("status", "503"),))] == 2
     assert m[("reverse_http_relay_bytes_total", (("direction", "up"),))] == 75_000
     assert m[("reverse_http_relay_bytes_total", (("direction", "down"),))] == 75_000
     assert m[("reverse_http_store_errors_total", (("kind", "unavailable"), ("op", "get")))] == 0

@@ -417,7 +417,11 @@ class ProxyConnector:
                     upstream, stream = Upstream(stream, head.leftover), None
                     return upstream
                 # The owner's verdict (407, 403, 503...) is the client's answer.
-                raise _Verdict(head.status, f"proxy {address}: {head.status} {head.reason}")
+                # ... with the proxy's reason (e.g. the agent's dial failure) passed on
+                why = safe_text(head.body.decode("utf-8", "replace").strip())
+                raise _Verdict(
+                    head.status, f"proxy {address}: {why or f'{head.status} {head.reason}'}"
+                )
             if stream is None:
                 raise _Unusable(HttpError(503, f"proxy {address} unreachable: connect timed out"))
             raise HttpError(503, f"proxy {address} did not answer within {self.connect_timeout:g}s")
