@@ -50,7 +50,12 @@ def connect_echo(
     deadline = time.monotonic() + timeout
     last = b""
     while time.monotonic() < deadline:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        except ConnectionRefusedError as exc:  # not listening yet
+            last = str(exc).encode()
+            time.sleep(0.05)
+            continue
         sock: socket.socket = raw
         if ca is not None:
             sock = ssl.create_default_context(cafile=str(ca)).wrap_socket(
@@ -118,12 +123,19 @@ def test_sighup_reloads_and_never_kills_any_daemon(
         f"--store.memcached.address={memcached.address}",
         f"--store.http-proxy-address=127.0.0.1:{http_files}",
     )
-    proxy_dev = run(
+    devcert_tmp = tmp_path / "tmp"
+    devcert_tmp.mkdir()
+    proxy_dev = Daemon(
         "proxy-dev-certs",
-        "proxy",
+        ["env", f"TMPDIR={devcert_tmp}", *exe, "proxy"],
+        tmp_path,
+    )
+    proxy_dev.args += [
         f"--agent-server.listen-address=127.0.0.1:{udp_dev}",
         f"--http-proxy.listen-address=127.0.0.1:{http_dev}",
-    )
+    ]
+    proxy_dev.start()
+    daemons.append(proxy_dev)
     wait_tcp(http_files)
     wait_tcp(http_dev)
     agent = run(
@@ -184,5 +196,8 @@ def test_sighup_reloads_and_never_kills_any_daemon(
             d.signal(signal.SIGTERM)
         for d in daemons:
             assert d.wait(timeout=20) == 0, (d.name, d.log())
+        # the throwaway development certificates were made there, and are gone
+        assert "throwaway development certificate" in proxy_dev.log()
+        assert list(devcert_tmp.iterdir()) == []
     finally:
         srv.close()
