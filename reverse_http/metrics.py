@@ -408,10 +408,6 @@ class ProxyMetrics(SessionMetrics):
         ).inc()
 
 
-#: The proxy's metric set under its older name (the daemons' shared state defaults to it).
-Metrics = ProxyMetrics
-
-
 class LbMetrics(SessionMetrics):
     """The LB server's metric set: sessions, route look-ups, store, dials to proxies."""
 

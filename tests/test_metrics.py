@@ -25,7 +25,7 @@ from reverse_http.metrics import (
     DaemonMetrics,
     Health,
     LbMetrics,
-    Metrics,
+    ProxyMetrics,
     serve_metrics,
 )
 from reverse_http.quic.connection import CloseInfo
@@ -71,7 +71,7 @@ def agents_of(samples: Samples, name: str) -> dict[str, float]:
 
 
 async def test_scrape_shows_exact_values() -> None:
-    m = Metrics()
+    m = ProxyMetrics()
     for agent in ("a", "b", "c"):
         m.agent_connected(agent)
     m.agent_disconnected("a", "liveness")
@@ -126,7 +126,7 @@ async def test_scrape_shows_exact_values() -> None:
 
 
 def test_gauges_never_go_negative() -> None:
-    m = Metrics()
+    m = ProxyMetrics()
     m.session_finished(200, up=0, down=0, setup_seconds=None)
     m.agent_disconnected("ghost", "closed")
     s = text_string_to_metric_families(m.exposition().decode())
@@ -136,7 +136,7 @@ def test_gauges_never_go_negative() -> None:
 
 
 async def test_quic_gauges_per_agent() -> None:
-    m = Metrics()
+    m = ProxyMetrics()
     m.agent_connected("edge-1")
     m.update_quic("edge-1", rtt=0.025, cwnd=14720, lost=3)
     m.update_quic("edge-1", rtt=0.5, cwnd=30000, lost=4)
@@ -148,7 +148,7 @@ async def test_quic_gauges_per_agent() -> None:
 
 
 async def test_agent_label_cardinality_is_bounded() -> None:
-    m = Metrics()
+    m = ProxyMetrics()
     assert m.max_agent_labels == 100
     for i in range(150):
         m.agent_connected(f"agent-{i}")
@@ -183,13 +183,13 @@ async def test_agent_label_cardinality_is_bounded() -> None:
     )
 
 
-async def _local_scrape(m: Metrics) -> Samples:
+async def _local_scrape(m: ProxyMetrics) -> Samples:
     async with serving(m) as base:
         return await scrape(base)
 
 
 async def test_forget_removes_series_and_promotes_from_other() -> None:
-    m = Metrics(max_agent_labels=2)
+    m = ProxyMetrics(max_agent_labels=2)
     for agent, lost in (("a", 1), ("b", 2), ("c", 3), ("d", 4)):
         m.agent_connected(agent)
         m.update_quic(agent, rtt=0.5, cwnd=100, lost=lost)
@@ -225,7 +225,7 @@ async def test_forget_removes_series_and_promotes_from_other() -> None:
 
 
 def test_agent_named_like_the_aggregate_is_aggregated() -> None:
-    m = Metrics()
+    m = ProxyMetrics()
     m.update_quic(OTHER_AGENT, rtt=0.5, cwnd=10, lost=1)
     m.update_quic("real", rtt=0.5, cwnd=20, lost=2)
     families = text_string_to_metric_families(m.exposition().decode())
@@ -258,7 +258,7 @@ def test_agent_named_like_the_aggregate_is_aggregated() -> None:
     ],
 )
 def test_disconnect_reason(info: CloseInfo, label: str) -> None:
-    got = Metrics.disconnect_reason(info.kind, info.error_code, info.by_peer, info.reason)
+    got = ProxyMetrics.disconnect_reason(info.kind, info.error_code, info.by_peer, info.reason)
     assert got == label
     assert got in metrics_module.DISCONNECT_REASONS
 
@@ -286,7 +286,7 @@ async def test_healthz_and_readyz_flip_with_checks() -> None:
 
     health.add_check("listeners", lambda: True)
     health.add_check("store", lambda: store_ok)
-    async with serving(Metrics(), health) as base:
+    async with serving(ProxyMetrics(), health) as base:
         r = await get(base + "/healthz")
         assert (r.status_code, r.text) == (200, "ok\n")
         assert r.headers["connection"] == "close"
@@ -313,7 +313,7 @@ async def test_healthz_and_readyz_flip_with_checks() -> None:
 
 
 async def test_not_found_and_method_not_allowed() -> None:
-    async with serving(Metrics()) as base:
+    async with serving(ProxyMetrics()) as base:
         r = await get(base + "/nope")
         assert r.status_code == 404
         r = await get(base + "/")
@@ -348,7 +348,7 @@ async def raw_exchange(port: int, data: bytes, *, close_write: bool = False) -> 
 
 async def test_bad_clients_do_not_stop_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(metrics_module, "HEAD_TIMEOUT", 1.0)
-    m = Metrics()
+    m = ProxyMetrics()
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve_metrics, "127.0.0.1", 0, m, Health())
         base = f"http://127.0.0.1:{port}"
@@ -396,17 +396,17 @@ async def test_bad_clients_do_not_stop_the_server(monkeypatch: pytest.MonkeyPatc
 
 
 async def test_bind_failure_is_a_config_error() -> None:
-    async with serving(Metrics()) as base:
+    async with serving(ProxyMetrics()) as base:
         port = int(base.rsplit(":", 1)[1])
         with pytest.raises(ConfigError) as caught:
-            await serve_metrics("127.0.0.1", port, Metrics(), Health())
+            await serve_metrics("127.0.0.1", port, ProxyMetrics(), Health())
         assert str(caught.value) == (
             f"--metrics.listen-address 127.0.0.1:{port}: address already in use"
         )
 
 
 def test_registries_are_private() -> None:
-    first, second = Metrics(), Metrics()
+    first, second = ProxyMetrics(), ProxyMetrics()
     first.store_error()
     assert first.registry is not second.registry
     assert first.registry is not prometheus_client.REGISTRY
@@ -419,7 +419,7 @@ def test_registries_are_private() -> None:
 
 
 async def test_a_failing_collection_is_a_500_not_a_dead_server() -> None:
-    class Broken(Metrics):
+    class Broken(ProxyMetrics):
         def exposition(self) -> bytes:
             raise RuntimeError("collector exploded")
 
@@ -436,7 +436,7 @@ async def get_with(url: str, accept: str) -> httpx.Response:
 
 
 async def test_openmetrics_on_request_text_format_otherwise() -> None:
-    m = Metrics()
+    m = ProxyMetrics()
     m.session_started()
     m.session_finished(200, up=10, down=20, setup_seconds=0.01)
     prometheus_accept = (
@@ -478,7 +478,7 @@ PROC_STAT = Path("/proc/self/stat")
 
 
 @pytest.mark.skipif(not PROC_STAT.exists(), reason="process metrics come from /proc")
-@pytest.mark.parametrize("make", [Metrics, LbMetrics, AgentMetrics])
+@pytest.mark.parametrize("make", [ProxyMetrics, LbMetrics, AgentMetrics])
 async def test_every_daemon_exports_process_metrics(make: type[DaemonMetrics]) -> None:
     async with serving(make()) as base:
         s = await scrape(base)
@@ -504,7 +504,7 @@ def test_each_daemon_has_its_own_set() -> None:
     def names(m: DaemonMetrics) -> set[str]:
         return {f.name for f in m.registry.collect() if f.name.startswith("reverse_http_")}
 
-    proxy, lb, agent = names(Metrics()), names(LbMetrics()), names(AgentMetrics())
+    proxy, lb, agent = names(ProxyMetrics()), names(LbMetrics()), names(AgentMetrics())
     assert "reverse_http_agents_connected" in proxy
     assert "reverse_http_agent_replacements" in proxy
     # the LB holds no agent connections: no agent or QUIC series there

@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 from conftest import Memcached
-from reverse_http.metrics import Metrics
+from reverse_http.metrics import ProxyMetrics
 from reverse_http.proxy.registrar import RouteRegistrar
 from reverse_http.store.base import RouteStore, StoreUnavailable
 from reverse_http.store.memcached import open_memcached_store
@@ -100,7 +100,7 @@ class Running:
     registrar: RouteRegistrar
     store: Recording
     connected: list[str]
-    metrics: Metrics
+    metrics: ProxyMetrics
 
     def up(self, *agent_ids: str) -> None:
         for agent_id in agent_ids:
@@ -125,7 +125,7 @@ async def registrar(
         connected: list[str] = []
         store = Recording(mc)
         reg = RouteRegistrar(store, ADDRESS, ttl, lambda: list(connected), **kwargs)
-        metrics = Metrics()
+        metrics = ProxyMetrics()
         reg.on_error = metrics.store_error
         nursery.start_soon(reg.run)
         yield Running(reg, store, connected, metrics)

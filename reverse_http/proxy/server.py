@@ -35,7 +35,7 @@ from ..daemon import DaemonState, lifecycle
 from ..devcerts import make_dev_certs
 from ..errors import ConfigError
 from ..frontend import SessionFrontend, open_http_listeners, os_reason
-from ..metrics import Metrics
+from ..metrics import ProxyMetrics
 from ..netaddr import format_address
 from ..quic import Connection, ConnectionError, QuicServer, ServerSettings, ServerTls, serve_quic
 from ..quic.settings import TlsConfigError, client_verifier, server_configuration
@@ -64,7 +64,7 @@ class ProxyServer(DaemonState):
     """Handles a running proxy exposes to tests and to the CLI."""
 
     config: ProxyConfig
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     registry: AgentRegistry = field(default_factory=AgentRegistry)
     quic: QuicServer | None = None
     frontend: SessionFrontend | None = None
@@ -192,7 +192,7 @@ async def _run_proxy(
 
 
 async def _serve_agent(
-    conn: Connection, registry: AgentRegistry, auth: Authenticator, metrics: Metrics
+    conn: Connection, registry: AgentRegistry, auth: Authenticator, metrics: ProxyMetrics
 ) -> None:
     """Authenticate an agent on its first stream, then own its registration."""
     peer = format_address(conn.peer_address)
@@ -233,7 +233,7 @@ async def _serve_agent(
         registry.unregister(agent_id, conn)
         info = conn.close_info
         label = (
-            Metrics.disconnect_reason(info.kind, info.error_code, info.by_peer, info.reason)
+            ProxyMetrics.disconnect_reason(info.kind, info.error_code, info.by_peer, info.reason)
             if info is not None
             else "error"
         )
@@ -241,7 +241,7 @@ async def _serve_agent(
         log.info("agent %s from %s disconnected (%s)", agent_id, peer, info or "ended")
 
 
-async def _publish_quic_stats(registry: AgentRegistry, metrics: Metrics) -> None:
+async def _publish_quic_stats(registry: AgentRegistry, metrics: ProxyMetrics) -> None:
     """RTT, congestion window and losses of every agent connection, every few seconds."""
     while True:
         for agent_id in registry.agent_ids():
