@@ -6,6 +6,8 @@ daemon must log the reload and keep serving.
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import socket
 import ssl
@@ -15,11 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from conftest import Memcached, free_port, free_ports
 from reverse_http.devcerts import CertFiles
 from tests.ha_cluster import Daemon, reverse_http_exe, wait_tcp
-from tests.tunnel_helpers import noauth
+from tests.tunnel_helpers import noauth, tunnel
 
 
 def echo_server() -> tuple[socket.socket, int]:
@@ -201,3 +204,36 @@ def test_sighup_reloads_and_never_kills_any_daemon(
         assert list(devcert_tmp.iterdir()) == []
     finally:
         srv.close()
+
+
+async def test_one_receiver_serves_every_daemon_in_the_process(
+    certs: CertFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    """trio gives a signal to the newest receiver only, and closing receivers out of order
+    restores the default action (SIGHUP: terminate) while others still run: daemons in
+    one process share one receiver, installed while any of them runs."""
+    caplog.set_level(logging.INFO, "reverse_http.daemon")
+    before = signal.getsignal(signal.SIGHUP)
+    async with tunnel(certs) as t:
+        agent = t.agents[0]
+        os.kill(os.getpid(), signal.SIGHUP)
+        await _logged(caplog, "reloading the proxy's files")
+        await _logged(caplog, "reloading the agent's files")
+        # the proxy (whose receiver came first) ends; the agent still gets SIGHUP
+        t.proxy.shutdown()
+        await t.proxy.wait_stopped()
+        assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN)
+        caplog.clear()
+        os.kill(os.getpid(), signal.SIGHUP)
+        await _logged(caplog, "reloading the agent's files")
+        assert "proxy's files" not in caplog.text
+        agent.stop()
+        await agent.wait_stopped()
+        # nobody left: the process's own handler is back
+        assert signal.getsignal(signal.SIGHUP) == before
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, needle: str) -> None:
+    with trio.fail_after(10):
+        while needle not in caplog.text:
+            await trio.sleep(0.01)
