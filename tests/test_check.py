@@ -301,3 +301,22 @@ def test_lb_without_tls_verification_choice(taken: int) -> None:
     )
     assert code == 1
     assert "--http-connector.tls.file.root-ca" in err[0]
+
+
+def test_a_bad_file_named_in_a_config_file_is_blamed_on_its_key(
+    certs: CertFiles, taken: int, tmp_path: Path
+) -> None:
+    other = make_dev_certs(tmp_path / "other")
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        f"agent-server.tls.file.cert: {certs.cert}\n"
+        f"agent-server.tls.file.key: {other.key}\n"
+        f"agent-server.listen-address: 127.0.0.1:{taken}\n"
+    )
+    result = CliRunner().invoke(app, ["proxy", "--check", "--config", str(config)])
+    assert result.exit_code == 1
+    assert f"reverse-http proxy: ok: configuration file {config} loaded" in result.stdout
+    assert result.stderr.splitlines()[0] == (
+        f"reverse-http proxy: {config}: agent-server.tls.file.key: {other.key} is not the "
+        f"private key of the certificate in {certs.cert}"
+    )
