@@ -48,7 +48,7 @@ REASON_PROXY_SHUTDOWN = "proxy server shutdown"
 #: REPLACED_MAX_BACKOFF. An agent that merely restarted never sees a 409 (its old
 #: connection is dead), so repeats mean two agents share one id: the flap slows down
 #: to a few replacements per REPLACED_MAX_BACKOFF instead of running at full speed.
-REPLACED_INITIAL_BACKOFF = 2.0
+REPLACED_INITIAL_BACKOFF = 5.0
 REPLACED_MAX_BACKOFF = 300.0
 
 
