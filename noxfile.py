@@ -40,3 +40,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/tunnel.py")
     session.run("python", "bench/scale.py", "--quick")
     session.run("python", "bench/agents.py", "--quick")
+    session.run("python", "bench/flood.py", "--quick")

@@ -47,9 +47,9 @@ class AdmissionSettings:
     #: Retry every new connection, whatever the load.
     retry: bool = False
     #: Retry while at least this many handshakes are in progress.
-    retry_pending_threshold: int = 64
+    retry_pending_threshold: int = 16
     #: Retry while new Initials arrive faster than this many per second.
-    retry_initial_rate: float = 200.0
+    retry_initial_rate: float = 100.0
     #: Handshakes in progress in total; Initials beyond are dropped. A handshake costs
     #: milliseconds of CPU: too many at once and none finishes in time.
     max_pending_handshakes: int = 256

@@ -172,10 +172,9 @@ class QuicServer:
             conn = self._routes.get(header.destination_cid)
             if conn is not None:  # a retransmitted Initial of one admitted just now
                 conn.datagram_received(data, addr, now)
-            elif admitted < self.settings.admission.handshakes_per_batch:
-                admitted += self._new_connection(data, addr, header, now)
             else:
-                self.admission.drop("busy", now)  # the client resends it
+                may_create = admitted < self.settings.admission.handshakes_per_batch
+                admitted += self._new_connection(data, addr, header, now, may_create)
         self.admission.log.flush(now)
         self.driver.flush()
 
@@ -191,9 +190,12 @@ class QuicServer:
                 addr,
             )
 
-    def _new_connection(self, data: bytes, addr: Any, header: Any, now: float) -> bool:
+    def _new_connection(
+        self, data: bytes, addr: Any, header: Any, now: float, may_create: bool = True
+    ) -> bool:
         """Retry, a refusal, or a new connection for an Initial of a supported version
-        in a full-sized datagram; True when a connection was created."""
+        in a full-sized datagram; True when a connection was created. Without
+        ``may_create`` (the batch admitted its share) a Retry is still sent: it is cheap."""
         if not self._accepting or self._spawn is None:
             return False
         admission = self.admission
@@ -237,7 +239,7 @@ class QuicServer:
             admission.retry_sent(now)
             return False
         source = source_key(addr)
-        refusal = admission.limit_reached(source)
+        refusal = admission.limit_reached(source) if may_create else "busy"
         if refusal is not None:
             admission.drop(refusal, now)  # the client resends its Initial
             return False
