@@ -196,6 +196,13 @@ def test_proxy_defaults(captured: Captured) -> None:
     assert captured.logs == [LogConfig(level="info", format="text")]
 
 
+def test_agent_server_retry_flag(captured: Captured) -> None:
+    ok(["proxy"])
+    ok(["proxy", "--agent-server.retry"])
+    ok(["proxy"], env={"REVERSE_HTTP_AGENT_SERVER_RETRY": "true"})
+    assert [c.agent_admission.retry for c in captured.configs] == [False, True, True]
+
+
 def test_agent_defaults(captured: Captured) -> None:
     ok(AGENT_OK)
     config = captured.agent

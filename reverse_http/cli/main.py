@@ -517,6 +517,7 @@ def proxy(
     agent_server_agent_dial_timeout: Annotated[
         str, _proxy_opt("agent-server.agent.dial-timeout")
     ] = "10s",
+    agent_server_retry: Annotated[bool, _proxy_opt("agent-server.retry")] = False,
     http_proxy_listen_address: Annotated[str, _proxy_opt("http-proxy.listen-address")] = ":3128",
     http_proxy_tls_enable: Annotated[bool, _proxy_opt("http-proxy.tls.enable")] = False,
     http_proxy_tls_refresh: Annotated[str, _proxy_opt("http-proxy.tls.refresh")] = "0s",

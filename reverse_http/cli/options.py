@@ -58,7 +58,7 @@ from ..config import (
 )
 from ..durations import DurationError, parse_duration
 from ..errors import ConfigError
-from ..quic.settings import ClientTls, ServerTls
+from ..quic.settings import AdmissionSettings, ClientTls, ServerTls
 from ..store.route import InvalidRoute, ProxyAllowList, parse_route
 
 __all__ = [
@@ -251,6 +251,13 @@ _PROXY_ONLY: Final = (
         "PEM CRL file signed by the client CA; revoked agent certificates are refused.",
     ),
     _duration_flag("agent-server.agent.dial-timeout", "Agent dial timeout.", "10s"),
+    Flag(
+        "agent-server.retry",
+        "Validate every agent's address with a QUIC Retry (one more round trip per"
+        " connect); without it, Retry starts only under load.",
+        False,
+        kind="bool",
+    ),
     *_http_proxy_flags(":3128"),
     *_AUTH_VERIFIER_FLAGS,
     Flag("store.type", "Agent access store.", "none", choices=STORE_TYPES),
@@ -730,6 +737,7 @@ def build_proxy_config(values: Mapping[str, object]) -> ProxyConfig:
         agent_tls=_server_tls(v),
         agent_tls_refresh=v.duration("agent-server.tls.refresh"),
         agent_dial_timeout=v.duration("agent-server.agent.dial-timeout", positive=True),
+        agent_admission=AdmissionSettings(retry=v.boolean("agent-server.retry")),
         http_listen=v.listen_address("http-proxy.listen-address"),
         http_tls=_http_tls(v),
         host_whitelist=v.allow_list("http-proxy.host-whitelist"),
