@@ -9,6 +9,7 @@ does and does not cover: docs/interop.md.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -203,6 +204,21 @@ def connect_status(http_port: int, user: str, password: str, target: str) -> int
         http_port, user, password, f"http://{target}/", "-o", os.devnull, "-w", "%{http_connect}"
     )
     return int(done.stdout or 0)
+
+
+def connect_answer(http_port: int, user: str, target: str) -> tuple[int, str]:
+    """(status, body) of a refused CONNECT, read until the proxy closes."""
+    auth = base64.b64encode(f"{user}:noauth".encode()).decode()
+    with socket.create_connection(("127.0.0.1", http_port), timeout=20) as s:
+        s.sendall(
+            f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+            f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body.decode()
 
 
 def fetch(http_port: int, user: str, password: str, url: str) -> bytes:
@@ -401,6 +417,12 @@ def test_go_agent_our_proxy_noauth(env: Env, target: int) -> None:
     agent.wait_event("tunnel-refused", target=f"localhost:{target}", status="403")
     assert connect_status(proxy.http_port, "4711", "noauth", f"127.0.0.1:{closed_port}") == 503
     agent.wait_event("tunnel-refused", target=f"127.0.0.1:{closed_port}", status="503")
+    # a Go agent sends no reason with its 503: our proxy's answer says so
+    assert connect_answer(proxy.http_port, "4711", f"127.0.0.1:{closed_port}") == (
+        503,
+        f"agent could not reach 127.0.0.1:{closed_port}: 503 Service Unavailable "
+        "(the agent gave no reason)\n",
+    )
     assert connect_status(proxy.http_port, "4712", "noauth", f"127.0.0.1:{target}") == 503
 
     # an empty noauth agent id: close code 400, as the reference's proxy does
@@ -551,7 +573,7 @@ def test_replacement_at_our_proxy(env: Env, target: int) -> None:
     # and the other way round: a second Go agent replaces ours
     second = env.go_agent(proxy.agent_port, "-agent-id", "4711")
     second.wait_event("authenticated")
-    ours.wait_for("another agent with the same id connected (closing old connection)")
+    ours.wait_for("another connection authenticated as agent 4711")
 
 
 def test_replacement_at_go_proxy(env: Env, target: int) -> None:
@@ -561,7 +583,7 @@ def test_replacement_at_go_proxy(env: Env, target: int) -> None:
     our_agent_connected(ours)
     go_agent = env.go_agent(proxy.agent_port, "-agent-id", "4711")
     go_agent.wait_event("authenticated")
-    ours.wait_for("another agent with the same id connected (closing old connection)")
+    ours.wait_for("another connection authenticated as agent 4711")
     proxy.process.wait_event("agent-replaced", agent="4711")
     # our agent retries with backoff and takes the id back: now the Go agent gets 409
     closed = go_agent.wait_event("closed", timeout=20)
