@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import ssl
 
 import pytest
@@ -276,3 +277,20 @@ async def test_small_datagrams_draw_no_version_negotiation(certs: CertFiles) -> 
         assert server.versions_negotiated == 1
         assert server.initials_dropped["too_small"] == 1
         sock.close()
+
+
+async def test_initials_beyond_a_batchs_share_still_get_a_retry(certs: CertFiles) -> None:
+    """Creating connections is limited per receive batch; answering with Retry is not."""
+    limits = AdmissionSettings(
+        handshakes_per_batch=2, retry_pending_threshold=2, retry_initial_rate=1e6
+    )
+    async with quic_pair(certs, handler=echo_streams, admission=limits) as pair:
+        server = pair.server
+        peer = ("127.0.0.1", server.local_address[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.3", 0))
+            for _ in range(6):  # no checkpoint in between: the server reads one batch
+                sock.sendto(_first_datagram(_client(), peer), peer)
+            await _eventually(lambda: server.retries_sent == 4)
+        assert server.handshakes_pending == 2
+        assert server.initials_dropped["busy"] == 0
