@@ -136,11 +136,15 @@ def check_lb(config: LbConfig) -> Report:
         if connector.insecure_skip_verify:
             report.note("proxies' certificates: NOT verified (insecure-skip-verify)")
         elif connector.root_ca_file is not None:
-            count = len(read_certificates(connector.root_ca_file))
-            report.note(
-                f"--http-connector.tls.file.root-ca {connector.root_ca_file}: "
-                f"{count} CA certificate(s)"
-            )
+            try:
+                count = len(read_certificates(connector.root_ca_file))
+            except TlsConfigError as exc:  # OpenSSL takes a file of CRLs only
+                report.problem(f"--http-connector.tls.file.root-ca: {exc}")
+            else:
+                report.note(
+                    f"--http-connector.tls.file.root-ca {connector.root_ca_file}: "
+                    f"{count} CA certificate(s)"
+                )
         if connector.cert_file is not None and connector.key_file is not None:
             _certificate(
                 report, "--http-connector.tls.file.cert", connector.cert_file, connector.key_file

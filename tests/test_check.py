@@ -295,6 +295,21 @@ def test_lb_good_and_bad_connector_ca(certs: CertFiles, taken: int) -> None:
     assert err[0].startswith("reverse-http lb: --http-connector.tls.file."), err
 
 
+def test_lb_connector_ca_of_crls_only(certs: CertFiles, taken: int, tmp_path: Path) -> None:
+    """OpenSSL loads a file of CRLs as a CA file without complaint; --check does not."""
+    crl = make_crl(certs.ca_cert, certs.ca_key, tmp_path / "crl.pem", [])
+    code, _out, err = run(
+        "lb",
+        f"--http-proxy.listen-address=127.0.0.1:{taken}",
+        "--http-connector.tls.enable",
+        f"--http-connector.tls.file.root-ca={crl}",
+    )
+    assert code == 1
+    assert err[0] == (
+        f"reverse-http lb: --http-connector.tls.file.root-ca: {crl}: no PEM certificate in the file"
+    )
+
+
 def test_lb_without_tls_verification_choice(taken: int) -> None:
     code, _out, err = run(
         "lb", f"--http-proxy.listen-address=127.0.0.1:{taken}", "--http-connector.tls.enable"
