@@ -24,6 +24,7 @@ from reverse_http.agent.client import (
     REPLACED_MAX_BACKOFF,
     AgentHandle,
 )
+from reverse_http.agent.tunnel import dial_failure, dial_tcp
 from reverse_http.config import ListenAddress
 from reverse_http.devcerts import CertFiles
 from reverse_http.proxy.connect import _why
@@ -230,3 +231,17 @@ async def test_two_agents_with_one_id_slow_down_and_say_so(
     assert "replaced 1 time(s), reconnecting in" in said
     counted = t.proxy.metrics.registry.get_sample_value("reverse_http_agent_replacements_total")
     assert counted is not None and counted >= replacements - 1
+
+
+async def test_dial_failures_are_classified_through_happy_eyeballs(closed_port: int) -> None:
+    """A name dials every address it resolves to: refused everywhere is still 'refused'."""
+    results = {}
+    for host in ("localhost", "127.0.0.1", "no-such-host.invalid"):
+        with pytest.raises(OSError) as failed:
+            await dial_tcp(host, closed_port)
+        results[host] = dial_failure(failed.value)[0]
+    assert results == {
+        "localhost": "refused",
+        "127.0.0.1": "refused",
+        "no-such-host.invalid": "dns",
+    }
