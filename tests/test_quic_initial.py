@@ -30,9 +30,7 @@ def client_hello_datagram() -> bytes:
     return quic.datagrams_to_send(now=0.0)[0][0]
 
 
-def initial_with(
-    frames: bytes, dcid: bytes = DCID, token: bytes = b"", size: int = 1200
-) -> bytes:
+def initial_with(frames: bytes, dcid: bytes = DCID, token: bytes = b"", size: int = 1200) -> bytes:
     """A client Initial padded to ``size`` bytes carrying ``frames`` (raw frame bytes)."""
     pair = CryptoPair()
     pair.setup_initial(cid=dcid, is_client=True, version=QuicProtocolVersion.VERSION_1)
