@@ -41,3 +41,10 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/scale.py", "--quick")
     session.run("python", "bench/agents.py", "--quick")
     session.run("python", "bench/flood.py", "--quick")
+
+
+@nox.session(python=PYTHON)
+def wan(session: nox.Session) -> None:
+    """Emulated WAN links (bench/linkemu, root): the tunnel next to ssh -R and pproxy."""
+    session.install("-e", ".", "pproxy==2.7.9")
+    session.run("python", "bench/wan.py", *session.posargs)
