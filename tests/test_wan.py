@@ -9,11 +9,13 @@ any of them is missing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,17 @@ from typing import Any
 import pytest
 
 from bench._common import Children, Daemon, free_ports, start_nginx, wait_port, wait_tunnel_ready
-from bench.linkemu import ADDR_A, Link, LinkSpec, build, drops, namespaces, netns, unavailable
+from bench.linkemu import (
+    ADDR_A,
+    ADDR_B,
+    Link,
+    LinkSpec,
+    build,
+    drops,
+    namespaces,
+    netns,
+    unavailable,
+)
 from reverse_http.devcerts import make_dev_certs
 
 WHY_NOT = unavailable()
@@ -37,6 +49,8 @@ SIZE = 16 << 20
 STALL_BPS = 30_000
 TIMEOUT = 75
 TINY = 128
+IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14  # <linux/in.h>; Python 3.11 lacks them
+SO_RCVBUFFORCE = 33
 CLI = [sys.executable, "-c", "from reverse_http.cli import main; main()"]
 
 
@@ -189,3 +203,175 @@ def test_16mib_intact_over_50ms_1pct_loss_path_mtu_1280(wans: dict[str, Wan]) ->
     dropped = _check_intact(wans["mtu1280"])
     # the path really was narrower than the sender's first guess
     assert dropped.get("mtu", 0) > 0
+
+
+# ------------------------------------------------ the emulator itself, over UDP
+
+
+@pytest.fixture
+def pair(linkemu_exe: Path) -> Iterator[tuple[str, str]]:
+    with namespaces("emu") as names:
+        yield names
+
+
+@contextlib.contextmanager
+def _udp(ns: str, addr: str, port: int = 0) -> Iterator[socket.socket]:
+    with netns(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((addr, port))
+        s.settimeout(2)
+        yield s
+    finally:
+        s.close()
+
+
+def _link(exe: Path, pair: tuple[str, str], tmp: Path, spec: LinkSpec) -> Link:
+    return Link(exe, pair[0], pair[1], spec, tmp / "linkemu.log")
+
+
+def test_linkemu_delays_by_the_rtt_and_rebinds_b_ports(
+    linkemu_exe: Path, pair: tuple[str, str], tmp_path: Path
+) -> None:
+    with (
+        _link(linkemu_exe, pair, tmp_path, LinkSpec(rtt_ms=40)) as link,
+        _udp(pair[0], ADDR_A) as a,
+        _udp(pair[1], ADDR_B) as b,
+    ):
+        b_port = b.getsockname()[1]
+        rtts = []
+        for i in range(5):
+            t0 = time.monotonic()
+            b.sendto(b"ping%d" % i, a.getsockname())
+            data, peer = a.recvfrom(100)
+            a.sendto(data, peer)
+            assert b.recvfrom(100)[0] == data
+            rtts.append(time.monotonic() - t0)
+        assert peer == (ADDR_B, b_port)
+        assert min(rtts) >= 0.040  # never early
+        assert min(rtts) < 0.040 + 0.5  # and not stuck
+        link.rebind()  # a NAT in the middle forgets its mapping
+        deadline = time.monotonic() + 5
+        while True:
+            b.sendto(b"after", a.getsockname())
+            data, peer = a.recvfrom(100)
+            if peer[1] != b_port or time.monotonic() > deadline:
+                break
+        assert peer == (ADDR_B, (b_port + 1000) % 65536)  # a new source port ...
+        a.sendto(b"reply", peer)
+        assert b.recvfrom(100) == (b"reply", a.getsockname())  # ... mapped back to b
+    assert link.counters["b_to_a"]["nat_rewritten"] >= 1
+
+
+def test_linkemu_outage_drops_everything_until_toggled_back(
+    linkemu_exe: Path, pair: tuple[str, str], tmp_path: Path
+) -> None:
+    with (
+        _link(linkemu_exe, pair, tmp_path, LinkSpec(rtt_ms=2)) as link,
+        _udp(pair[0], ADDR_A) as a,
+        _udp(pair[1], ADDR_B) as b,
+    ):
+        link.outage()
+        deadline = time.monotonic() + 5
+        while link.snapshot()["b_to_a"]["drop_outage"] == 0:
+            assert time.monotonic() < deadline, "the outage never started"
+            b.sendto(b"lost", a.getsockname())
+        a.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            a.recvfrom(100)
+        link.outage()
+        a.settimeout(2)
+        deadline = time.monotonic() + 5
+        while True:
+            b.sendto(b"back", a.getsockname())
+            with contextlib.suppress(TimeoutError):
+                a.settimeout(0.2)
+                if a.recvfrom(100)[0] == b"back":
+                    break
+            assert time.monotonic() < deadline, "the link never came back"
+    assert link.counters["outages"] == 1
+
+
+def test_linkemu_loss_is_about_the_probability_asked_for(
+    linkemu_exe: Path, pair: tuple[str, str], tmp_path: Path
+) -> None:
+    with (
+        _link(linkemu_exe, pair, tmp_path, LinkSpec(loss=0.1, seed=3)) as link,
+        _udp(pair[0], ADDR_A) as a,
+        _udp(pair[1], ADDR_B) as b,
+    ):
+        a.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)  # holds all 2000
+        for i in range(2000):
+            b.sendto(b"%d" % i, a.getsockname())
+            if i % 100 == 99:
+                time.sleep(0.001)  # pacing, so that no socket buffer overflows
+        a.settimeout(0.5)
+        got = 0
+        with contextlib.suppress(TimeoutError):
+            while True:
+                a.recvfrom(100)
+                got += 1
+    lost = link.counters["b_to_a"]["drop_loss"]
+    assert 120 < lost < 280  # 10% of 2000 (+ the odd IPv6 packet of the kernel's)
+    assert got == 2000 - lost
+
+
+@pytest.mark.parametrize("icmp", [True, False], ids=["icmp", "black-hole"])
+def test_linkemu_path_mtu_answers_with_icmp_or_black_holes(
+    linkemu_exe: Path, pair: tuple[str, str], tmp_path: Path, icmp: bool
+) -> None:
+    spec = LinkSpec(rtt_ms=2, path_mtu=1280, icmp=icmp)
+    with (
+        _link(linkemu_exe, pair, tmp_path, spec) as link,
+        _udp(pair[0], ADDR_A) as a,
+        _udp(pair[1], ADDR_B) as b,
+    ):
+        b.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        b.connect(a.getsockname())
+        b.send(b"x" * (1280 - 28))  # exactly the path MTU: passes
+        assert len(a.recvfrom(2000)[0]) == 1280 - 28
+        big = b"y" * (1400 - 28)
+        learned = False
+        deadline = time.monotonic() + 1  # ICMP is back after one 2 ms round trip
+        while time.monotonic() < deadline and not learned:
+            try:
+                b.send(big)
+            except OSError as exc:
+                assert exc.errno == errno.EMSGSIZE
+                learned = True
+            time.sleep(0.01)  # the ICMP answer's round trip, bounded by the deadline
+        assert learned == icmp
+        assert b.getsockopt(socket.IPPROTO_IP, IP_MTU) == (1280 if icmp else 1500)
+    counters = link.counters["b_to_a"]
+    assert counters["drop_mtu"] >= 1
+    assert (counters["icmp_sent"] >= 1) == icmp
+
+
+def test_linkemu_rate_serialises_and_the_queue_drops_its_tail(
+    linkemu_exe: Path, pair: tuple[str, str], tmp_path: Path
+) -> None:
+    # 8 Mbit/s: a 1000-byte IP packet takes 1 ms; the queue holds 20 of them
+    spec = LinkSpec(rtt_ms=2, rate_mbit=8, queue_bytes=20_000)
+    with (
+        _link(linkemu_exe, pair, tmp_path, spec) as link,
+        _udp(pair[0], ADDR_A) as a,
+        _udp(pair[1], ADDR_B) as b,
+    ):
+        a.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+        payload = b"z" * (1000 - 28)
+        for _ in range(200):  # a burst far faster than 1 ms per packet
+            b.sendto(payload, a.getsockname())
+        arrivals = []
+        a.settimeout(0.5)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                a.recvfrom(2000)
+                arrivals.append(time.monotonic())
+    counters = link.counters["b_to_a"]
+    assert counters["drop_queue"] > 100
+    # everything not dropped arrived (forwarded also counts the kernel's own IPv6 packets)
+    assert counters["forwarded"] - 3 <= len(arrivals) <= counters["forwarded"]
+    assert len(arrivals) >= 200 - counters["drop_queue"] - 3
+    assert counters["queue_peak_bytes"] <= 20_000
+    # what got through left the bottleneck one packet per millisecond
+    assert arrivals[-1] - arrivals[0] >= (len(arrivals) - 1) * 0.001 * 0.9
