@@ -51,7 +51,7 @@ def test_only_the_protocol_module_reaches_into_aioquic() -> None:
 
     package = pathlib.Path(protocol.__file__).resolve().parent.parent
     private_import = re.compile(r"from aioquic[\w.]* import[^\n]*\b_\w+")
-    private_attr = re.compile(r"\._quic\._\w+|\.tls\._\w+|sender\._\w+|receiver\._\w+")
+    private_attr = re.compile(r"\._quic\._\w+|\.tls\._\w+|\bsender\._\w+|\breceiver\._\w+")
     offenders = []
     for path in package.rglob("*.py"):
         if path.name == "protocol.py" and path.parent.name == "quic":

@@ -268,9 +268,13 @@ def _quic_settings(config: ProxyConfig, devcert_dir: Path) -> ServerSettings:
             certs.ca_cert,
         )
         tls = ServerTls(cert_file=certs.cert, key_file=certs.key)
-    settings = ServerSettings(
-        tls=tls, transport=config.transport, admission=config.agent_admission
-    )
+    return agent_server_settings(config, tls)
+
+
+def agent_server_settings(config: ProxyConfig, tls: ServerTls) -> ServerSettings:
+    """The agent server's settings with ``tls`` loaded and cross-checked as a start would
+    (also what ``--check`` runs); ConfigError names the flag of the bad file."""
+    settings = ServerSettings(tls=tls, transport=config.transport, admission=config.agent_admission)
     try:
         server_configuration(settings)
         client_verifier(settings.tls)
