@@ -79,7 +79,7 @@ class Row:
         return self.spec.label() + (", 10 s outage" if self.outage else "")
 
     def size(self, scale: float) -> int:
-        """About 4 s at the link rate (2 s on an unlimited link), 4 to 64 MiB."""
+        """About 4 s at the link rate (3 s on the outage row), 4 to 64 MiB."""
         rate = self.spec.rate_mbit * 1e6 / 8 if self.spec.rate_mbit else 100e6
         size = int(rate * 4 * scale)
         if self.outage:
