@@ -505,13 +505,18 @@ class _OwnQuicCollector:
             PREFIX + "quic_lost_packets",
             "Packets declared lost on the connections to the proxy, all of them.",
         )
+        size = GaugeMetricFamily(
+            PREFIX + "quic_datagram_size_bytes",
+            "UDP payload size the connection to the proxy uses (found by path MTU discovery).",
+        )
         current = 0.0
         if stats is not None:
             rtt.add_metric([], stats.get("rtt_seconds", 0.0))
             cwnd.add_metric([], stats.get("congestion_window_bytes", 0.0))
+            size.add_metric([], stats.get("datagram_size_bytes", 0.0))
             current = stats.get("lost_packets", 0.0)
         lost.add_metric([], o._lost_before + current)
-        return [rtt, cwnd, lost]
+        return [rtt, cwnd, lost, size]
 
 
 class AgentMetrics(DaemonMetrics):

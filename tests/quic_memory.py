@@ -33,6 +33,11 @@ class Link:
 
     def __init__(self, nursery: trio.Nursery, certs: CertFiles, server_t: TransportSettings):
         self.up = True
+        #: Largest datagram the path carries; bigger ones vanish (a black hole) or, with
+        #: ``refuse_too_big``, are refused at the sender as the kernel does (EMSGSIZE).
+        self.mtu: int | None = None
+        self.refuse_too_big = False
+        self.sizes: dict[str, list[int]] = {"c2s": [], "s2c": []}
         self.nursery = nursery
         self.settings = server_settings(certs, server_t)
         self.client: Connection | None = None
@@ -48,17 +53,28 @@ class Link:
         nursery.start_soon(self._pump_to_server)
         nursery.start_soon(self._pump_to_client)
 
-    def client_send(self, datagrams: list[tuple[bytes, Any]]) -> None:
-        for data, _ in datagrams:
-            self.sent["c2s"].append(trio.current_time())
-            if self.up:
-                self._to_server_send.send_nowait(data)
+    def _carry(self, data: bytes, way: str, too_big: list[int]) -> bool:
+        if self.mtu is not None and len(data) > self.mtu:
+            if self.refuse_too_big:
+                too_big.append(len(data))
+            return False
+        self.sent[way].append(trio.current_time())
+        self.sizes[way].append(len(data))
+        return self.up
 
-    def server_send(self, datagrams: list[tuple[bytes, Any]]) -> None:
+    def client_send(self, datagrams: list[tuple[bytes, Any]]) -> list[int]:
+        too_big: list[int] = []
         for data, _ in datagrams:
-            self.sent["s2c"].append(trio.current_time())
-            if self.up:
+            if self._carry(data, "c2s", too_big):
+                self._to_server_send.send_nowait(data)
+        return too_big
+
+    def server_send(self, datagrams: list[tuple[bytes, Any]]) -> list[int]:
+        too_big: list[int] = []
+        for data, _ in datagrams:
+            if self._carry(data, "s2c", too_big):
                 self._to_client_send.send_nowait(data)
+        return too_big
 
     async def _pump_to_server(self) -> None:
         async for data in self._to_server:
@@ -82,6 +98,7 @@ class Link:
             stream_receive_window=t.stream_receive_window,
             connection_receive_window=t.connection_receive_window,
             max_concurrent_streams=t.max_concurrent_streams,
+            max_datagram_size_ceiling=t.pmtu_ceiling,
         )
         conn = Connection(quic, t, self.server_driver, CLIENT_ADDR)
         self.server_created.set()
@@ -110,6 +127,7 @@ async def linked(
             stream_receive_window=client_t.stream_receive_window,
             connection_receive_window=client_t.connection_receive_window,
             max_concurrent_streams=client_t.max_concurrent_streams,
+            max_datagram_size_ceiling=client_t.pmtu_ceiling,
         )
         conn = Connection(quic, client_t, link.client_driver, SERVER_ADDR)
         link.client = conn

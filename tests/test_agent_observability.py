@@ -147,6 +147,8 @@ async def test_agent_metrics_and_503_reasons_after_real_traffic(
     assert m[("reverse_http_agent_replaced_total", ())] == 0
     assert 0 < m[("reverse_http_quic_rtt_seconds", ())] < 1
     assert m[("reverse_http_quic_congestion_window_bytes", ())] > 1000
+    # loopback carries the ceiling: path MTU discovery raised the size from 1200
+    assert m[("reverse_http_quic_datagram_size_bytes", ())] == 1452
     assert m[("reverse_http_quic_lost_packets_total", ())] >= 0
     assert m[("process_resident_memory_bytes", ())] > 0
     # nothing of the proxy's set on the agent

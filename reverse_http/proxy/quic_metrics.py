@@ -19,7 +19,8 @@ from ..quic.admission import DROP_REASONS
 
 class AgentServerCollector:
     """``quic_retries_sent_total``, ``quic_initials_dropped_total{reason}``,
-    ``quic_handshakes_pending`` and ``quic_stateless_resets_sent_total``."""
+    ``quic_handshakes_pending``, ``quic_stateless_resets_sent_total`` and
+    ``quic_udp_send_errors_total{reason}``."""
 
     def __init__(self, server: QuicServer) -> None:
         self._server = server
@@ -49,7 +50,16 @@ class AgentServerCollector:
             "Agent connections in handshake right now.",
             value=s.handshakes_pending,
         )
-        yield from (retries, dropped, resets, pending)
+        endpoint = s.endpoint
+        send_errors = CounterMetricFamily(
+            PREFIX + "quic_udp_send_errors",
+            "UDP sends the kernel refused: too_big is EMSGSIZE (the datagram exceeds the "
+            "path MTU; path MTU discovery reacts to it), other is anything else.",
+            labels=["reason"],
+        )
+        send_errors.add_metric(["too_big"], endpoint.too_big_errors)
+        send_errors.add_metric(["other"], endpoint.send_errors - endpoint.too_big_errors)
+        yield from (retries, dropped, resets, pending, send_errors)
 
 
 def watch_agent_server(registry: CollectorRegistry, server: QuicServer) -> None:

@@ -63,6 +63,7 @@ async def _client_connection(
             connection_receive_window=transport.connection_receive_window,
             max_concurrent_streams=transport.max_concurrent_streams,
             pacing_burst_packets=transport.pacing_burst_packets,
+            max_datagram_size_ceiling=transport.pmtu_ceiling,
         )
         driver = Driver(endpoint.send_nowait)
         conn = Connection(quic, transport, driver, sockaddr)

@@ -8,6 +8,7 @@ at or above the path's bandwidth-delay product costs nothing and keeps pacing sa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from aioquic.quic.congestion.base import QuicCongestionControl, register_congestion_control
 from aioquic.quic.congestion.reno import RenoCongestionControl
@@ -77,3 +78,54 @@ class BurstPacer(QuicPacketPacer):
         self.bucket_max = max(2 * mds, min(congestion_window // 4, self._burst * mds)) / rate
         if self.bucket_time > self.bucket_max:
             self.bucket_time = self.bucket_max
+
+
+class PacketObserver(Protocol):
+    def packet_acked(self, pn: int, size: int, now: float) -> None: ...
+
+    def packet_lost(self, pn: int, size: int, now: float) -> bool: ...
+
+    def packet_expired(self, pn: int, size: int) -> None: ...
+
+
+class ObservedCongestionControl:
+    """Any aioquic congestion controller, with every acked and lost packet reported first.
+
+    Path MTU discovery learns from them (probes acknowledged or lost, black holes), and
+    a lost probe only leaves the bytes in flight: RFC 8899 section 4.4 says the loss of
+    a probe packet is not a congestion signal.
+    """
+
+    def __init__(self, inner: QuicCongestionControl, observer: PacketObserver) -> None:
+        self._inner = inner
+        self._observer = observer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    @property
+    def inner(self) -> QuicCongestionControl:
+        return self._inner
+
+    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+        self._observer.packet_acked(packet.packet_number, packet.sent_bytes, now)
+        self._inner.on_packet_acked(now=now, packet=packet)
+
+    def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
+        """Packets aioquic stopped tracking without a loss signal (a PTO's retransmission)."""
+        packets = list(packets)
+        for packet in packets:
+            self._observer.packet_expired(packet.packet_number, packet.sent_bytes)
+        self._inner.on_packets_expired(packets=packets)
+
+    def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
+        observer = self._observer
+        congestion: list[QuicSentPacket] = []
+        probes: list[QuicSentPacket] = []
+        for packet in packets:
+            is_probe = observer.packet_lost(packet.packet_number, packet.sent_bytes, now)
+            (probes if is_probe else congestion).append(packet)
+        if probes:
+            self._inner.on_packets_expired(packets=probes)
+        if congestion:
+            self._inner.on_packets_lost(now=now, packets=congestion)

@@ -31,6 +31,10 @@ from .stream import QuicStream
 Address = Any  # socket address tuple as used by the UDP socket
 
 
+#: Seconds added to aioquic's timers (see ``Connection._next_deadline``).
+TIMER_SLACK = 1e-6
+
+
 class State(enum.Enum):
     """Where a connection is in its life; only ever moves down this list."""
 
@@ -374,7 +378,9 @@ class Connection:
             # NEW_CONNECTION_ID frames surface as events while datagrams are built.
             self._dispatch_events()
             if datagrams:
-                self._driver.send(datagrams)
+                too_big = self._driver.send(datagrams)
+                if too_big:
+                    quic.datagrams_too_big(too_big, now)
         if self._send_budget_exhausted and quic.unacked_bytes < self._send_lwm:
             self._send_budget_exhausted = False
         if self._budget_waiters and not self._send_budget_exhausted:
@@ -413,7 +419,11 @@ class Connection:
 
     def _next_deadline(self) -> float:
         timer = self._quic.get_timer() if self._quic.has_peer_address else None
-        deadline = math.inf if timer is None else timer
+        # A microsecond late: aioquic compares a packet's loss time with ``now`` after
+        # floating-point arithmetic, and serviced exactly at the deadline it may find
+        # nothing due and ask for the same deadline again (a clock that does not move
+        # in between, as trio's MockClock, then spins).
+        deadline = math.inf if timer is None else timer + TIMER_SLACK
         return min(deadline, *self._own_deadlines())
 
     @property

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Address = Any
-SendNowait = Callable[[list[tuple[bytes, Address]]], None]
+#: Sends without blocking; returns the sizes refused as too big for the path, if any.
+SendNowait = Callable[[list[tuple[bytes, Address]]], "list[int] | None"]
 
 #: Rebuild the heap when stale entries outnumber live connections this much.
 _COMPACT_FACTOR = 4

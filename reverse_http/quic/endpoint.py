@@ -8,10 +8,13 @@ synchronous dispatch callback; nothing here knows about QUIC.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import math
 import socket
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +35,11 @@ UDP_SEGMENT = 103
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 MAX_UDP_PAYLOAD = 65535
+#: Send errors are logged at most this often (seconds); the rest are counted.
+SEND_ERROR_LOG_INTERVAL = 60.0
+#: Linux socket options (not all are in Python's socket module).
+IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2
 
 
 class UdpEndpoint:
@@ -48,6 +56,11 @@ class UdpEndpoint:
         self.datagrams_sent = 0
         self.send_errors = 0
         self.backlog_dropped = 0
+        #: Sends refused with EMSGSIZE (the datagram exceeds the path MTU).
+        self.too_big_errors = 0
+        self._too_big: list[int] = []
+        self._errors_logged_at = -math.inf
+        self._errors_unlogged = 0
         self._gso = gso and sys.platform == "linux"
 
     @classmethod
@@ -73,6 +86,7 @@ class UdpEndpoint:
                 sock.close()
                 raise
         set_buffer_sizes(sock, buffer_size)
+        set_dont_fragment(sock)
         return cls(sock)
 
     @classmethod
@@ -81,6 +95,7 @@ class UdpEndpoint:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             set_buffer_sizes(sock, buffer_size)
+            set_dont_fragment(sock)
             sock.connect(peer)
         except OSError:
             sock.close()
@@ -124,8 +139,14 @@ class UdpEndpoint:
             if after_batch is not None:
                 after_batch()
 
-    def send_nowait(self, datagrams: list[tuple[bytes, Any]]) -> None:
-        """Send in order without blocking; what the socket refuses waits in a backlog."""
+    def send_nowait(self, datagrams: list[tuple[bytes, Any]]) -> list[int]:
+        """Send in order without blocking; what the socket refuses waits in a backlog.
+
+        Returns the sizes the kernel refused as too big for the path (``EMSGSIZE``), for
+        the connection's path MTU discovery.
+        """
+        too_big: list[int] = []
+        self._too_big = too_big
         for payload, addr, segment in self._batches(datagrams):
             if self._backlog or not self._try_send(payload, addr, segment):
                 if len(self._backlog) >= MAX_BACKLOG:
@@ -133,6 +154,8 @@ class UdpEndpoint:
                     continue
                 self._backlog.append((payload, addr, segment))
                 self._backlog_ready.set()
+        self._too_big = []
+        return too_big
 
     async def _backlog_loop(self) -> None:
         backlog = self._backlog
@@ -194,12 +217,51 @@ class UdpEndpoint:
                         self._backlog_ready.set()
                         return True
                 return True
+            if exc.errno == errno.EMSGSIZE:
+                if segment:
+                    # A batch with a segment too big for the path: send it packet by
+                    # packet, so that smaller ones still go and each refusal is reported.
+                    for k in range(0, len(data), segment):
+                        self._try_send(data[k : k + segment], addr)
+                    return True
+                self.too_big_errors += 1
+                self._too_big.append(len(data))
             # EMSGSIZE, ECONNREFUSED, ENETUNREACH...: QUIC treats it as loss.
             self.send_errors += 1
-            if exc.errno not in (errno.ECONNREFUSED, errno.EMSGSIZE):
-                log.debug("udp send to %s failed: %s", addr, exc)
+            if exc.errno in (errno.EMSGSIZE, errno.ECONNREFUSED):
+                # Expected: path MTU discovery's probes; a peer that went away (ICMP).
+                log.debug("udp send of %d bytes to %s failed: %s", len(data), addr, exc)
+            else:
+                self._report_send_error(exc, addr)
         self.datagrams_sent += 1
         return True
+
+    def _report_send_error(self, exc: OSError, addr: Any) -> None:
+        """One warning per :data:`SEND_ERROR_LOG_INTERVAL`, with the count since the last."""
+        now = time.monotonic()
+        if now - self._errors_logged_at < SEND_ERROR_LOG_INTERVAL:
+            self._errors_unlogged += 1
+            return
+        more = (
+            f" ({self._errors_unlogged} more since the last report)"
+            if self._errors_unlogged
+            else ""
+        )
+        log.warning("udp send to %s failed: %s%s", addr, exc.strerror or exc, more)
+        self._errors_logged_at = now
+        self._errors_unlogged = 0
+
+
+def set_dont_fragment(sock: socket.socket) -> None:
+    """Set DF on every datagram: path MTU discovery needs the kernel to refuse
+    (``EMSGSIZE``) or the path to drop what is too big, never to fragment it."""
+    options = [(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)]
+    if sock.family == socket.AF_INET6:
+        options.append((socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO))
+    for level, name, value in options:
+        # not Linux, or an IPv6-only socket refusing the IPv4 option
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, name, value)
 
 
 _warned_buffer_cap = False

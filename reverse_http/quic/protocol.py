@@ -59,7 +59,8 @@ from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 from aioquic.quic.stream import QuicStream as AioStream
 from aioquic.tls import Epoch
 
-from .congestion import BurstPacer
+from .congestion import BurstPacer, ObservedCongestionControl
+from .pmtu import PathMtu
 from .reset import reset_token
 
 __all__ = [
@@ -130,6 +131,7 @@ _CONNECTION_ATTRIBUTES = (
     "_crypto_buffers",
     "_crypto_streams",
     "_handshake_complete",
+    "_handshake_confirmed",
     "_handshake_done_pending",
     "_host_cids",
     "_is_client",
@@ -305,9 +307,26 @@ class TunnelQuicConnection(QuicConnection):
         request_client_certificate: bool = False,
         client_certificate_check: ClientCertCheck | None = None,
         stateless_reset_key: bytes | None = None,
+        max_datagram_size_ceiling: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        #: Path MTU discovery from the configured (base) size up to the ceiling; without
+        #: a ceiling the configured size is used throughout.
+        if max_datagram_size_ceiling is None:
+            fixed = self._max_datagram_size
+            self.pmtu = PathMtu(max_size=fixed, base_size=fixed)
+        else:
+            self.pmtu = PathMtu(
+                max_size=max_datagram_size_ceiling, base_size=self._max_datagram_size
+            )
+        #: Packet numbers of PMTU probes in flight, and their datagram sizes.
+        self._rh_probes: dict[int, int] = {}
+        #: Size of the probe the current ``datagrams_to_send`` pass builds (0: none).
+        self._rh_probe_size = 0
+        #: The time of the last ``datagrams_to_send`` (for events aioquic reports without one).
+        self._rh_now = 0.0
+        self._loss._cc = ObservedCongestionControl(self._loss._cc, self)  # type: ignore[assignment]
         self._rh_reset_key = None if self._is_client else stateless_reset_key
         self._derive_reset_tokens()
         setattr(self, _FRAME_HANDLERS, _FrameHandlers(self, getattr(self, _FRAME_HANDLERS)))
@@ -406,6 +425,8 @@ class TunnelQuicConnection(QuicConnection):
             "congestion_window_bytes": float(loss.congestion_window),
             "bytes_in_flight": float(loss.bytes_in_flight),
             "lost_packets": float(getattr(loss._cc, "lost_packets", 0)),
+            "datagram_size_bytes": float(self.pmtu.current),
+            "pmtu_fallbacks": float(self.pmtu.fallbacks),
         }
 
     def stream_unacked(self, stream_id: int) -> int:
@@ -430,6 +451,88 @@ class TunnelQuicConnection(QuicConnection):
         return len(self._streams)
 
     # --- sans-IO API additions ----------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        """A path MTU probe when one is due, then aioquic's datagrams.
+
+        The probe goes first: behind bulk data the congestion window would rarely
+        leave room for it, and the search would stall for the whole transfer.
+        """
+        self._rh_now = now
+        datagrams: list[tuple[bytes, Any]] = []
+        size = self._probe_due(now)
+        if size:
+            normal, self._max_datagram_size = self._max_datagram_size, size
+            self._rh_probe_size = size
+            try:
+                datagrams = super().datagrams_to_send(now=now)
+            finally:
+                self._max_datagram_size = normal
+                self._rh_probe_size = 0
+        datagrams += super().datagrams_to_send(now=now)
+        return datagrams
+
+    def _probe_due(self, now: float) -> int | None:
+        if (
+            not self._handshake_confirmed
+            or self._state != QuicConnectionState.CONNECTED
+            or len(self._network_paths) != 1  # path probes would be padded to the probe size
+            or not self._network_paths[0].is_validated
+        ):
+            return None
+        size = self.pmtu.probe_size(now)
+        if size is None or self._loss.congestion_window - self._loss.bytes_in_flight < size:
+            return None
+        return size
+
+    def get_timer(self) -> float | None:
+        timer: float | None = super().get_timer()
+        raise_at = self.pmtu.next_event_at() if self._handshake_confirmed else None
+        if raise_at is not None and (timer is None or raise_at < timer):
+            return raise_at
+        return timer
+
+    def datagrams_too_big(self, sizes: list[int], now: float) -> None:
+        """The kernel refused to send datagrams of these sizes (``EMSGSIZE``)."""
+        for size in sizes:
+            self.pmtu.on_too_big(size, now)
+        self._apply_pmtu()
+
+    def _apply_pmtu(self) -> None:
+        if not self._rh_probe_size:
+            self._max_datagram_size = self.pmtu.current
+
+    # --- told by ObservedCongestionControl --------------------------------------------
+
+    def packet_acked(self, pn: int, size: int, now: float) -> None:
+        probe = self._rh_probes.pop(pn, None)
+        if probe is not None:
+            self.pmtu.on_probe_acked(probe, now)
+        else:
+            self.pmtu.on_packet_acked(size, now)
+        self._apply_pmtu()
+
+    def packet_expired(self, pn: int, size: int) -> None:
+        """aioquic stopped tracking a packet unacknowledged after a PTO: a probe counts as
+        lost; so does any other for black-hole detection, since in a black hole the big
+        packets only ever expire (their retransmissions are as big)."""
+        probe = self._rh_probes.pop(pn, None)
+        if probe is not None:
+            self.pmtu.on_probe_lost(probe, self._rh_now)
+        else:
+            patience = 3 * self._loss.get_probe_timeout()
+            self.pmtu.on_packet_lost(size, self._rh_now, patience=patience)
+        self._apply_pmtu()
+
+    def packet_lost(self, pn: int, size: int, now: float) -> bool:
+        """Report one lost packet; True if it was a PMTU probe (no congestion signal)."""
+        probe = self._rh_probes.pop(pn, None)
+        if probe is not None:
+            self.pmtu.on_probe_lost(probe, now)
+        else:
+            self.pmtu.on_packet_lost(size, now, patience=3 * self._loss.get_probe_timeout())
+        self._apply_pmtu()
+        return probe is not None
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -702,6 +805,9 @@ class TunnelQuicConnection(QuicConnection):
             packet_type = QuicPacketType.ZERO_RTT
         else:
             return
+        if self._rh_probe_size:
+            self._write_pmtu_probe(builder, packet_type, crypto)
+            return
         space = self._spaces[Epoch.ONE_RTT]
 
         while True:
@@ -753,6 +859,23 @@ class TunnelQuicConnection(QuicConnection):
             if builder.packet_is_empty:
                 break
             self._loss._pacer.update_after_send(now=now)
+
+    def _write_pmtu_probe(
+        self, builder: QuicPacketBuilder, packet_type: QuicPacketType, crypto: Any
+    ) -> None:
+        """A PING padded to exactly the probe size, alone in its packet and datagram."""
+        builder.start_packet(packet_type, crypto)
+        pn = builder.packet_number
+        # Nothing is written unless the congestion window has room for the whole probe.
+        if builder.remaining_flight_space < builder.remaining_buffer_space:
+            raise QuicPacketBuilderStop
+        builder.start_frame(QuicFrameType.PING)
+        room = min(builder.remaining_buffer_space, builder.remaining_flight_space)
+        if room > 0:
+            buf = builder.start_frame(QuicFrameType.PADDING, capacity=room)
+            buf.push_bytes(bytes(room - 1))
+        self._rh_probes[pn] = self._rh_probe_size
+        self.pmtu.on_probe_sent(self._rh_probe_size)
 
     def _write_control_frames(
         self, builder: QuicPacketBuilder, network_path: QuicNetworkPath, now: float

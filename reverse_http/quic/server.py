@@ -267,6 +267,7 @@ class QuicServer:
             connection_receive_window=t.connection_receive_window,
             max_concurrent_streams=t.max_concurrent_streams,
             pacing_burst_packets=t.pacing_burst_packets,
+            max_datagram_size_ceiling=t.pmtu_ceiling,
             client_certificate_check=self._client_verifier,
             stateless_reset_key=self._reset_key,
         )

@@ -19,6 +19,7 @@ from ..tlsfiles import (
 )
 from .admission import AdmissionSettings
 from .congestion import algorithm_name
+from .pmtu import BASE_DATAGRAM_SIZE, DEFAULT_MAX_DATAGRAM_SIZE
 
 __all__ = [
     "DEFAULT_ALPN",
@@ -47,7 +48,11 @@ class TransportSettings:
     """
 
     alpn: tuple[str, ...] = (DEFAULT_ALPN,)
-    max_datagram_size: int = 1350
+    #: Largest UDP payload path MTU discovery probes for (the interface's MTU, or an
+    #: ICMP message, may stop it lower). Connections start at 1200 bytes, which every
+    #: path carries; with discovery off every datagram is this size from the start.
+    max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE
+    pmtu_discovery: bool = True
     congestion_control: str = "capped-reno"
     #: Upper bound of the congestion window for ``capped-reno``; must exceed the path's BDP.
     congestion_window_cap: int = 1024 * 1024
@@ -94,6 +99,11 @@ class TransportSettings:
             or self.connection_send_buffer < self.stream_send_buffer
         ):
             raise ValueError("connection windows must be at least the stream windows")
+
+    @property
+    def pmtu_ceiling(self) -> int | None:
+        """Where path MTU discovery stops; None when it is off."""
+        return self.max_datagram_size if self.pmtu_discovery else None
 
     @property
     def probe_after(self) -> float:
@@ -156,7 +166,7 @@ def _base_configuration(t: TransportSettings, *, is_client: bool) -> QuicConfigu
     cfg = QuicConfiguration(
         is_client=is_client,
         alpn_protocols=list(t.alpn),
-        max_datagram_size=t.max_datagram_size,
+        max_datagram_size=BASE_DATAGRAM_SIZE if t.pmtu_discovery else t.max_datagram_size,
         congestion_control_algorithm=algorithm_name(t.congestion_control, t.congestion_window_cap),
         idle_timeout=t.idle_timeout,
         max_data=t.connection_receive_window,
