@@ -47,7 +47,7 @@ SIZE = 16 << 20
 #: below this many bytes/s for 10 s a transfer counts as stalled; a loss-bound
 #: window at 50 ms and 1% loss moves about 300 KB/s
 STALL_BPS = 30_000
-TIMEOUT = 75
+TIMEOUT = 90  # about 60 s today (a loss-bound window), headroom for a loaded machine
 TINY = 128
 IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14  # <linux/in.h>; Python 3.11 lacks them
 SO_RCVBUFFORCE = 33
@@ -195,13 +195,10 @@ def test_16mib_intact_over_50ms_1pct_loss(wans: dict[str, Wan]) -> None:
     _check_intact(wans["mtu1500"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: path MTU below 1378 stalls bulk transfers; remove when PMTU discovery lands",
-)
 def test_16mib_intact_over_50ms_1pct_loss_path_mtu_1280(wans: dict[str, Wan]) -> None:
+    """Before path MTU discovery (96d566a) this stalled after about 110 KiB."""
     dropped = _check_intact(wans["mtu1280"])
-    # the path really was narrower than the sender's first guess
+    # the path really was narrower than what the sender tried (its probes up to 1452)
     assert dropped.get("mtu", 0) > 0
 
 
