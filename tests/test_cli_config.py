@@ -203,6 +203,48 @@ def test_agent_server_retry_flag(captured: Captured) -> None:
     assert [c.agent_admission.retry for c in captured.configs] == [False, True, True]
 
 
+def test_quic_transport_flags_reach_both_daemons(captured: Captured) -> None:
+    from reverse_http.quic import TransportSettings
+
+    ok(["proxy"])
+    ok(AGENT_OK)
+    assert captured.configs[0].transport == TransportSettings()
+    assert captured.configs[1].transport == TransportSettings()
+    ok(
+        [
+            "proxy",
+            "--quic.max-datagram-size=1400",
+            "--quic.pmtu-discovery=false",
+            "--quic.congestion-control=cubic",
+            "--quic.stream-receive-window=512KiB",
+            "--quic.connection-receive-window=32MiB",
+            "--quic.keepalive-interval=5s",
+            "--quic.liveness-timeout=0s",
+            "--quic.idle-timeout=1m",
+            "--quic.handshake-timeout=2s",
+            "--quic.udp-buffer-size=8M",
+        ]
+    )
+    t = captured.configs[2].transport
+    assert (t.max_datagram_size, t.pmtu_discovery, t.pmtu_ceiling) == (1400, False, None)
+    assert t.congestion_control == "cubic"
+    assert (t.stream_receive_window, t.connection_receive_window) == (512 * 1024, 32 << 20)
+    assert (t.keepalive_interval, t.liveness_timeout, t.idle_timeout) == (5, 0, 60)
+    assert (t.handshake_timeout, t.socket_buffer_size) == (2, 8 << 20)
+    ok(AGENT_OK, env={"REVERSE_HTTP_QUIC_MAX_DATAGRAM_SIZE": "1280"})
+    assert captured.configs[3].transport.max_datagram_size == 1280
+
+
+def test_bad_quic_transport_flags_are_named(captured: Captured) -> None:
+    fails(["proxy", "--quic.max-datagram-size=1100"], "--quic.max-datagram-size", "between 1200")
+    fails([*AGENT_OK, "--quic.udp-buffer-size=lots"], "--quic.udp-buffer-size", "invalid size")
+    fails(["proxy", "--quic.congestion-control=bbr9"], "--quic.congestion-control")
+    fails(
+        [*AGENT_OK, "--quic.stream-receive-window=32MiB"],
+        "--quic.connection-receive-window must be at least --quic.stream-receive-window",
+    )
+
+
 def test_agent_defaults(captured: Captured) -> None:
     ok(AGENT_OK)
     config = captured.agent

@@ -518,6 +518,23 @@ def proxy(
         str, _proxy_opt("agent-server.agent.dial-timeout")
     ] = "10s",
     agent_server_retry: Annotated[bool, _proxy_opt("agent-server.retry")] = False,
+    quic_max_datagram_size: Annotated[str, _proxy_opt("quic.max-datagram-size")] = "1452",
+    quic_pmtu_discovery: Annotated[bool, _proxy_opt("quic.pmtu-discovery")] = True,
+    quic_congestion_control: Annotated[str, _proxy_opt("quic.congestion-control")] = "cubic",
+    quic_max_congestion_window: Annotated[
+        str, _proxy_opt("quic.max-congestion-window")
+    ] = "1048576",
+    quic_stream_receive_window: Annotated[
+        str, _proxy_opt("quic.stream-receive-window")
+    ] = "1048576",
+    quic_connection_receive_window: Annotated[
+        str, _proxy_opt("quic.connection-receive-window")
+    ] = "16777216",
+    quic_keepalive_interval: Annotated[str, _proxy_opt("quic.keepalive-interval")] = "10s",
+    quic_liveness_timeout: Annotated[str, _proxy_opt("quic.liveness-timeout")] = "20s",
+    quic_idle_timeout: Annotated[str, _proxy_opt("quic.idle-timeout")] = "30s",
+    quic_handshake_timeout: Annotated[str, _proxy_opt("quic.handshake-timeout")] = "5s",
+    quic_udp_buffer_size: Annotated[str, _proxy_opt("quic.udp-buffer-size")] = "4194304",
     http_proxy_listen_address: Annotated[str, _proxy_opt("http-proxy.listen-address")] = ":3128",
     http_proxy_tls_enable: Annotated[bool, _proxy_opt("http-proxy.tls.enable")] = False,
     http_proxy_tls_refresh: Annotated[str, _proxy_opt("http-proxy.tls.refresh")] = "0s",
@@ -589,6 +606,23 @@ def agent(
     auth_type: Annotated[str, _agent_opt("auth.type")] = "noauth",
     auth_noauth_agent_id: Annotated[str | None, _agent_opt("auth.noauth.agent-id")] = None,
     auth_jwt_token: Annotated[str | None, _agent_opt("auth.jwt.token")] = None,
+    quic_max_datagram_size: Annotated[str, _agent_opt("quic.max-datagram-size")] = "1452",
+    quic_pmtu_discovery: Annotated[bool, _agent_opt("quic.pmtu-discovery")] = True,
+    quic_congestion_control: Annotated[str, _agent_opt("quic.congestion-control")] = "cubic",
+    quic_max_congestion_window: Annotated[
+        str, _agent_opt("quic.max-congestion-window")
+    ] = "1048576",
+    quic_stream_receive_window: Annotated[
+        str, _agent_opt("quic.stream-receive-window")
+    ] = "1048576",
+    quic_connection_receive_window: Annotated[
+        str, _agent_opt("quic.connection-receive-window")
+    ] = "16777216",
+    quic_keepalive_interval: Annotated[str, _agent_opt("quic.keepalive-interval")] = "10s",
+    quic_liveness_timeout: Annotated[str, _agent_opt("quic.liveness-timeout")] = "20s",
+    quic_idle_timeout: Annotated[str, _agent_opt("quic.idle-timeout")] = "30s",
+    quic_handshake_timeout: Annotated[str, _agent_opt("quic.handshake-timeout")] = "5s",
+    quic_udp_buffer_size: Annotated[str, _agent_opt("quic.udp-buffer-size")] = "4194304",
     metrics_listen_address: Annotated[str, _agent_opt("metrics.listen-address")] = "",
     log_level: Annotated[str, _agent_opt("log.level")] = "info",
     log_format: Annotated[str, _agent_opt("log.format")] = "text",

@@ -58,7 +58,9 @@ from ..config import (
 )
 from ..durations import DurationError, parse_duration
 from ..errors import ConfigError
-from ..quic.settings import AdmissionSettings, ClientTls, ServerTls
+from ..quic.congestion import CONGESTION_CONTROLS
+from ..quic.pmtu import DEFAULT_MAX_DATAGRAM_SIZE
+from ..quic.settings import AdmissionSettings, ClientTls, ServerTls, TransportSettings
 from ..store.route import InvalidRoute, ProxyAllowList, parse_route
 
 __all__ = [
@@ -226,6 +228,74 @@ _MEMCACHED_FLAGS: Final = (
     _duration_flag("store.memcached.timeout", "Memcached dial timeout.", "1s"),
 )
 
+#: QUIC transport settings, the same on the proxy's agent server and on the agent.
+_QUIC_FLAGS: Final = (
+    Flag(
+        "quic.max-datagram-size",
+        "Largest UDP payload path MTU discovery probes for (1200-16000); connections start"
+        " at 1200, which every path carries.",
+        str(DEFAULT_MAX_DATAGRAM_SIZE),
+        metavar="BYTES",
+    ),
+    Flag(
+        "quic.pmtu-discovery",
+        "Probe for the path MTU; off: every datagram is --quic.max-datagram-size from the"
+        " first packet (only for paths known to carry it).",
+        True,
+        kind="bool",
+    ),
+    Flag(
+        "quic.congestion-control",
+        "Congestion controller: cubic, reno, or capped-reno (reno with its window capped"
+        " at --quic.max-congestion-window).",
+        TransportSettings.congestion_control,
+        choices=CONGESTION_CONTROLS,
+    ),
+    Flag(
+        "quic.max-congestion-window",
+        "Window cap of capped-reno; must exceed the path's bandwidth-delay product.",
+        str(TransportSettings.congestion_window_cap),
+        metavar="BYTES",
+    ),
+    Flag(
+        "quic.stream-receive-window",
+        "Unread bytes one tunnel stream may buffer (its flow-control window).",
+        str(TransportSettings.stream_receive_window),
+        metavar="BYTES",
+    ),
+    Flag(
+        "quic.connection-receive-window",
+        "Unread bytes one connection may buffer across its streams.",
+        str(TransportSettings.connection_receive_window),
+        metavar="BYTES",
+    ),
+    _duration_flag(
+        "quic.keepalive-interval",
+        "PING after this long without a packet from the peer (keeps NAT bindings alive).",
+        "10s",
+    ),
+    _duration_flag(
+        "quic.liveness-timeout",
+        "Declare the peer dead after this long without any packet from it (0: never;"
+        " the idle timeout still applies).",
+        "20s",
+    ),
+    _duration_flag(
+        "quic.idle-timeout", "Idle timeout offered to the peer in the handshake.", "30s"
+    ),
+    _duration_flag(
+        "quic.handshake-timeout",
+        "Give a handshake up after this long without a packet from the peer.",
+        "5s",
+    ),
+    Flag(
+        "quic.udp-buffer-size",
+        "Kernel receive and send buffer of each UDP socket.",
+        str(TransportSettings.socket_buffer_size),
+        metavar="BYTES",
+    ),
+)
+
 _SHUTDOWN_FLAG: Final = _duration_flag(
     "shutdown-grace-period", "Time running sessions may finish after SIGTERM.", "30s"
 )
@@ -251,6 +321,7 @@ _PROXY_ONLY: Final = (
         "PEM CRL file signed by the client CA; revoked agent certificates are refused.",
     ),
     _duration_flag("agent-server.agent.dial-timeout", "Agent dial timeout.", "10s"),
+    *_QUIC_FLAGS,
     Flag(
         "agent-server.retry",
         "Validate every agent's address with a QUIC Retry (one more round trip per"
@@ -295,6 +366,7 @@ _AGENT_ONLY: Final = (
     Flag("auth.type", "Authentication type.", "noauth", choices=AUTH_TYPES),
     Flag("auth.noauth.agent-id", "Agent ID (noauth)."),
     Flag("auth.jwt.token", "JWT token or 'file:<filename>'.", metavar="SOURCE"),
+    *_QUIC_FLAGS,
 )
 
 _LB_ONLY: Final = (
@@ -699,6 +771,9 @@ def _file_value(flag: Flag, value: object, shown: str, path: Path) -> object:
     return _scalar_text(value)
 
 
+_SIZE: Final = re.compile(r"(\d+)\s*((?:[kmg](?:i?b)?)|b)?", re.IGNORECASE)
+_SIZE_UNITS: Final = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
 _BOOL_WORDS: Final = {
     "true": True,
     "1": True,
@@ -738,6 +813,7 @@ def build_proxy_config(values: Mapping[str, object]) -> ProxyConfig:
         agent_tls_refresh=v.duration("agent-server.tls.refresh"),
         agent_dial_timeout=v.duration("agent-server.agent.dial-timeout", positive=True),
         agent_admission=AdmissionSettings(retry=v.boolean("agent-server.retry")),
+        transport=_transport(v),
         http_listen=v.listen_address("http-proxy.listen-address"),
         http_tls=_http_tls(v),
         host_whitelist=v.allow_list("http-proxy.host-whitelist"),
@@ -775,7 +851,38 @@ def build_agent_config(values: Mapping[str, object]) -> AgentConfig:
         tls=tls,
         host_whitelist=v.allow_list("agent-client.host-whitelist"),
         metrics_listen=_metrics_listen(v),
+        transport=_transport(v),
     )
+
+
+def _transport(v: _Values) -> TransportSettings:
+    """``--quic.*``: the transport settings; a bad combination names the flags."""
+    liveness = v.duration("quic.liveness-timeout")
+    stream_window = v.size("quic.stream-receive-window", 16384, 2**30)
+    connection_window = v.size("quic.connection-receive-window", 16384, 2**31)
+    if connection_window < stream_window:
+        raise ConfigError(
+            "--quic.connection-receive-window must be at least --quic.stream-receive-window"
+        )
+    try:
+        return TransportSettings(
+            max_datagram_size=v.size("quic.max-datagram-size", 1200, 16000),
+            pmtu_discovery=v.boolean("quic.pmtu-discovery"),
+            congestion_control=v.choice("quic.congestion-control"),
+            congestion_window_cap=v.size("quic.max-congestion-window", 16 * 1452, 2**30),
+            stream_receive_window=stream_window,
+            connection_receive_window=connection_window,
+            # the send buffers follow the receive windows the operator chose
+            stream_send_buffer=stream_window,
+            connection_send_buffer=connection_window,
+            keepalive_interval=v.duration("quic.keepalive-interval", positive=True),
+            liveness_timeout=liveness,
+            idle_timeout=v.duration("quic.idle-timeout", positive=True),
+            handshake_timeout=v.duration("quic.handshake-timeout", positive=True),
+            socket_buffer_size=v.size("quic.udp-buffer-size", 65536, 2**30),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--quic.*: {exc}") from None
 
 
 def build_lb_config(values: Mapping[str, object]) -> LbConfig:
@@ -868,6 +975,20 @@ class _Values:
         choices = command_flag(self._command, name).choices or ()
         if value not in choices:
             raise ConfigError(f"--{name}: {_q(value or '')} is not one of {', '.join(choices)}")
+        return value
+
+    def size(self, name: str, low: int, high: int) -> int:
+        """Bytes: a number, optionally with a binary unit (512KiB, 16MiB; K, M, G alike)."""
+        text = (self.string(name) or "").strip()
+        match = _SIZE.fullmatch(text)
+        if match is None:
+            raise ConfigError(
+                f"--{name}: invalid size {_q(text)}: use bytes, e.g. 1452, 512KiB or 16MiB"
+            )
+        number, unit = match.groups()
+        value = int(number) * _SIZE_UNITS[unit.lower()[:1] if unit else ""]
+        if not low <= value <= high:
+            raise ConfigError(f"--{name}: {_q(text)} must be between {low} and {high} bytes")
         return value
 
     def duration(self, name: str, *, positive: bool = False) -> float:

@@ -1,4 +1,4 @@
-"""Reno with a capped congestion window.
+"""Congestion control: Reno with a capped window, a pacer, and a packet observer.
 
 aioquic's Reno grows the window without bound on a lossless path (tens of MB on
 loopback), and its pacer then spreads sends so thin that throughput halves. A cap
@@ -16,18 +16,13 @@ from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer
 
 NAME = "capped-reno"
+#: What ``TransportSettings.congestion_control`` may name (aioquic ships cubic and reno).
+CONGESTION_CONTROLS = ("cubic", "reno", NAME)
 _registered_caps: dict[int, str] = {}
 
 
 class CappedRenoCongestionControl(RenoCongestionControl):
     cap: int = 4 * 1024 * 1024
-    #: Packets declared lost so far (for metrics).
-    lost_packets: int = 0
-
-    def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
-        packets = list(packets)
-        self.lost_packets += len(packets)
-        super().on_packets_lost(now=now, packets=packets)
 
     def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
         super().on_packet_acked(now=now, packet=packet)
@@ -99,6 +94,8 @@ class ObservedCongestionControl:
     def __init__(self, inner: QuicCongestionControl, observer: PacketObserver) -> None:
         self._inner = inner
         self._observer = observer
+        #: Packets declared lost so far, probes not included (for metrics).
+        self.lost_packets = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -128,4 +125,5 @@ class ObservedCongestionControl:
         if probes:
             self._inner.on_packets_expired(packets=probes)
         if congestion:
+            self.lost_packets += len(congestion)
             self._inner.on_packets_lost(now=now, packets=congestion)

@@ -53,7 +53,9 @@ class TransportSettings:
     #: path carries; with discovery off every datagram is this size from the start.
     max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE
     pmtu_discovery: bool = True
-    congestion_control: str = "capped-reno"
+    #: aioquic's Cubic: no window cap, so long fat links fill (``capped-reno`` caps the
+    #: window at ``congestion_window_cap``; ``reno`` is plain NewReno).
+    congestion_control: str = "cubic"
     #: Upper bound of the congestion window for ``capped-reno``; must exceed the path's BDP.
     congestion_window_cap: int = 1024 * 1024
     #: Datagrams sent back to back before pacing applies (aioquic: 16).
