@@ -83,6 +83,10 @@ FRESH_STREAM_BYTES = 4 * 1024
 #: reader would wake once per packet per stream; a turn of several packets lets it
 #: wake once per burst, while a turn stays short next to a flight.
 TURN_BYTES = 16 * 1024
+#: An ACK goes out after this many ack-eliciting packets, or ``ACK_DELAY`` after the
+#: first (below the 25 ms max_ack_delay aioquic advertises).
+ACK_EVERY = 2
+ACK_DELAY = 0.020
 
 encode_invalid_token_close = _encode_invalid_token_close
 
@@ -324,6 +328,8 @@ class TunnelQuicConnection(QuicConnection):
         self._rh_probes: dict[int, int] = {}
         #: Size of the probe the current ``datagrams_to_send`` pass builds (0: none).
         self._rh_probe_size = 0
+        #: Ack-eliciting 1-RTT packets received since our last ACK.
+        self._rh_eliciting_unacked = 0
         #: The time of the last ``datagrams_to_send`` (for events aioquic reports without one).
         self._rh_now = 0.0
         self._loss._cc = ObservedCongestionControl(self._loss._cc, self)  # type: ignore[assignment]
@@ -673,7 +679,27 @@ class TunnelQuicConnection(QuicConnection):
         )
         self.last_authenticated_rx = context.time
         self.packets_authenticated += 1
+        if result[0] and context.epoch == Epoch.ONE_RTT:
+            self._ack_eliciting_received(context.time)
         return result
+
+    def _ack_eliciting_received(self, now: float) -> None:
+        """RFC 9000 section 13.2.2: ACK every second ack-eliciting packet at once, a lone
+        one within ``ACK_DELAY``. aioquic acks each after 1 ms, which on a link that
+        spreads packets out (long or lossy) is an ACK, and a wake-up, per packet."""
+        space = self._spaces[Epoch.ONE_RTT]
+        self._rh_eliciting_unacked += 1
+        if self._rh_eliciting_unacked >= ACK_EVERY:
+            space.ack_at = now
+        elif space.ack_at is None:
+            space.ack_at = now + ACK_DELAY
+
+    def _write_ack_frame(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, now: float
+    ) -> None:
+        super()._write_ack_frame(builder=builder, space=space, now=now)
+        if space is self._spaces[Epoch.ONE_RTT]:
+            self._rh_eliciting_unacked = 0
 
     def _handle_ping_frame(self, context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:
         """A PING is a keepalive or a loss probe: its sender waits for the ACK. Acking in
