@@ -113,6 +113,7 @@ class Connection:
         "_send_lwm",
         "_settings",
         "_settled",
+        "_heard",
         "_streams",
         "_terminated",
         "_timer_at",
@@ -152,6 +153,7 @@ class Connection:
         self._accept_send, self._accept_recv = trio.open_memory_channel[QuicStream](math.inf)
         self._opens = trio.lowlevel.ParkingLot()
         self._settled = trio.Event()  # handshake done, or the connection ended
+        self._heard = trio.lowlevel.ParkingLot()  # tasks waiting for any packet from the peer
         self._terminated = trio.Event()
         self._drained = trio.Event()
         self._refusing_streams = False
@@ -347,6 +349,8 @@ class Connection:
             # to another proxy): nothing more will get through, reconnect now.
             self._terminate(CloseInfo(0, "stateless reset by peer", True, "stateless-reset"))
             return
+        if self._heard and quic.packets_authenticated != before:
+            self._heard.unpark_all()
         self._driver.touch(self)
 
     # --- servicing (synchronous, from the driver) -------------------------------------------
@@ -425,6 +429,16 @@ class Connection:
         # in between, as trio's MockClock, then spins).
         deadline = math.inf if timer is None else timer + TIMER_SLACK
         return min(deadline, *self._own_deadlines())
+
+    def silent_for(self) -> float:
+        """Seconds since the last packet from the peer (or since the handshake)."""
+        return trio.current_time() - self._last_rx
+
+    async def wait_heard_since(self, since: float) -> None:
+        """Return once a packet from the peer arrived after ``since`` (trio time), or the
+        connection ended."""
+        while self._last_rx <= since and not self.is_closed:
+            await self._heard.park()
 
     @property
     def _last_rx(self) -> float:
@@ -506,6 +520,7 @@ class Connection:
             for stream in list(self._streams.values()):
                 stream._on_connection_lost(f"connection closed: {info}")
             self._opens.unpark_all()
+            self._heard.unpark_all()
 
     def _on_handshake(self, event: events.HandshakeCompleted) -> None:
         self.alpn = event.alpn_protocol
@@ -643,6 +658,7 @@ class Connection:
             stream._on_connection_lost(f"connection closed: {info}")
         self._accept_send.close()
         self._opens.unpark_all()
+        self._heard.unpark_all()
         self._drained.set()
         self._settled.set()
         self._terminated.set()
