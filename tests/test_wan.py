@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,15 @@ from typing import Any
 
 import pytest
 
-from bench._common import Children, Daemon, free_ports, start_nginx, wait_port, wait_tunnel_ready
+from bench._common import (
+    AUTH,
+    Children,
+    Daemon,
+    free_ports,
+    start_nginx,
+    wait_port,
+    wait_tunnel_ready,
+)
 from bench.linkemu import (
     ADDR_A,
     ADDR_B,
@@ -70,6 +79,8 @@ class Wan:
     proxy: Daemon
     agent: Daemon
     out: Path
+    ns_b: str
+    agent_metrics: int  # the agent's /metrics port, on side B's loopback
     curl: subprocess.Popen[bytes] | None = None
 
     def start_download(self, timeout: float) -> None:
@@ -123,6 +134,7 @@ def _wan(exe: Path, tmp: Path, spec: LinkSpec, tag: str) -> Iterator[Wan]:
                 )
                 wait_port(http, proc=proxy)
             with netns(ns_b):
+                metrics = free_ports(1)[0]
                 agent = children.start(
                     Daemon(
                         "agent",
@@ -132,6 +144,7 @@ def _wan(exe: Path, tmp: Path, spec: LinkSpec, tag: str) -> Iterator[Wan]:
                             f"--agent-client.server-address={ADDR_A}:{udp}",
                             f"--agent-client.tls.file.root-ca={certs.ca_cert}",
                             "--auth.noauth.agent-id=bench",
+                            f"--metrics.listen-address=127.0.0.1:{metrics}",
                         ],
                         tmp / "agent.log",
                     )
@@ -145,7 +158,7 @@ def _wan(exe: Path, tmp: Path, spec: LinkSpec, tag: str) -> Iterator[Wan]:
                     30,
                     lambda: proxy.alive and agent.alive,
                 )
-            yield Wan(link, ns_a, http, target, blob, proxy, agent, tmp / "got.bin")
+            yield Wan(link, ns_a, http, target, blob, proxy, agent, tmp / "got.bin", ns_b, metrics)
             children.stop(agent)  # while the link is up: a clean close, no lingering
             children.stop(proxy)
         finally:
@@ -200,6 +213,111 @@ def test_16mib_intact_over_50ms_1pct_loss_path_mtu_1280(wans: dict[str, Wan]) ->
     dropped = _check_intact(wans["mtu1280"])
     # the path really was narrower than what the sender tried (its probes up to 1452)
     assert dropped.get("mtu", 0) > 0
+
+
+# ------------------------------------------------ NAT rebinding mid-transfer
+
+NAT_SPEC = LinkSpec(rtt_ms=50, rate_mbit=50, seed=7)  # 16 MiB take at least 2.7 s
+NAT_TIMEOUT = 30
+
+
+def _agent_metric(wan: Wan, name: str) -> float:
+    """One unlabelled sample from the agent's /metrics (scraped on side B's loopback)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    url = f"http://127.0.0.1:{wan.agent_metrics}/metrics"
+    with netns(wan.ns_b), opener.open(url, timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the agent's /metrics")
+
+
+def _recv_head(sock: socket.socket, buf: bytearray) -> bytes:
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a response head; got {bytes(buf)[:200]!r}"
+        buf += chunk
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    buf[:] = rest
+    return head
+
+
+def _keepalive_get(sock: socket.socket, buf: bytearray, wan: Wan) -> bytes:
+    """GET /tiny on an open tunnel (keep-alive); the body."""
+    sock.sendall(f"GET /tiny HTTP/1.1\r\nHost: {wan.target}\r\n\r\n".encode())
+    head = _recv_head(sock, buf)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    while len(buf) < TINY:
+        chunk = sock.recv(65536)
+        assert chunk, "the tunnel closed in the middle of a response"
+        buf += chunk
+    body, buf[:] = bytes(buf[:TINY]), buf[TINY:]
+    return body
+
+
+@pytest.fixture
+def nat_wan(linkemu_exe: Path, tmp_path: Path) -> Iterator[Wan]:
+    with _wan(linkemu_exe, tmp_path, NAT_SPEC, "nat") as wan:
+        try:
+            yield wan
+        finally:
+            if wan.curl is not None and wan.curl.poll() is None:
+                wan.curl.kill()
+                wan.curl.wait()
+
+
+def test_nat_rebinding_mid_transfer_keeps_the_connection_and_its_streams(
+    nat_wan: Wan,
+) -> None:
+    """Side B's NAT mapping changes twice during a 16 MiB download (the agent's source
+    port moves by 1000 each time, replies to the old port are lost): the download and
+    a keep-alive tunnel opened before both survive, on the agent's first connection."""
+    wan = nat_wan
+    tiny = (wan.out.parent / "nginx" / "www" / "tiny").read_bytes()
+    with netns(wan.ns_a):
+        side = socket.create_connection(("127.0.0.1", wan.proxy_port), timeout=10)
+    with side:
+        side.sendall(
+            f"CONNECT {wan.target} HTTP/1.1\r\nHost: {wan.target}\r\n"
+            f"Proxy-Authorization: {AUTH}\r\n\r\n".encode()
+        )
+        buf = bytearray()
+        assert _recv_head(side, buf).startswith(b"HTTP/1.1 200")
+        assert _keepalive_get(side, buf, wan) == tiny
+
+        wan.start_download(NAT_TIMEOUT)
+        assert wan.curl is not None
+        deadline = time.monotonic() + NAT_TIMEOUT
+        for rebinds, at in enumerate((4 << 20, 10 << 20)):  # rebind at 4 MiB, then at 10
+            while not wan.out.exists() or wan.out.stat().st_size < at:
+                if wan.curl.poll() is not None:
+                    _, err = wan.curl.communicate()
+                    pytest.fail(
+                        f"curl ended (exit {wan.curl.returncode}: {err.decode().strip()}) "
+                        f"before {at} bytes, after {rebinds} rebind(s)\n"
+                        f"proxy:\n{wan.proxy.log_tail()}\nagent:\n{wan.agent.log_tail()}"
+                    )
+                assert time.monotonic() < deadline, f"fewer than {at} bytes in {NAT_TIMEOUT} s"
+                time.sleep(0.005)  # polling the output file's size, bounded by the deadline
+            wan.link.rebind()
+        code, err, counters = wan.finish()
+        got = wan.out.read_bytes() if wan.out.exists() else b""
+        assert code == 0, (
+            f"curl: {err} after {len(got)} of {SIZE} bytes; link {counters}\n"
+            f"proxy:\n{wan.proxy.log_tail()}\nagent:\n{wan.agent.log_tail()}"
+        )
+        assert len(got) == SIZE
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(wan.blob).hexdigest()
+        # the tunnel opened before both rebinds still carries requests
+        assert _keepalive_get(side, buf, wan) == tiny
+    # both rebinds happened, and the proxy answered the agent at its new port
+    assert counters["nat_shift"] == 2000
+    assert counters["b_to_a"]["nat_rewritten"] > 0
+    assert counters["a_to_b"]["nat_rewritten"] > 0
+    # ... on the same connection: no reconnect
+    assert _agent_metric(wan, "reverse_http_agent_connections_total") == 1
+    assert _agent_metric(wan, "reverse_http_agent_reconnects_total") == 0
 
 
 # ------------------------------------------------ the emulator itself, over UDP
