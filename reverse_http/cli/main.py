@@ -531,7 +531,7 @@ def proxy(
         str, _proxy_opt("quic.connection-receive-window")
     ] = "16777216",
     quic_keepalive_interval: Annotated[str, _proxy_opt("quic.keepalive-interval")] = "10s",
-    quic_liveness_timeout: Annotated[str, _proxy_opt("quic.liveness-timeout")] = "20s",
+    quic_liveness_timeout: Annotated[str, _proxy_opt("quic.liveness-timeout")] = "30s",
     quic_idle_timeout: Annotated[str, _proxy_opt("quic.idle-timeout")] = "30s",
     quic_handshake_timeout: Annotated[str, _proxy_opt("quic.handshake-timeout")] = "5s",
     quic_udp_buffer_size: Annotated[str, _proxy_opt("quic.udp-buffer-size")] = "4194304",
@@ -619,7 +619,7 @@ def agent(
         str, _agent_opt("quic.connection-receive-window")
     ] = "16777216",
     quic_keepalive_interval: Annotated[str, _agent_opt("quic.keepalive-interval")] = "10s",
-    quic_liveness_timeout: Annotated[str, _agent_opt("quic.liveness-timeout")] = "20s",
+    quic_liveness_timeout: Annotated[str, _agent_opt("quic.liveness-timeout")] = "30s",
     quic_idle_timeout: Annotated[str, _agent_opt("quic.idle-timeout")] = "30s",
     quic_handshake_timeout: Annotated[str, _agent_opt("quic.handshake-timeout")] = "5s",
     quic_udp_buffer_size: Annotated[str, _agent_opt("quic.udp-buffer-size")] = "4194304",

@@ -278,7 +278,7 @@ _QUIC_FLAGS: Final = (
         "quic.liveness-timeout",
         "Declare the peer dead after this long without any packet from it (0: never;"
         " the idle timeout still applies).",
-        "20s",
+        "30s",
     ),
     _duration_flag(
         "quic.idle-timeout", "Idle timeout offered to the peer in the handshake.", "30s"

@@ -78,9 +78,10 @@ class TransportSettings:
     #: PING after this long without hearing from the peer; keeps NAT bindings alive.
     keepalive_interval: float = 10.0
     #: Declare the peer dead after this long without any packet from it; 0 disables.
-    #: Two keepalive periods: an idle agent costs one PING per period, a dead proxy is
-    #: noticed sooner than the 30 s idle timeout, and a 10 s outage is survived.
-    liveness_timeout: float = 20.0
+    #: As long as the idle timeout: connections and their tunnels live through an
+    #: outage of up to 30 s (three lost keepalives); a restarted proxy is noticed at
+    #: once anyway, by its stateless reset.
+    liveness_timeout: float = 30.0
     #: Time a graceful close waits for unacknowledged stream data.
     close_drain_timeout: float = 5.0
     socket_buffer_size: int = 4 * 1024 * 1024
