@@ -1,7 +1,7 @@
 """Many idle agents on one proxy: memory and CPU per agent, connect time, reconnect storm.
 
     python bench/agents.py [--agents 1000,5000,10000] [--ramp 100] [--idle-window 20]
-                           [--storm-agents 5000] [--gen-procs 0]
+                           [--storm-agents 5000] [--gen-procs 0] [--generator python|go]
 
 One ``reverse-http proxy`` (loopback, metrics on). The agents are the project's own
 ``run_agent`` with an ``AgentConfig`` built in Python (distinct noauth ids,
@@ -9,6 +9,15 @@ One ``reverse-http proxy`` (loopback, metrics on). The agents are the project's 
 starts its agents at ``--ramp`` agents/s and writes its state to a JSON file.
 With ``--gen-procs 0`` (default) M <= 5000 agents run in one swarm process and
 more in two (the ramp is split between them).
+
+``--generator go`` runs the swarm as the clean-room Go peer's ``swarm`` mode instead
+(tests/go_peer/swarm.go, quic-go; built once and cached like the interop tests'
+peer): one process for any M by default, each agent its own QUIC connection and UDP
+socket with the agent's keepalive (10 s), idle timeout (30 s) and reconnect backoff
+(0.5 s doubling to 30 s, jittered), serving tunnel streams. A Python swarm of
+thousands of agents saturates its own core before the proxy does; the Go one does
+not, so the storm then measures the proxy. Without Go or its modules it exits with
+the reason.
 
 For every M (fresh proxy each): proxy VmRSS before the agents and with all M
 connected (KiB per agent), proxy CPU over ``--idle-window`` seconds with all M
@@ -210,14 +219,44 @@ class Swarms:
 
 
 def start_swarms(
-    children: Children, workdir: Path, n: int, procs: int, ramp: float, udp: int, ca: Path, tag: str
+    children: Children,
+    workdir: Path,
+    n: int,
+    procs: int,
+    ramp: float,
+    udp: int,
+    ca: Path,
+    tag: str,
+    go_binary: Path | None = None,
 ) -> Swarms:
+    """``procs`` load generators for ``n`` agents: Python swarms, or Go ones with ``go_binary``."""
     counts = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
     daemons, files = [], []
     for i, count in enumerate(counts):
         status = workdir / f"swarm-{tag}-{i}.json"
         status.unlink(missing_ok=True)
         files.append(status)
+        if go_binary is not None:
+            argv = [
+                str(go_binary),
+                "swarm",
+                "-server",
+                f"127.0.0.1:{udp}",
+                "-root-ca",
+                str(ca),
+                "-count",
+                str(count),
+                "-ramp",
+                str(ramp / procs),
+                "-status",
+                str(status),
+                "-prefix",
+                f"bench-{tag}-{i}-",
+            ]
+            daemons.append(
+                children.start(Daemon(f"swarm{i}", argv, workdir / "logs" / f"swarm-{tag}-{i}.log"))
+            )
+            continue
         daemons.append(
             children.start(
                 Daemon(
@@ -425,7 +464,7 @@ def run_m(
     target: str,
     storm: bool,
 ) -> tuple[Row, Storm | None]:
-    procs = args.gen_procs or (1 if m <= 5000 else 2)
+    procs = args.gen_procs or (1 if m <= 5000 or args.go_binary else 2)
     row = Row(m, procs)
     (udp,) = free_ports(1, socket.SOCK_DGRAM)
     http, metrics = free_ports(2)
@@ -437,7 +476,9 @@ def run_m(
         time.sleep(2)
         row.rss0 = daemon.status_kib("VmRSS")
         drops0 = udp_counters().get("RcvbufErrors", 0)
-        swarms = start_swarms(children, workdir, m, procs, args.ramp, udp, certs.ca_cert, str(m))
+        swarms = start_swarms(
+            children, workdir, m, procs, args.ramp, udp, certs.ca_cert, str(m), args.go_binary
+        )
         budget = m / args.ramp + args.connect_timeout
         timeline: list[tuple[float, int | None, float, float]] = []
         row.connect_s, row.connected = wait_connected(proxy, swarms, m, budget, timeline=timeline)
@@ -522,6 +563,15 @@ def reconnect_storm(
         errors.update(s.get("errors") or {})
     for e, n in errors.items():
         result.notes.append(f"{n} agents' run_agent raised: {e}")
+    for key, what in (
+        ("connect_errors", "connection attempts failed"),
+        ("disconnects", "authenticated connections ended"),
+    ):
+        kinds: Counter[str] = Counter()
+        for s in swarms.status():
+            kinds.update(s.get(key) or {})
+        for e, n in kinds.most_common(5):
+            result.notes.append(f"{n} {what} (Go swarm, whole run): {e}")
     return result
 
 
@@ -689,7 +739,13 @@ def main() -> None:
         "--gen-procs",
         type=int,
         default=0,
-        help="load-generator processes (0: 1 up to 5000 agents, else 2)",
+        help="load-generator processes (0: one Go swarm, or Python: 1 up to 5000 agents, else 2)",
+    )
+    parser.add_argument(
+        "--generator",
+        choices=("python", "go"),
+        default="python",
+        help="load generator: Python run_agent swarms, or the Go peer's swarm mode (quic-go)",
     )
     parser.add_argument("--workdir", type=Path, default=None)
     # the load generator itself
@@ -720,6 +776,18 @@ def main() -> None:
 
     from reverse_http.devcerts import make_dev_certs
 
+    args.go_binary = None
+    if args.generator == "go":
+        from tests.go_peer import GoBuildFailed, GoUnavailable, build_binary
+
+        try:
+            build = build_binary()
+        except (GoUnavailable, GoBuildFailed) as exc:
+            sys.exit(f"--generator go: {exc}")
+        args.go_binary = build.binary
+        how = "cached" if build.cached else f"built in {build.seconds:.0f} s"
+        print(f"Go load generator {build.binary} ({how})", flush=True)
+
     ms = list(args.agents)
     storm_alone = args.storm_agents and args.storm_agents not in ms
     with contextlib.ExitStack() as stack:
@@ -733,7 +801,10 @@ def main() -> None:
         certs = make_dev_certs(workdir / "certs")
         _, nginx_port = start_nginx(children, workdir / "nginx", {"tiny": TINY})
         target = f"127.0.0.1:{nginx_port}"
-        print(f"agents benchmark: RLIMIT_NOFILE {nofile}; reverse_http from {code_under_test()}")
+        print(
+            f"agents benchmark: RLIMIT_NOFILE {nofile}; reverse_http from {code_under_test()}; "
+            f"{args.generator} load generator"
+        )
         sys.stdout.flush()
         rows: list[Row] = []
         storms: list[Storm] = []

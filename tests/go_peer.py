@@ -2,7 +2,7 @@
 
 The binary is built once per source version into
 ``~/.cache/reverse-http-tests/go-peer-<hash>/go-peer`` (the hash covers go.mod, go.sum,
-main.go and the Go version), so only the first run pays for the build. Without Go, or
+the .go files and the Go version), so only the first run pays for the build. Without Go, or
 when the module proxy cannot deliver quic-go and golang-jwt, the tests using it skip
 with the reason; a compile error fails them.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 SOURCE_DIR = Path(__file__).parent / "go_peer"
-SOURCES = ("go.mod", "go.sum", "main.go")
+SOURCES = ("go.mod", "go.sum", "main.go", "swarm.go")
 BUILD_TIMEOUT = 600.0
 #: stderr of ``go build``/``go install`` that means "no modules from the network".
 _FETCH_FAILURE = re.compile(
@@ -59,11 +59,19 @@ class Build:
     cached: bool
 
 
-def build_go_peer() -> Build:
-    """The go-peer binary, built if this source version has none yet; skips without Go."""
+class GoUnavailable(Exception):
+    """No Go toolchain, or its modules cannot be fetched: callers skip (or say so)."""
+
+
+class GoBuildFailed(Exception):
+    """The Go peer does not compile: a real failure."""
+
+
+def build_binary() -> Build:
+    """The go-peer binary, built if this source version has none yet (no pytest needed)."""
     go = go_executable()
     if go is None:
-        pytest.skip("Go is not installed (need go >= 1.21 on PATH or /usr/local/go/bin/go)")
+        raise GoUnavailable("Go is not installed (need go >= 1.21 on PATH or /usr/local/go/bin/go)")
     version = subprocess.run(
         [go, "env", "GOVERSION"], capture_output=True, text=True, timeout=30, env=go_env()
     ).stdout.strip()
@@ -85,16 +93,28 @@ def build_go_peer() -> Build:
             text=True,
             timeout=BUILD_TIMEOUT,
         )
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"go build of tests/go_peer took over {BUILD_TIMEOUT:.0f}s (module proxy?)")
+    except subprocess.TimeoutExpired as exc:
+        raise GoUnavailable(
+            f"go build of tests/go_peer took over {BUILD_TIMEOUT:.0f}s (module proxy?)"
+        ) from exc
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
         tail = done.stderr.strip()[-1500:]
         if _FETCH_FAILURE.search(tail):
-            pytest.skip(f"cannot fetch the Go peer's modules: {tail}")
-        pytest.fail(f"go build of tests/go_peer failed:\n{tail}")
+            raise GoUnavailable(f"cannot fetch the Go peer's modules: {tail}")
+        raise GoBuildFailed(f"go build of tests/go_peer failed:\n{tail}")
     os.replace(partial, binary)
     return Build(binary, time.monotonic() - started, cached=False)
+
+
+def build_go_peer() -> Build:
+    """The go-peer binary; skips without Go or its modules, fails on a compile error."""
+    try:
+        return build_binary()
+    except GoUnavailable as exc:
+        pytest.skip(str(exc))
+    except GoBuildFailed as exc:
+        pytest.fail(str(exc))
 
 
 _EVENT = re.compile(r'(\w[\w-]*)="((?:[^"\\]|\\.)*)"')

@@ -8,10 +8,12 @@
 //	go-peer agent -server 127.0.0.1:4242 -root-ca ca.pem -agent-id 4711
 //	go-peer agent -server 127.0.0.1:4242 -root-ca ca.pem -token-file agent.jwt
 //	go-peer proxy -cert server.pem -key server-key.pem [-auth jwt -public-key pub.pem]
+//	go-peer swarm -server 127.0.0.1:4242 -root-ca ca.pem -count 5000 -status s.json
 //
 // The agent makes one connection and exits when it ends (no reconnecting); the proxy
-// runs until SIGTERM. Both write "event=NAME key=\"value\" ..." lines on stderr that
-// tests wait for; the proxy's "event=ready" line names the addresses it listens on.
+// runs until SIGTERM; the swarm (swarm.go) runs many reconnecting agents in one
+// process for bench/agents.py. All write "event=NAME key=\"value\" ..." lines on
+// stderr that tests wait for; the proxy's "event=ready" line names its addresses.
 package main
 
 import (
@@ -63,7 +65,7 @@ var errAuthRefused = errors.New("authentication refused")
 func main() {
 	log.SetFlags(log.Lmicroseconds)
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: go-peer agent|proxy [flags]")
+		fmt.Fprintln(os.Stderr, "usage: go-peer agent|proxy|swarm [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -72,8 +74,10 @@ func main() {
 		err = runAgent(os.Args[2:])
 	case "proxy":
 		err = runProxy(os.Args[2:])
+	case "swarm":
+		err = runSwarm(os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown mode %q (agent or proxy)", os.Args[1])
+		err = fmt.Errorf("unknown mode %q (agent, proxy or swarm)", os.Args[1])
 	}
 	switch {
 	case errors.Is(err, errAuthRefused):
