@@ -14,7 +14,9 @@ more in two (the ramp is split between them).
 (tests/go_peer/swarm.go, quic-go; built once and cached like the interop tests'
 peer): one process for any M by default, each agent its own QUIC connection and UDP
 socket with the agent's keepalive (10 s), idle timeout (30 s) and reconnect backoff
-(0.5 s doubling to 30 s, jittered), serving tunnel streams. A Python swarm of
+(0.5 s doubling to 30 s, jittered), serving tunnel streams, each agent from its own
+loopback address (``--source-ips``; the proxy bounds handshakes in progress per
+source address, 64, so agents all from 127.0.0.1 measure that bound, not a fleet). A Python swarm of
 thousands of agents saturates its own core before the proxy does; the Go one does
 not, so the storm then measures the proxy. Without Go or its modules it exits with
 the reason.
@@ -228,6 +230,7 @@ def start_swarms(
     ca: Path,
     tag: str,
     go_binary: Path | None = None,
+    source_ips: int | None = None,
 ) -> Swarms:
     """``procs`` load generators for ``n`` agents: Python swarms, or Go ones with ``go_binary``."""
     counts = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
@@ -252,6 +255,8 @@ def start_swarms(
                 str(status),
                 "-prefix",
                 f"bench-{tag}-{i}-",
+                "-source-ips",
+                str(count if source_ips is None else source_ips),
             ]
             daemons.append(
                 children.start(Daemon(f"swarm{i}", argv, workdir / "logs" / f"swarm-{tag}-{i}.log"))
@@ -477,7 +482,16 @@ def run_m(
         row.rss0 = daemon.status_kib("VmRSS")
         drops0 = udp_counters().get("RcvbufErrors", 0)
         swarms = start_swarms(
-            children, workdir, m, procs, args.ramp, udp, certs.ca_cert, str(m), args.go_binary
+            children,
+            workdir,
+            m,
+            procs,
+            args.ramp,
+            udp,
+            certs.ca_cert,
+            str(m),
+            args.go_binary,
+            args.source_ips,
         )
         budget = m / args.ramp + args.connect_timeout
         timeline: list[tuple[float, int | None, float, float]] = []
@@ -746,6 +760,14 @@ def main() -> None:
         choices=("python", "go"),
         default="python",
         help="load generator: Python run_agent swarms, or the Go peer's swarm mode (quic-go)",
+    )
+    parser.add_argument(
+        "--source-ips",
+        type=int,
+        default=None,
+        help="go: loopback source addresses the agents spread over, from 127.16.0.1 "
+        "(default: one per agent, as a fleet's hosts; 0: all from 127.0.0.1, where the "
+        "proxy's per-source handshake limit binds)",
     )
     parser.add_argument("--workdir", type=Path, default=None)
     # the load generator itself

@@ -7,7 +7,9 @@
 // see dial), with the agent's keep-alive (10 s) and idle timeout (30 s), a noauth id
 // prefix+index, and the reverse-http agent's reconnect policy: exponential backoff
 // from 0.5 s doubling to 30 s, jittered to 50-100 % of the step, reset once a
-// connection lived 10 s. It serves
+// connection lived 10 s. With -source-ips they bind to distinct loopback
+// addresses, as a fleet's agents come from distinct hosts (the proxy limits
+// handshakes in progress per source address). It serves
 // tunnel streams as the single agent does (CONNECT, dial, relay). Every 250 ms the
 // swarm's state goes to the -status JSON file (written to a temporary file, renamed);
 // SIGUSR1 takes a mark (the storm counts reconnects after it), SIGTERM ends the swarm.
@@ -41,6 +43,7 @@ type swarmAgent struct {
 	quicOpen  atomic.Bool  // a QUIC connection is up (authenticated or not)
 	authAt    atomic.Int64 // unix nanoseconds of the last authentication
 	mark      int64        // connects when the last mark was taken (reporter only)
+	local     *net.UDPAddr // source address to bind, nil: the kernel's choice
 }
 
 // tally counts error kinds from many goroutines.
@@ -146,11 +149,11 @@ func (s *swarm) run(ctx context.Context, a *swarmAgent) {
 // reset too, to the connection, which drops it: such an agent learns of a restarted
 // proxy only at its idle timeout. With connection IDs (as our agent has) it notices
 // the reset at its next packet.
-func (s *swarm) dial(ctx context.Context) (quic.Connection, error) {
-	if s.connIDLen == 0 {
+func (s *swarm) dial(ctx context.Context, local *net.UDPAddr) (quic.Connection, error) {
+	if s.connIDLen == 0 && local == nil {
 		return quic.DialAddr(ctx, s.server, s.tlsConf, quicConfig())
 	}
-	udp, err := net.ListenUDP("udp", nil)
+	udp, err := net.ListenUDP("udp", local)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +172,7 @@ func (s *swarm) dial(ctx context.Context) (quic.Connection, error) {
 }
 
 func (s *swarm) connectOnce(ctx context.Context, a *swarmAgent) {
-	conn, err := s.dial(ctx)
+	conn, err := s.dial(ctx, a.local)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.dialErrors.add("dial: " + errorKind(err))
@@ -260,7 +263,11 @@ func runSwarm(args []string) error {
 	healthy := fs.Duration("healthy-after", 10*time.Second, "a connection this old resets the backoff")
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "TCP dial timeout for tunnels")
 	connIDLen := fs.Int("conn-id-len", 8, "agents' connection ID length, 4-20 (0: quic.DialAddr's none)")
+	sources := fs.Int("source-ips", 0, "spread the agents over this many source addresses from 127.16.0.1 (0: the kernel's choice)")
 	_ = fs.Parse(args)
+	if *sources < 0 || *sources > 1<<20 {
+		return fmt.Errorf("-source-ips must be 0 to %d, got %d", 1<<20, *sources)
+	}
 	if *connIDLen != 0 && (*connIDLen < 4 || *connIDLen > 20) {
 		return fmt.Errorf("-conn-id-len must be 0 or 4 to 20, got %d", *connIDLen)
 	}
@@ -299,6 +306,11 @@ func runSwarm(args []string) error {
 	agents := make([]*swarmAgent, *count)
 	for i := range agents {
 		agents[i] = &swarmAgent{id: fmt.Sprintf("%s%d", *prefix, i)}
+		if *sources > 0 {
+			n := 1 + i%*sources // 127.16.0.1 onwards; the loopback takes all of 127/8
+			ip := net.IPv4(127, byte(16+n>>16), byte(n>>8), byte(n))
+			agents[i].local = &net.UDPAddr{IP: ip}
+		}
 	}
 	t0 := time.Now()
 	var rampDone atomic.Int64 // nanoseconds after t0, 0 while ramping
