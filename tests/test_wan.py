@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -256,6 +257,65 @@ def _keepalive_get(sock: socket.socket, buf: bytearray, wan: Wan) -> bytes:
     return body
 
 
+class _Upload:
+    """``data`` from side A through the tunnel to a TCP sink on side B's loopback (the
+    proxy sends, the agent receives: the other direction from the download's). The
+    sink answers the SHA-256 of what it got once the uploader shuts down its side."""
+
+    def __init__(self, wan: Wan, data: bytes) -> None:
+        self.data, self.received, self.digest, self.error = data, 0, "", ""
+        with netns(wan.ns_b):
+            self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(NAT_TIMEOUT)
+        dest = f"127.0.0.1:{self._server.getsockname()[1]}"
+        with netns(wan.ns_a):
+            self._client = socket.create_connection(("127.0.0.1", wan.proxy_port), timeout=10)
+        self._client.sendall(
+            f"CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n"
+            f"Proxy-Authorization: {AUTH}\r\n\r\n".encode()
+        )
+        assert _recv_head(self._client, bytearray()).startswith(b"HTTP/1.1 200")
+        self._client.settimeout(NAT_TIMEOUT)
+        self._threads = [
+            threading.Thread(target=self._catch, args=(f,), daemon=True)
+            for f in (self._sink, self._send)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _catch(self, body: Any) -> None:
+        try:
+            body()
+        except Exception as exc:  # reported by join()
+            self.error = self.error or f"{body.__name__}: {exc!r}"
+
+    def _sink(self) -> None:
+        conn, _ = self._server.accept()
+        with conn:
+            conn.settimeout(NAT_TIMEOUT)
+            h = hashlib.sha256()
+            while chunk := conn.recv(1 << 20):
+                self.received += len(chunk)
+                h.update(chunk)
+            conn.sendall(h.hexdigest().encode())
+
+    def _send(self) -> None:
+        self._client.sendall(self.data)
+        self._client.shutdown(socket.SHUT_WR)
+        answer = bytearray()
+        while chunk := self._client.recv(100):
+            answer += chunk
+        self.digest = answer.decode()
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join(NAT_TIMEOUT)
+        self._client.close()
+        self._server.close()
+        assert not self.error, f"upload: {self.error} after {self.received} bytes"
+        assert not any(t.is_alive() for t in self._threads), f"upload stuck at {self.received}"
+
+
 @pytest.fixture
 def nat_wan(linkemu_exe: Path, tmp_path: Path) -> Iterator[Wan]:
     with _wan(linkemu_exe, tmp_path, NAT_SPEC, "nat") as wan:
@@ -270,9 +330,10 @@ def nat_wan(linkemu_exe: Path, tmp_path: Path) -> Iterator[Wan]:
 def test_nat_rebinding_mid_transfer_keeps_the_connection_and_its_streams(
     nat_wan: Wan,
 ) -> None:
-    """Side B's NAT mapping changes twice during a 16 MiB download (the agent's source
-    port moves by 1000 each time, replies to the old port are lost): the download and
-    a keep-alive tunnel opened before both survive, on the agent's first connection."""
+    """Side B's NAT mapping changes twice during a 16 MiB download and a 16 MiB upload
+    (the agent's source port moves by 1000 each time, replies to the old port are
+    lost): both transfers and a keep-alive tunnel opened before survive, on the agent's
+    first connection."""
     wan = nat_wan
     tiny = (wan.out.parent / "nginx" / "www" / "tiny").read_bytes()
     with netns(wan.ns_a):
@@ -286,9 +347,13 @@ def test_nat_rebinding_mid_transfer_keeps_the_connection_and_its_streams(
         assert _recv_head(side, buf).startswith(b"HTTP/1.1 200")
         assert _keepalive_get(side, buf, wan) == tiny
 
+        # 24 MiB: still in flight at the download's second rebind, even where the
+        # upload ran ahead (a rebind stalls an upload for about 1.5 s, a download not)
+        upload = _Upload(wan, wan.blob[::-1] + wan.blob[: 8 << 20])
         wan.start_download(NAT_TIMEOUT)
         assert wan.curl is not None
         deadline = time.monotonic() + NAT_TIMEOUT
+        uploaded_at_rebind = []
         for rebinds, at in enumerate((4 << 20, 10 << 20)):  # rebind at 4 MiB, then at 10
             while not wan.out.exists() or wan.out.stat().st_size < at:
                 if wan.curl.poll() is not None:
@@ -301,6 +366,7 @@ def test_nat_rebinding_mid_transfer_keeps_the_connection_and_its_streams(
                 assert time.monotonic() < deadline, f"fewer than {at} bytes in {NAT_TIMEOUT} s"
                 time.sleep(0.005)  # polling the output file's size, bounded by the deadline
             wan.link.rebind()
+            uploaded_at_rebind.append(upload.received)
         code, err, counters = wan.finish()
         got = wan.out.read_bytes() if wan.out.exists() else b""
         assert code == 0, (
@@ -311,6 +377,11 @@ def test_nat_rebinding_mid_transfer_keeps_the_connection_and_its_streams(
         assert hashlib.sha256(got).hexdigest() == hashlib.sha256(wan.blob).hexdigest()
         # the tunnel opened before both rebinds still carries requests
         assert _keepalive_get(side, buf, wan) == tiny
+        upload.join()
+    # the upload was in flight at both rebinds and arrived intact
+    assert 0 < uploaded_at_rebind[0] <= uploaded_at_rebind[1] < len(upload.data), uploaded_at_rebind
+    assert upload.received == len(upload.data)
+    assert upload.digest == hashlib.sha256(upload.data).hexdigest()
     # both rebinds happened, and the proxy answered the agent at its new port
     assert counters["nat_shift"] == 2000
     assert counters["b_to_a"]["nat_rewritten"] > 0
