@@ -37,6 +37,8 @@ class Link:
         #: ``refuse_too_big``, are refused at the sender as the kernel does (EMSGSIZE).
         self.mtu: int | None = None
         self.refuse_too_big = False
+        #: One-way delay of each direction (seconds): a path with a round-trip time.
+        self.delay = 0.0
         self.sizes: dict[str, list[int]] = {"c2s": [], "s2c": []}
         self.nursery = nursery
         self.settings = server_settings(certs, server_t)
@@ -46,8 +48,12 @@ class Link:
         self.server_driver = Driver(self.server_send)
         self.sent: dict[str, list[float]] = {"c2s": [], "s2c": []}
         self.server_created = trio.Event()
-        self._to_server_send, self._to_server = trio.open_memory_channel[bytes](math.inf)
-        self._to_client_send, self._to_client = trio.open_memory_channel[bytes](math.inf)
+        self._to_server_send, self._to_server = trio.open_memory_channel[tuple[float, bytes]](
+            math.inf
+        )
+        self._to_client_send, self._to_client = trio.open_memory_channel[tuple[float, bytes]](
+            math.inf
+        )
         nursery.start_soon(self.client_driver.run)
         nursery.start_soon(self.server_driver.run)
         nursery.start_soon(self._pump_to_server)
@@ -66,25 +72,29 @@ class Link:
         too_big: list[int] = []
         for data, _ in datagrams:
             if self._carry(data, "c2s", too_big):
-                self._to_server_send.send_nowait(data)
+                self._to_server_send.send_nowait((trio.current_time() + self.delay, data))
         return too_big
 
     def server_send(self, datagrams: list[tuple[bytes, Any]]) -> list[int]:
         too_big: list[int] = []
         for data, _ in datagrams:
             if self._carry(data, "s2c", too_big):
-                self._to_client_send.send_nowait(data)
+                self._to_client_send.send_nowait((trio.current_time() + self.delay, data))
         return too_big
 
     async def _pump_to_server(self) -> None:
-        async for data in self._to_server:
+        async for due, data in self._to_server:
+            if due > trio.current_time():
+                await trio.sleep_until(due)
             if self.server is None:
                 self.server = self._make_server(data)
             self.server.datagram_received(data, CLIENT_ADDR, trio.current_time())
             self.server_driver.flush()
 
     async def _pump_to_client(self) -> None:
-        async for data in self._to_client:
+        async for due, data in self._to_client:
+            if due > trio.current_time():
+                await trio.sleep_until(due)
             if self.client is not None:
                 self.client.datagram_received(data, SERVER_ADDR, trio.current_time())
                 self.client_driver.flush()
@@ -99,6 +109,7 @@ class Link:
             connection_receive_window=t.connection_receive_window,
             max_concurrent_streams=t.max_concurrent_streams,
             max_datagram_size_ceiling=t.pmtu_ceiling,
+            stream_receive_window_max=t.stream_receive_window_limit,
         )
         conn = Connection(quic, t, self.server_driver, CLIENT_ADDR)
         self.server_created.set()
@@ -128,6 +139,7 @@ async def linked(
             connection_receive_window=client_t.connection_receive_window,
             max_concurrent_streams=client_t.max_concurrent_streams,
             max_datagram_size_ceiling=client_t.pmtu_ceiling,
+            stream_receive_window_max=client_t.stream_receive_window_limit,
         )
         conn = Connection(quic, client_t, link.client_driver, SERVER_ADDR)
         link.client = conn

@@ -23,6 +23,7 @@ from tests.quic_helpers import (
     send_all_chunked,
     sha_of_stream,
 )
+from tests.tunnel_helpers import fixed_windows
 
 
 async def test_echo(certs: CertFiles) -> None:
@@ -157,7 +158,7 @@ async def test_stop_sending_surfaces_as_broken_on_write(certs: CertFiles) -> Non
 async def test_slow_reader_bounds_buffers_on_both_sides(certs: CertFiles) -> None:
     window = 256 * 1024
     send_buffer = 128 * 1024
-    transport = TransportSettings(stream_receive_window=window, stream_send_buffer=send_buffer)
+    transport = fixed_windows(window, send_buffer)
     total = 16 * 1024 * 1024
     data = pattern(total, 7)
     async with quic_pair(certs, server_transport=transport, client_transport=transport) as pair:
@@ -345,7 +346,7 @@ async def test_application_close_code_reaches_peer(certs: CertFiles) -> None:
 
 
 async def test_conformance_check_half_closeable_stream(certs: CertFiles) -> None:
-    small = TransportSettings(stream_receive_window=16384, stream_send_buffer=16384)
+    small = fixed_windows(16384, 16384)
     async with quic_pair(certs, server_transport=small, client_transport=small) as pair:
         server_conn = await pair.server_conn()
 

@@ -229,4 +229,14 @@ def allow(*patterns: str) -> AllowList:
 
 
 def small_transport() -> TransportSettings:
-    return TransportSettings(stream_receive_window=64 * 1024, stream_send_buffer=64 * 1024)
+    """Small windows that do not grow (tests of the bounds themselves)."""
+    return fixed_windows(64 * 1024, 64 * 1024)
+
+
+def fixed_windows(receive: int, send: int) -> TransportSettings:
+    return TransportSettings(
+        stream_receive_window=receive,
+        stream_receive_window_max=receive,
+        stream_send_buffer=send,
+        stream_send_buffer_max=send,
+    )

@@ -524,9 +524,10 @@ def proxy(
     quic_max_congestion_window: Annotated[
         str, _proxy_opt("quic.max-congestion-window")
     ] = "1048576",
-    quic_stream_receive_window: Annotated[
-        str, _proxy_opt("quic.stream-receive-window")
-    ] = "1048576",
+    quic_stream_receive_window: Annotated[str, _proxy_opt("quic.stream-receive-window")] = "524288",
+    quic_max_stream_receive_window: Annotated[
+        str, _proxy_opt("quic.max-stream-receive-window")
+    ] = "6291456",
     quic_connection_receive_window: Annotated[
         str, _proxy_opt("quic.connection-receive-window")
     ] = "16777216",
@@ -612,9 +613,10 @@ def agent(
     quic_max_congestion_window: Annotated[
         str, _agent_opt("quic.max-congestion-window")
     ] = "1048576",
-    quic_stream_receive_window: Annotated[
-        str, _agent_opt("quic.stream-receive-window")
-    ] = "1048576",
+    quic_stream_receive_window: Annotated[str, _agent_opt("quic.stream-receive-window")] = "524288",
+    quic_max_stream_receive_window: Annotated[
+        str, _agent_opt("quic.max-stream-receive-window")
+    ] = "6291456",
     quic_connection_receive_window: Annotated[
         str, _agent_opt("quic.connection-receive-window")
     ] = "16777216",

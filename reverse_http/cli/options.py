@@ -259,8 +259,16 @@ _QUIC_FLAGS: Final = (
     ),
     Flag(
         "quic.stream-receive-window",
-        "Unread bytes one tunnel stream may buffer (its flow-control window).",
+        "A tunnel stream's first flow-control window (unread bytes it may buffer); it"
+        " grows while the reader keeps up with a long path.",
         str(TransportSettings.stream_receive_window),
+        metavar="BYTES",
+    ),
+    Flag(
+        "quic.max-stream-receive-window",
+        "How far a stream's window (and its send buffer) may grow: one tunnel moves at"
+        " most this per round trip.",
+        str(TransportSettings.stream_receive_window_max),
         metavar="BYTES",
     ),
     Flag(
@@ -859,10 +867,15 @@ def _transport(v: _Values) -> TransportSettings:
     """``--quic.*``: the transport settings; a bad combination names the flags."""
     liveness = v.duration("quic.liveness-timeout")
     stream_window = v.size("quic.stream-receive-window", 16384, 2**30)
+    stream_max = v.size("quic.max-stream-receive-window", 16384, 2**30)
     connection_window = v.size("quic.connection-receive-window", 16384, 2**31)
     if connection_window < stream_window:
         raise ConfigError(
             "--quic.connection-receive-window must be at least --quic.stream-receive-window"
+        )
+    if stream_max < stream_window:
+        raise ConfigError(
+            "--quic.max-stream-receive-window must be at least --quic.stream-receive-window"
         )
     try:
         return TransportSettings(
@@ -871,9 +884,11 @@ def _transport(v: _Values) -> TransportSettings:
             congestion_control=v.choice("quic.congestion-control"),
             congestion_window_cap=v.size("quic.max-congestion-window", 16 * 1452, 2**30),
             stream_receive_window=stream_window,
+            stream_receive_window_max=stream_max,
             connection_receive_window=connection_window,
             # the send buffers follow the receive windows the operator chose
-            stream_send_buffer=stream_window,
+            stream_send_buffer=max(stream_window, TransportSettings.stream_send_buffer),
+            stream_send_buffer_max=stream_max,
             connection_send_buffer=connection_window,
             keepalive_interval=v.duration("quic.keepalive-interval", positive=True),
             liveness_timeout=liveness,

@@ -64,6 +64,7 @@ async def _client_connection(
             max_concurrent_streams=transport.max_concurrent_streams,
             pacing_burst_packets=transport.pacing_burst_packets,
             max_datagram_size_ceiling=transport.pmtu_ceiling,
+            stream_receive_window_max=transport.stream_receive_window_limit,
         )
         driver = Driver(endpoint.send_nowait)
         conn = Connection(quic, transport, driver, sockaddr)

@@ -100,6 +100,7 @@ class Connection:
         "_driver",
         "_ending",
         "_handshake_at",
+        "_heard",
         "_is_client",
         "_last_ping",
         "_on_cid_issued",
@@ -113,7 +114,6 @@ class Connection:
         "_send_lwm",
         "_settings",
         "_settled",
-        "_heard",
         "_streams",
         "_terminated",
         "_timer_at",
@@ -580,6 +580,14 @@ class Connection:
     def _check_open(self) -> None:
         if self.state is not State.OPEN or self._close_request is not None:
             raise ConnectionError(self._info_or_unknown())
+
+    def stream_send_limit(self, base: int) -> int:
+        """A stream's send buffer: twice the congestion window, so one stream can fill a
+        long fat path, between ``base`` and the settings' limit."""
+        limit = self._settings.stream_send_buffer_limit
+        if limit <= base:
+            return base
+        return max(base, min(limit, 2 * self._quic.congestion_window))
 
     def send_room(self) -> int:
         """Bytes the connection's send budget still allows."""

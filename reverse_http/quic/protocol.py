@@ -60,6 +60,7 @@ from aioquic.quic.stream import QuicStream as AioStream
 from aioquic.tls import Epoch
 
 from .congestion import BurstPacer, ObservedCongestionControl
+from .flowcontrol import WindowTuner
 from .pmtu import PathMtu
 from .reset import reset_token
 
@@ -312,6 +313,7 @@ class TunnelQuicConnection(QuicConnection):
         client_certificate_check: ClientCertCheck | None = None,
         stateless_reset_key: bytes | None = None,
         max_datagram_size_ceiling: int | None = None,
+        stream_receive_window_max: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -330,7 +332,8 @@ class TunnelQuicConnection(QuicConnection):
         self._rh_probe_size = 0
         #: Ack-eliciting 1-RTT packets received since our last ACK.
         self._rh_eliciting_unacked = 0
-        #: The time of the last ``datagrams_to_send`` (for events aioquic reports without one).
+        #: The time of the last packet received or ``datagrams_to_send`` (for events that
+        #: come without one: expired packets, the application's reads).
         self._rh_now = 0.0
         self._loss._cc = ObservedCongestionControl(self._loss._cc, self)  # type: ignore[assignment]
         self._rh_reset_key = None if self._is_client else stateless_reset_key
@@ -339,6 +342,10 @@ class TunnelQuicConnection(QuicConnection):
         # One spare connection ID each way covers a NAT rebinding; aioquic keeps 8.
         self._local_active_connection_id_limit = ACTIVE_CONNECTION_ID_LIMIT
         self._rh_window = stream_receive_window
+        #: Streams' windows grow up to this (see ``flowcontrol``); no tuning when equal.
+        self._rh_window_max = max(stream_receive_window, stream_receive_window_max or 0)
+        #: Tuners of the streams whose window may grow, made at their first credit update.
+        self._rh_tuners: dict[int, WindowTuner] = {}
         self._rh_conn_window = connection_receive_window or self._local_max_data.value
         self._local_max_data.value = self._local_max_data.sent = self._rh_conn_window
         self._rh_consumed: dict[int, int] = {}
@@ -423,6 +430,10 @@ class TunnelQuicConnection(QuicConnection):
         """The peer's certificate and chain (mutual TLS), None if it sent none."""
         tls = self.tls
         return getattr(tls, "_peer_certificate", None), getattr(tls, "_peer_certificate_chain", [])
+
+    @property
+    def congestion_window(self) -> int:
+        return int(self._loss.congestion_window)
 
     def stats(self) -> dict[str, float]:
         loss = self._loss
@@ -624,14 +635,22 @@ class TunnelQuicConnection(QuicConnection):
         total = self._rh_consumed.get(stream_id, 0) + nbytes
         self._rh_consumed[stream_id] = total
         stream: AioStream | None = self._streams.get(stream_id)
-        if (
-            stream is not None
-            and stream.max_stream_data_local
-            and total + self._rh_window - stream.max_stream_data_local_sent >= self._rh_window // 2
-        ):
+        if stream is None or not stream.max_stream_data_local:
+            return due
+        window = self._stream_window(stream_id)
+        if total + window - stream.max_stream_data_local_sent >= window // 2:
+            if self._rh_window_max > self._rh_window:
+                tuner = self._rh_tuners.get(stream_id)
+                if tuner is None:
+                    tuner = self._rh_tuners[stream_id] = WindowTuner(window, self._rh_window_max)
+                tuner.on_credit_due(total, self._rh_now, self._loss._rtt_smoothed)
             self._rh_credit_due[stream_id] = stream
             due = True
         return due
+
+    def _stream_window(self, stream_id: int) -> int:
+        tuner = self._rh_tuners.get(stream_id)
+        return self._rh_window if tuner is None else tuner.size
 
     # --- scheduling -----------------------------------------------------------------------
 
@@ -660,6 +679,7 @@ class TunnelQuicConnection(QuicConnection):
         for queue in (self._rh_fresh, self._rh_bulk, self._rh_conn_blocked, self._rh_credit_due):
             queue.pop(sid, None)
         self._rh_consumed.pop(sid, None)
+        self._rh_tuners.pop(sid, None)
         if stream_is_client_initiated(sid) != self._is_client:
             # RFC 9000 section 4.6: one new stream for each one that closes.
             self._stream_limit(sid).value += 1
@@ -677,7 +697,7 @@ class TunnelQuicConnection(QuicConnection):
         result: tuple[bool, bool] = super()._payload_received(
             context, plain, crypto_frame_required=crypto_frame_required
         )
-        self.last_authenticated_rx = context.time
+        self.last_authenticated_rx = self._rh_now = context.time
         self.packets_authenticated += 1
         if result[0] and context.epoch == Epoch.ONE_RTT:
             self._ack_eliciting_received(context.time)
@@ -1084,8 +1104,9 @@ class TunnelQuicConnection(QuicConnection):
         sid = _sid(stream)
         if sid is None or not stream.max_stream_data_local or stream.receiver.is_finished:
             return
-        target = self._rh_consumed.get(sid, 0) + self._rh_window
-        if target - stream.max_stream_data_local_sent < self._rh_window // 2:
+        window = self._stream_window(sid)
+        target = self._rh_consumed.get(sid, 0) + window
+        if target - stream.max_stream_data_local_sent < window // 2:
             return
         buf = builder.start_frame(
             QuicFrameType.MAX_STREAM_DATA,

@@ -268,6 +268,7 @@ class QuicServer:
             max_concurrent_streams=t.max_concurrent_streams,
             pacing_burst_packets=t.pacing_burst_packets,
             max_datagram_size_ceiling=t.pmtu_ceiling,
+            stream_receive_window_max=t.stream_receive_window_limit,
             client_certificate_check=self._client_verifier,
             stateless_reset_key=self._reset_key,
         )

@@ -60,8 +60,14 @@ class TransportSettings:
     congestion_window_cap: int = 1024 * 1024
     #: Datagrams sent back to back before pacing applies (aioquic: 16).
     pacing_burst_packets: int = 64
-    stream_receive_window: int = 1024 * 1024
+    #: A stream's first receive window; it doubles, up to ``stream_receive_window_max``,
+    #: while the reader keeps up with a path whose bandwidth-delay product needs more.
+    stream_receive_window: int = 512 * 1024
+    stream_receive_window_max: int = 6 * 1024 * 1024
+    #: Unacknowledged bytes one stream may hold before ``send_all`` waits; it follows the
+    #: congestion window (twice it), up to ``stream_send_buffer_max``.
     stream_send_buffer: int = 1024 * 1024
+    stream_send_buffer_max: int = 6 * 1024 * 1024
     #: Unread bytes one connection buffers across all its streams (MAX_DATA follows reads).
     connection_receive_window: int = 16 * 1024 * 1024
     #: Unacknowledged bytes one connection holds across all its streams.
@@ -102,6 +108,19 @@ class TransportSettings:
             or self.connection_send_buffer < self.stream_send_buffer
         ):
             raise ValueError("connection windows must be at least the stream windows")
+
+    @property
+    def stream_receive_window_limit(self) -> int:
+        """How far a stream's receive window may grow: never past the connection's."""
+        grown = min(self.stream_receive_window_max, self.connection_receive_window)
+        return max(self.stream_receive_window, grown)
+
+    @property
+    def stream_send_buffer_limit(self) -> int:
+        """How far a stream's send buffer may grow: never past the connection's."""
+        return max(
+            self.stream_send_buffer, min(self.stream_send_buffer_max, self.connection_send_buffer)
+        )
 
     @property
     def pmtu_ceiling(self) -> int | None:

@@ -33,8 +33,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
     def __init__(self, conn: Connection, stream_id: int, send_buffer: int) -> None:
         self._conn = conn
         self.stream_id = stream_id
-        self._hwm = send_buffer
-        self._lwm = send_buffer // 2
+        self._send_buffer = send_buffer
         self._rx: deque[bytes] = deque()
         self._rx_buffered = 0
         self._rx_eof = False
@@ -50,6 +49,15 @@ class QuicStream(trio.abc.HalfCloseableStream):
 
     def __repr__(self) -> str:
         return f"<QuicStream {self.stream_id} of {self._conn!r}>"
+
+    @property
+    def _hwm(self) -> int:
+        """Unacknowledged bytes past which ``send_all`` waits (grows with the path's BDP)."""
+        return self._conn.stream_send_limit(self._send_buffer)
+
+    @property
+    def _lwm(self) -> int:
+        return self._hwm // 2
 
     # --- called by the connection -------------------------------------------------
 
