@@ -413,8 +413,11 @@ def start_nginx(children: Children, workdir: Path, files: dict[str, int]) -> tup
     port = free_ports(1)[0]
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     conf = workdir / "nginx.conf"
+    # As root, the workers stay root: pytest makes /tmp/pytest-of-<user> private again
+    # whenever any session starts, which would lock nobody-workers out mid-run (403).
+    user = "user root;\n" if os.geteuid() == 0 else ""
     conf.write_text(
-        f"""worker_processes 1;
+        f"""{user}worker_processes 1;
 worker_rlimit_nofile {nofile};
 pid {workdir}/nginx.pid;
 error_log {workdir}/nginx-error.log warn;
