@@ -10,20 +10,25 @@ does and does not cover: docs/interop.md.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -251,6 +256,7 @@ class OurProxy:
     process: Process
     agent_port: int
     http_port: int
+    metrics_port: int
 
 
 @dataclass
@@ -274,9 +280,13 @@ class Env:
         self.processes.append(process)
         return process.start()
 
-    def our_proxy(self, *auth: str) -> OurProxy:
-        http, metrics = free_ports(2)
-        (udp,) = free_ports(1, socket.SOCK_DGRAM)
+    def our_proxy(self, *auth: str, ports: tuple[int, int, int] | None = None) -> OurProxy:
+        """Our proxy on fresh ports, or on ``ports`` (udp, http, metrics) to restart one."""
+        if ports is None:
+            http, metrics = free_ports(2)
+            (udp,) = free_ports(1, socket.SOCK_DGRAM)
+        else:
+            udp, http, metrics = ports
         process = self._start(
             f"our-proxy-{len(self.processes)}",
             [
@@ -298,7 +308,7 @@ class Env:
             assert process.running() and time.monotonic() < deadline, process.log()
             time.sleep(0.02)
         wait_tcp(http)
-        return OurProxy(process, udp, http)
+        return OurProxy(process, udp, http, metrics)
 
     def go_proxy(self, *args: str) -> GoProxy:
         process = self._start(
@@ -594,6 +604,71 @@ def test_replacement_at_go_proxy(env: Env, target: int) -> None:
     )
     our_agent_connected(ours, count=2)
     assert fetch(proxy.http_port, "4711", "noauth", f"http://127.0.0.1:{target}/") == HELLO
+
+
+# ------------------------------------------------------------------ swarm
+
+
+def swarm_state(
+    path: Path, done: Callable[[dict[str, Any]], bool], timeout: float = 15
+) -> dict[str, Any]:
+    """The swarm's status file once ``done`` holds for it (polled with a deadline)."""
+    deadline = time.monotonic() + timeout
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(path.read_text())
+            if done(state):
+                return state
+        time.sleep(0.05)
+    raise AssertionError(f"swarm state never matched: {state}")
+
+
+def test_go_swarm_reconnects_to_restarted_proxy(env: Env, target: int, tmp_path: Path) -> None:
+    """The load generator of bench/agents.py --generator go: 20 quic-go agents from 20
+    loopback addresses connect, serve CONNECTs, and all come back (counted after the
+    SIGUSR1 mark) when our proxy is restarted on the same ports."""
+    proxy = env.our_proxy()
+    status = tmp_path / "swarm.json"
+    swarm = env._start(
+        "go-swarm",
+        [
+            str(env.go),
+            "swarm",
+            "-server",
+            f"127.0.0.1:{proxy.agent_port}",
+            "-root-ca",
+            str(env.certs.ca_cert),
+            "-count",
+            "20",
+            "-ramp",
+            "0",
+            "-status",
+            str(status),
+            "-prefix",
+            "s-",
+            "-source-ips",
+            "20",
+        ],
+    )
+    up = swarm_state(status, lambda s: s["connected"] == 20)
+    assert (up["started"], up["ever_connected"], up["exited"]) == (20, 20, 0)
+    assert fetch(proxy.http_port, "s-7", "noauth", f"http://127.0.0.1:{target}/") == HELLO
+    sources = set(re.findall(r"agent s-\d+ connected from (127\.16\.0\.\d+)", proxy.process.log()))
+    assert len(sources) == 20, proxy.process.log()[-3000:]
+    assert swarm.proc is not None
+    swarm.proc.send_signal(signal.SIGUSR1)
+    marked = swarm_state(status, lambda s: s["mark_seq"] == 1)
+    assert marked["reconnected_since_mark"] == 0 and marked["first_since_mark"] is None
+
+    proxy.process.stop()  # SIGTERM: every agent is closed with code 0, then reconnects
+    again = env.our_proxy(ports=(proxy.agent_port, proxy.http_port, proxy.metrics_port))
+    back = swarm_state(status, lambda s: s["reconnected_since_mark"] == 20, timeout=20)
+    assert back["ever_since_mark"] == 20 and back["connects_total"] == 40
+    assert back["disconnects"] == {'application close 0 "proxy server shutdown"': 20}
+    first = back["first_since_mark"]
+    assert first is not None and first.startswith("s-")
+    assert fetch(again.http_port, first, "noauth", f"http://127.0.0.1:{target}/") == HELLO
 
 
 # ------------------------------------------------------------------ bulk
