@@ -60,7 +60,10 @@ class _Backlog:
     def of(cls, listener: trio.abc.Listener[Any]) -> _Backlog | None:
         if not isinstance(listener, trio.SocketListener):
             return None  # TLS listeners wrap each stream; they take one at a time
-        dup = socket.socket(fileno=listener.socket.dup().detach())
+        try:
+            dup = socket.socket(fileno=listener.socket.dup().detach())
+        except OSError:  # EMFILE: accept one at a time, as without the backlog
+            return None
         dup.setblocking(False)
         return cls(dup)
 

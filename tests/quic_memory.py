@@ -39,6 +39,8 @@ class Link:
         self.refuse_too_big = False
         #: One-way delay of each direction (seconds): a path with a round-trip time.
         self.delay = 0.0
+        #: Where the server sees the client's datagrams come from (a NAT may change it).
+        self.client_addr = CLIENT_ADDR
         self.sizes: dict[str, list[int]] = {"c2s": [], "s2c": []}
         self.nursery = nursery
         self.settings = server_settings(certs, server_t)
@@ -88,7 +90,7 @@ class Link:
                 await trio.sleep_until(due)
             if self.server is None:
                 self.server = self._make_server(data)
-            self.server.datagram_received(data, CLIENT_ADDR, trio.current_time())
+            self.server.datagram_received(data, self.client_addr, trio.current_time())
             self.server_driver.flush()
 
     async def _pump_to_client(self) -> None:

@@ -80,3 +80,50 @@ def test_other_send_errors_are_logged_once_per_interval(
     assert "99 more since the last report" in lines[1]
     assert endpoint.send_errors == 101
     assert endpoint.too_big_errors == 0
+
+
+class ConnectedPathSocket(PathSocket):
+    """A connected socket after a router's ICMP "too big" for an earlier datagram: the
+    kernel reports it as EMSGSIZE on the next send, whatever its size, once."""
+
+    def __init__(self, path_mtu: int) -> None:
+        super().__init__(mtu=65535)
+        self.pending_icmp = True
+        self.path_mtu = path_mtu
+
+    def send(self, data: bytes) -> int:
+        if self.pending_icmp:
+            self.pending_icmp = False
+            raise OSError(errno.EMSGSIZE, os.strerror(errno.EMSGSIZE))
+        self.delivered.append(len(data))
+        return len(data)
+
+    def getsockopt(self, level: int, name: int) -> int:
+        assert (level, name) == (socket.IPPROTO_IP, 14)  # IP_MTU
+        return self.path_mtu
+
+
+def test_a_delayed_icmp_report_blames_the_path_mtu_not_the_small_datagram() -> None:
+    sock = ConnectedPathSocket(path_mtu=1300)
+    endpoint = UdpEndpoint(sock, connected_peer=PEER, gso=False)  # type: ignore[arg-type]
+    refused = endpoint.send_nowait([(b"a" * 40, PEER)])  # an ACK, long after a big probe
+    assert refused == [1300 - 28 + 1]  # sizes above the path's limit are too big
+    assert sock.delivered == [40]  # and the ACK itself still went, on a second try
+
+
+class FullBuffer(PathSocket):
+    """Refuses batches whose segment exceeds the path; single sends find the buffer full."""
+
+    def sendto(self, data: bytes, _addr: Any) -> int:
+        self._out(len(data))
+        raise BlockingIOError
+
+
+def test_a_split_batch_that_meets_a_full_buffer_keeps_the_rest_in_the_backlog() -> None:
+    sock = FullBuffer(mtu=1300)
+    endpoint = UdpEndpoint(sock, gso=True)  # type: ignore[arg-type]
+    # one GSO batch (segment 1400, a shorter last one): refused as too big, split; the
+    # 1400s are refused one by one, the 1000 meets a full buffer and must wait, not vanish
+    refused = endpoint.send_nowait([(b"z" * 1400, PEER)] * 2 + [(b"w" * 1000, PEER)])
+    assert refused == [1400, 1400]
+    assert [(len(p), seg) for p, _, seg in endpoint._backlog] == [(1000, 1400)]

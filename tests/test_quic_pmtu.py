@@ -90,14 +90,34 @@ def test_emsgsize_on_a_normal_packet_falls_back_to_the_base_and_searches_again()
 def test_a_black_hole_falls_back_only_when_no_large_packet_got_through() -> None:
     pmtu = PathMtu(max_size=1452)
     search(pmtu, carries=1452)
-    pmtu.on_packet_acked(1452, now=10.0)
-    pmtu.on_packet_lost(1452, now=10.5, patience=1.0)  # congestion loss among acked ones
-    assert pmtu.current == 1452
-    pmtu.on_packet_lost(BASE_DATAGRAM_SIZE, now=20.0, patience=1.0)  # small: says nothing
-    assert pmtu.current == 1452
-    pmtu.on_packet_lost(1452, now=20.0, patience=1.0)  # nothing large acked for 10 s
+    # one random loss after a quiet minute is not a black hole
+    pmtu.on_packet_lost(1452, now=60.0, patience=1.0)
+    pmtu.on_packet_acked(1452, now=60.1)
+    # nor is a burst a full queue dropped, among acknowledged packets
+    for t in (61.0, 61.001, 61.002, 61.003):
+        pmtu.on_packet_lost(1452, now=t, patience=1.0)
+    pmtu.on_packet_acked(1452, now=61.1)
+    pmtu.on_packet_lost(BASE_DATAGRAM_SIZE, now=70.0, patience=1.0)  # small: says nothing
+    assert pmtu.current == 1452 and pmtu.fallbacks == 0
+    # big packets lost, one after the other, none acknowledged, for over the patience
+    for t in (80.0, 80.4, 80.8):
+        pmtu.on_packet_lost(1452, now=t, patience=1.0)
+    assert pmtu.current == 1452  # three in a row, but within 1 s of the first
+    pmtu.on_packet_lost(1452, now=81.2, patience=1.0)
     assert pmtu.current == BASE_DATAGRAM_SIZE
     assert pmtu.fallbacks == 1
+
+
+def test_a_late_ack_of_a_probe_above_the_ceiling_is_ignored() -> None:
+    pmtu = PathMtu(max_size=1452)
+    pmtu.on_probe_sent(pmtu.probe_size(0) or 0)
+    pmtu.on_too_big(1452, 0)
+    size = pmtu.probe_size(0)
+    assert size is not None and size < 1452
+    pmtu.on_probe_sent(size)
+    pmtu.on_too_big(size, 0)  # the kernel learnt a smaller MTU meanwhile
+    pmtu.on_probe_acked(1452, 0.1)  # an answer to the first probe, very late
+    assert pmtu.current < size
 
 
 def test_a_completed_search_is_repeated_after_the_raise_interval() -> None:
@@ -217,3 +237,26 @@ async def test_lost_probes_do_not_shrink_the_congestion_window(
         await search_done(server)
         assert server._quic.pmtu.probes_lost >= MAX_PROBES
         assert server._quic._loss.congestion_window >= cwnd
+
+
+@pytest.mark.timeout(30)
+async def test_after_a_nat_rebinding_probing_goes_on_and_never_spins(
+    certs: CertFiles, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The rebinding leaves aioquic a second (old) path: the re-probe deadline must not
+    become one that no service can act on (a busy loop), and discovery must go on."""
+    async with linked(certs, TransportSettings()) as (link, client):
+        link.mtu = 1300
+        server = await link.server_conn()
+        await search_done(server)
+        link.client_addr = ("127.0.0.1", 50001)  # the agent's NAT picked a new port
+        await download(link, client, 256 * 1024)
+        assert len(server._quic._network_paths) == 2
+        await trio.sleep(RAISE_INTERVAL + 60)  # past the re-probe time
+        assert server._quic.get_timer() > trio.current_time()
+        link.mtu = 1252  # and the path shrinks: a black hole, found and searched again
+        with trio.fail_after(120):
+            await download(link, client, 2 * 1024 * 1024)
+        await search_done(server)
+        assert server._quic.pmtu.fallbacks >= 1
+        assert 1252 - SEARCH_GRANULARITY < server._quic.pmtu.current <= 1252

@@ -779,7 +779,7 @@ def _file_value(flag: Flag, value: object, shown: str, path: Path) -> object:
     return _scalar_text(value)
 
 
-_SIZE: Final = re.compile(r"(\d+)\s*((?:[kmg](?:i?b)?)|b)?", re.IGNORECASE)
+_SIZE: Final = re.compile(r"(\d{1,15})\s*((?:[kmg](?:i?b)?)|b)?", re.IGNORECASE)
 _SIZE_UNITS: Final = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 _BOOL_WORDS: Final = {

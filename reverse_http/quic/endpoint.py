@@ -38,8 +38,8 @@ MAX_UDP_PAYLOAD = 65535
 #: Send errors are logged at most this often (seconds); the rest are counted.
 SEND_ERROR_LOG_INTERVAL = 60.0
 #: Linux socket options (not all are in Python's socket module).
-IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2
-IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2
+IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO, IPV6_MTU = 23, 2, 24
 
 
 class UdpEndpoint:
@@ -190,7 +190,7 @@ class UdpEndpoint:
             i = j
         return out
 
-    def _try_send(self, data: bytes, addr: Any, segment: int = 0) -> bool:
+    def _try_send(self, data: bytes, addr: Any, segment: int = 0, retry: bool = True) -> bool:
         """One (GSO) write; False when the socket buffer is full."""
         sock = self._sock
         dest = None if self._connected_peer is not None else addr
@@ -222,9 +222,18 @@ class UdpEndpoint:
                     # A batch with a segment too big for the path: send it packet by
                     # packet, so that smaller ones still go and each refusal is reported.
                     for k in range(0, len(data), segment):
-                        self._try_send(data[k : k + segment], addr)
+                        if not self._try_send(data[k : k + segment], addr):
+                            self._backlog.append((data[k:], addr, segment))
+                            self._backlog_ready.set()
+                            break
                     return True
                 self.too_big_errors += 1
+                limit = self._path_payload_limit()
+                if retry and limit is not None and len(data) <= limit:
+                    # A connected socket reports an ICMP "too big" for an earlier, larger
+                    # datagram on the next send, whatever its size: this one fits.
+                    self._too_big.append(limit + 1)
+                    return self._try_send(data, addr, retry=False)
                 self._too_big.append(len(data))
             # EMSGSIZE, ECONNREFUSED, ENETUNREACH...: QUIC treats it as loss.
             self.send_errors += 1
@@ -235,6 +244,20 @@ class UdpEndpoint:
                 self._report_send_error(exc, addr)
         self.datagrams_sent += 1
         return True
+
+    def _path_payload_limit(self) -> int | None:
+        """The largest UDP payload the kernel's path MTU for a connected socket allows."""
+        if self._connected_peer is None:
+            return None
+        sock = self._sock
+        ipv6 = sock.family == socket.AF_INET6
+        try:
+            mtu = sock.getsockopt(
+                socket.IPPROTO_IPV6 if ipv6 else socket.IPPROTO_IP, IPV6_MTU if ipv6 else IP_MTU
+            )
+        except OSError:
+            return None
+        return int(mtu) - (48 if ipv6 else 28)
 
     def _report_send_error(self, exc: OSError, addr: Any) -> None:
         """One warning per :data:`SEND_ERROR_LOG_INTERVAL`, with the count since the last."""

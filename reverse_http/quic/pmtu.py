@@ -29,6 +29,8 @@ DEFAULT_MAX_DATAGRAM_SIZE = 1452
 MAX_PROBES = 3
 #: A search stops when the gap between what works and what failed is this small.
 SEARCH_GRANULARITY = 16
+#: Large packets lost in a row (none acknowledged) before the path counts as a black hole.
+BLACK_HOLE_LOSSES = 3
 #: A completed search is repeated this often (RFC 8899's PMTU_RAISE_TIMER).
 RAISE_INTERVAL = 600.0
 
@@ -63,7 +65,8 @@ class PathMtu:
         self._probing: int | None = None
         self._losses = 0
         self._raise_at = 0.0
-        self._large_acked_at: float | None = None
+        self._large_losses = 0
+        self._first_large_loss_at = 0.0
         self.phase = Phase.SEARCHING if max_size > base_size else Phase.DISABLED
         #: Times the size in use fell back to the base (EMSGSIZE or black hole).
         self.fallbacks = 0
@@ -115,9 +118,10 @@ class PathMtu:
         if self._probing == size:
             self._probing = None
             self._losses = 0
+        if size > self._ceiling:
+            return  # a late answer to a probe sent before the path shrank
         if size > self.current:
             self.current = size
-            self._large_acked_at = now
         if self._next_target() is None:
             self._complete(now)
 
@@ -135,7 +139,6 @@ class PathMtu:
         if self.phase is Phase.DISABLED:
             return
         if self._probing == size:
-            self.probes_lost += 1
             self._probing = None
             self._too_big(size, now)
         elif size <= self.current and self.current > self.base_size:
@@ -144,18 +147,24 @@ class PathMtu:
     def on_packet_acked(self, size: int, now: float) -> None:
         """Any packet was acknowledged (for black-hole detection)."""
         if size > self.base_size:
-            self._large_acked_at = now
+            self._large_losses = 0
 
     def on_packet_lost(self, size: int, now: float, patience: float) -> None:
-        """A non-probe packet was declared lost. If packets above the base size have
-        gone unacknowledged for ``patience`` seconds (a few probe timeouts), the path
-        no longer carries them: fall back to the base and search again."""
+        """A non-probe packet was declared lost (or expired unacknowledged).
+
+        A black hole: :data:`BLACK_HOLE_LOSSES` packets above the base size lost in a
+        row, with none of them acknowledged in between, over at least ``patience``
+        seconds (a few probe timeouts) since the first of them. Then the path no
+        longer carries them: fall back to the base and search again. A random loss,
+        or a burst dropped by a full queue among acknowledged packets, is not one.
+        """
         if size <= self.base_size or self.current <= self.base_size:
             return
-        last = self._large_acked_at
-        if last is not None and now - last < patience:
-            return
-        self._fall_back(self.current, now)
+        if self._large_losses == 0:
+            self._first_large_loss_at = now
+        self._large_losses += 1
+        if self._large_losses >= BLACK_HOLE_LOSSES and now - self._first_large_loss_at >= patience:
+            self._fall_back(self.current, now)
 
     # --- transitions --------------------------------------------------------------------
 
@@ -171,7 +180,7 @@ class PathMtu:
         self._ceiling = max(self.base_size, failed - 1)
         self._probing = None
         self._losses = 0
-        self._large_acked_at = now  # measure the next black hole from here
+        self._large_losses = 0
         self.phase = Phase.SEARCHING
         if self._next_target() is None:
             self._complete(now)

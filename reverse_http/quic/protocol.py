@@ -61,7 +61,7 @@ from aioquic.tls import Epoch
 
 from .congestion import BurstPacer, ObservedCongestionControl
 from .flowcontrol import WindowTuner
-from .pmtu import PathMtu
+from .pmtu import PathMtu, Phase
 from .reset import reset_token
 
 __all__ = [
@@ -489,13 +489,20 @@ class TunnelQuicConnection(QuicConnection):
         datagrams += super().datagrams_to_send(now=now)
         return datagrams
 
+    def _may_probe(self) -> bool:
+        """A probe may go out: connected, on a validated path, and no other path waits
+        for probing frames (aioquic pads those to the datagram size in use)."""
+        if not self._handshake_confirmed or self._state != QuicConnectionState.CONNECTED:
+            return False
+        paths = self._network_paths
+        if not paths or not paths[0].is_validated:
+            return False
+        return not any(
+            p.remote_challenges or not (p.is_validated or p.local_challenge_sent) for p in paths[1:]
+        )
+
     def _probe_due(self, now: float) -> int | None:
-        if (
-            not self._handshake_confirmed
-            or self._state != QuicConnectionState.CONNECTED
-            or len(self._network_paths) != 1  # path probes would be padded to the probe size
-            or not self._network_paths[0].is_validated
-        ):
+        if self.pmtu.phase is Phase.DISABLED or not self._may_probe():
             return None
         size = self.pmtu.probe_size(now)
         if size is None or self._loss.congestion_window - self._loss.bytes_in_flight < size:
@@ -504,8 +511,9 @@ class TunnelQuicConnection(QuicConnection):
 
     def get_timer(self) -> float | None:
         timer: float | None = super().get_timer()
-        raise_at = self.pmtu.next_event_at() if self._handshake_confirmed else None
-        if raise_at is not None and (timer is None or raise_at < timer):
+        raise_at = self.pmtu.next_event_at()
+        # Only a deadline a service can act on: one it cannot would come back at once.
+        if raise_at is not None and (timer is None or raise_at < timer) and self._may_probe():
             return raise_at
         return timer
 
@@ -516,8 +524,19 @@ class TunnelQuicConnection(QuicConnection):
         self._apply_pmtu()
 
     def _apply_pmtu(self) -> None:
-        if not self._rh_probe_size:
-            self._max_datagram_size = self.pmtu.current
+        if self._rh_probe_size:
+            return
+        size = self.pmtu.current
+        if size != self._max_datagram_size:
+            self._max_datagram_size = size
+            # pacing and window growth count in datagrams of this size
+            self._loss._pacer._max_datagram_size = size
+            cc = self._loss._cc
+            inner = cc.inner if isinstance(cc, ObservedCongestionControl) else cc
+            if hasattr(inner, "_max_datagram_size"):
+                inner._max_datagram_size = size
+            if hasattr(inner, "additive_increase_factor"):
+                inner.additive_increase_factor = size
 
     # --- told by ObservedCongestionControl --------------------------------------------
 
