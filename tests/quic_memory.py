@@ -152,3 +152,24 @@ async def linked(
             yield link, conn
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def pmtu_settled(*conns: Connection) -> None:
+    """Wait (virtual time) until each connection's path MTU search has finished."""
+    from reverse_http.quic.pmtu import Phase
+
+    with trio.fail_after(30):
+        while not all(c.quic.pmtu.phase is Phase.COMPLETE for c in conns):
+            await trio.sleep(0.01)
+
+
+@asynccontextmanager
+async def settled_pair(
+    certs: CertFiles, t: TransportSettings
+) -> AsyncIterator[tuple[Link, Connection, Connection]]:
+    """``linked``, once both ends are past the handshake and their start-up probes."""
+    async with linked(certs, t) as (link, client):
+        await client.wait_handshake()
+        server = await link.server_conn()
+        await pmtu_settled(client, server)
+        yield link, client, server

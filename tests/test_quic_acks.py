@@ -8,24 +8,14 @@ import trio.testing
 
 from reverse_http.devcerts import CertFiles
 from reverse_http.quic import TransportSettings
-from reverse_http.quic.pmtu import Phase
 from reverse_http.quic.protocol import ACK_DELAY
-from tests.quic_memory import linked
-
-
-async def settled(*conns: object) -> None:
-    with trio.fail_after(5):
-        while not all(c._quic.pmtu.phase is Phase.COMPLETE for c in conns):  # type: ignore[attr-defined]
-            await trio.sleep(0.01)
+from tests.quic_memory import settled_pair
 
 
 async def test_a_bulk_transfer_is_acknowledged_every_second_packet(
     certs: CertFiles, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with linked(certs, TransportSettings()) as (link, client):
-        await client.wait_handshake()
-        server = await link.server_conn()
-        await settled(client, server)
+    async with settled_pair(certs, TransportSettings()) as (link, client, server):
         mine = await client.open_stream()
         await mine.send_all(b"go")
         theirs = await server.accept_stream()
@@ -48,10 +38,7 @@ async def test_a_bulk_transfer_is_acknowledged_every_second_packet(
 async def test_a_lone_packet_is_acknowledged_within_the_ack_delay(
     certs: CertFiles, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with linked(certs, TransportSettings()) as (link, client):
-        await client.wait_handshake()
-        server = await link.server_conn()
-        await settled(client, server)
+    async with settled_pair(certs, TransportSettings()) as (link, client, server):
         await trio.sleep(1)
         mine = await client.open_stream()
         sent_at = trio.current_time()

@@ -19,7 +19,7 @@ from reverse_http.quic.pmtu import (
     PathMtu,
     Phase,
 )
-from tests.quic_memory import linked
+from tests.quic_memory import linked, pmtu_settled
 
 
 def search(pmtu: PathMtu, carries: int, *, refuse: bool = False, now: float = 0.0) -> list[int]:
@@ -175,14 +175,6 @@ async def download(link: object, client: object, size: int) -> bytes:
     return got.digest()
 
 
-async def search_done(conn: object) -> None:
-    """Wait (virtual time) until the connection's path MTU search has settled."""
-    pmtu = conn._quic.pmtu  # type: ignore[attr-defined]
-    with trio.fail_after(30):
-        while pmtu.phase is not Phase.COMPLETE:
-            await trio.sleep(0.01)
-
-
 @pytest.mark.parametrize(
     ("mtu", "refuse"),
     [(None, False), (1252, False), (1252, True)],
@@ -194,7 +186,7 @@ async def test_bulk_data_uses_the_largest_size_the_path_carries(
     async with linked(certs, TransportSettings()) as (link, client):
         link.mtu, link.refuse_too_big = mtu, refuse
         server = await link.server_conn()
-        await search_done(server)
+        await pmtu_settled(server)
         with trio.fail_after(60):
             await download(link, client, 2 * 1024 * 1024)
         largest = max(link.sizes["s2c"])
@@ -234,7 +226,7 @@ async def test_lost_probes_do_not_shrink_the_congestion_window(
         await client.wait_handshake()
         server = await link.server_conn()
         cwnd = server._quic._loss.congestion_window
-        await search_done(server)
+        await pmtu_settled(server)
         assert server._quic.pmtu.probes_lost >= MAX_PROBES
         assert server._quic._loss.congestion_window >= cwnd
 
@@ -248,7 +240,7 @@ async def test_after_a_nat_rebinding_probing_goes_on_and_never_spins(
     async with linked(certs, TransportSettings()) as (link, client):
         link.mtu = 1300
         server = await link.server_conn()
-        await search_done(server)
+        await pmtu_settled(server)
         link.client_addr = ("127.0.0.1", 50001)  # the agent's NAT picked a new port
         await download(link, client, 256 * 1024)
         assert len(server._quic._network_paths) == 2
@@ -257,6 +249,6 @@ async def test_after_a_nat_rebinding_probing_goes_on_and_never_spins(
         link.mtu = 1252  # and the path shrinks: a black hole, found and searched again
         with trio.fail_after(120):
             await download(link, client, 2 * 1024 * 1024)
-        await search_done(server)
+        await pmtu_settled(server)
         assert server._quic.pmtu.fallbacks >= 1
         assert 1252 - SEARCH_GRANULARITY < server._quic.pmtu.current <= 1252

@@ -14,8 +14,7 @@ import trio.testing
 
 from reverse_http.devcerts import CertFiles
 from reverse_http.quic import ConnectionError, TransportSettings
-from reverse_http.quic.pmtu import Phase
-from tests.quic_memory import linked
+from tests.quic_memory import linked, pmtu_settled
 
 
 def max_gap(times: list[float], since: float) -> float:
@@ -45,10 +44,7 @@ async def test_default_keepalive_costs_one_round_trip_per_period(
     assert t.probe_after == 10 and t.server_probe_after > t.probe_after
     async with linked(certs, t) as (link, client):
         await client.wait_handshake()
-        server = await link.server_conn()
-        with trio.fail_after(5):  # start-up: both ends' path MTU probes
-            while not all(c._quic.pmtu.phase is Phase.COMPLETE for c in (client, server)):
-                await trio.sleep(0.01)
+        await pmtu_settled(client, await link.server_conn())  # start-up probes done
         start = trio.current_time()
         await trio.sleep(300)
         assert not client.is_closed, client.close_info
