@@ -123,3 +123,16 @@ async def test_server_keeps_no_state_for_a_ping_only_initial(certs: CertFiles) -
         assert answer == b""
         assert pair.server.initials_refused == 20
         assert len(pair.server.connections) <= 2  # the pair's own and the one above
+
+
+def test_padding_before_the_crypto_frame_is_skipped() -> None:
+    """quic-go's layout: ACK, about 1100 bytes of PADDING, then CRYPTO."""
+    from reverse_http.quic.initial import _has_crypto_frame
+
+    ack = b"\x02\x00\x00\x00\x00"
+    crypto = b"\x06\x00\x01x"
+    assert _has_crypto_frame(ack + bytes(1100) + crypto)
+    assert _has_crypto_frame(bytes(1100) + crypto)
+    assert not _has_crypto_frame(ack + bytes(1100))  # padding to the end: no ClientHello
+    assert not _has_crypto_frame(bytes(600) + b"\x01" + bytes(500))  # PING-only
+    assert not _has_crypto_frame(bytes(1100) + b"\x1c\x00\x00\x00")  # CONNECTION_CLOSE

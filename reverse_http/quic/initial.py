@@ -50,7 +50,16 @@ def _has_crypto_frame(payload: bytes) -> bool:
             frame_type = buf.pull_uint_var()
             if frame_type == QuicFrameType.CRYPTO:
                 return True
-            if frame_type in (QuicFrameType.PADDING, QuicFrameType.PING):
+            if frame_type == QuicFrameType.PADDING:
+                # quic-go pads *before* its CRYPTO frame: skip the zeros at C speed
+                # (one frame per byte in Python was 0.9 ms per Initial, half the
+                # proxy's CPU in a reconnect storm of Go agents).
+                at = buf.tell()
+                rest = len(payload) - at
+                skipped = rest - len(payload[at:].lstrip(b"\x00"))
+                buf.seek(at + skipped)
+                continue
+            if frame_type == QuicFrameType.PING:
                 continue
             if frame_type in _ACK_TYPES:
                 buf.pull_uint_var()  # largest acknowledged
