@@ -17,6 +17,7 @@ import trio
 from .agent.client import run_agent
 from .config import AgentConfig, AgentCredentials, ListenAddress, ProxyConfig
 from .devcerts import make_dev_certs
+from .errors import ConfigError
 from .proxy.server import run_proxy
 from .quic import ClientTls, ServerTls
 
@@ -59,6 +60,23 @@ async def _fetch_through(proxy_port: int, target: str) -> bytes:
     return data
 
 
+#: The proxy's listen flags, as the demo's own flags name them.
+_DEMO_FLAGS = {
+    "--http-proxy.listen-address": "--http-port",
+    "--agent-server.listen-address": "--agent-port",
+}
+
+
+def _as_demo_flags(message: str) -> str:
+    """The proxy blames its own flags (``--http-proxy.listen-address 127.0.0.1:3128``);
+    the demo user typed ``--http-port 3128``."""
+    for proxy_flag, demo_flag in _DEMO_FLAGS.items():
+        prefix = f"{proxy_flag} 127.0.0.1:"
+        if message.startswith(prefix):
+            return f"{demo_flag} {message[len(prefix):]}"
+    return message
+
+
 async def run_demo(
     http_port: int = 3128, agent_port: int = 4242, *, once: bool = False, out: object = print
 ) -> bool:
@@ -71,15 +89,18 @@ async def run_demo(
                 functools.partial(trio.serve_tcp, host="127.0.0.1"), _web, 0
             )
             web_port = listeners[0].socket.getsockname()[1]
-            proxy = await nursery.start(
-                functools.partial(run_proxy, handle_signals=False),
-                ProxyConfig(
-                    agent_listen=ListenAddress("127.0.0.1", agent_port),
-                    agent_tls=ServerTls(cert_file=certs.cert, key_file=certs.key),
-                    http_listen=ListenAddress("127.0.0.1", http_port),
-                    shutdown_grace_period=2.0,
-                ),
-            )
+            try:
+                proxy = await nursery.start(
+                    functools.partial(run_proxy, handle_signals=False),
+                    ProxyConfig(
+                        agent_listen=ListenAddress("127.0.0.1", agent_port),
+                        agent_tls=ServerTls(cert_file=certs.cert, key_file=certs.key),
+                        http_listen=ListenAddress("127.0.0.1", http_port),
+                        shutdown_grace_period=2.0,
+                    ),
+                )
+            except ConfigError as exc:
+                raise ConfigError(_as_demo_flags(str(exc))) from None
             agent = await nursery.start(
                 functools.partial(run_agent, handle_signals=False),
                 AgentConfig(

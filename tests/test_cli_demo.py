@@ -44,4 +44,6 @@ def test_demo_reports_a_busy_port_in_one_line(flag: str) -> None:
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("reverse-http")]
     assert len(errors) == 1 and "address already in use" in errors[0], done.stderr
+    # the flag the demo user typed, not the proxy's own
+    assert f"demo: {flag} {port}: address already in use" in errors[0], errors[0]
     assert "Traceback" not in done.stderr
