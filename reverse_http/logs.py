@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
@@ -62,6 +63,40 @@ LEVELS: Final[Mapping[str, int]] = {
 #: per stream reset (``Stream 0 reset by peer`` ends every CONNECT). Set here only:
 #: WARNING unless ``--log.level=debug`` (then INFO) or ``trace`` (then everything).
 _NOISY_LOGGERS: Final = ("quic", "http3")
+
+
+class RateLimit(logging.Filter):
+    """At most ``burst`` records per ``interval`` seconds; the first one let through
+    after a quiet spell says how many were dropped. aioquic warns once per connection
+    that fails (a tampered ClientHello, a protocol violation): an attacker must not be
+    able to write the log at packet rate."""
+
+    def __init__(self, burst: int = 10, interval: float = 10.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.interval = interval
+        self._window_start = -math.inf
+        self._passed = 0
+        self.suppressed = 0
+
+    def reset(self) -> None:
+        self._window_start, self._passed, self.suppressed = -math.inf, 0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._window_start >= self.interval:
+            self._window_start, self._passed = now, 0
+        if self._passed >= self.burst:
+            self.suppressed += 1
+            return False
+        self._passed += 1
+        if self.suppressed:
+            record.msg = f"{record.msg} ({self.suppressed} similar lines suppressed before)"
+            self.suppressed = 0
+        return True
+
+
+_AIOQUIC_RATE_LIMIT: Final = RateLimit()
 
 
 def _noisy_level(level: int) -> int:
@@ -249,7 +284,10 @@ def setup_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(_noisy_level(level))
+        noisy = logging.getLogger(name)
+        noisy.setLevel(_noisy_level(level))
+        if level > logging.DEBUG:  # debugging wants every line
+            noisy.addFilter(_AIOQUIC_RATE_LIMIT)
 
 
 def reset_logging() -> None:
@@ -261,4 +299,7 @@ def reset_logging() -> None:
             old.close()
     root.setLevel(logging.WARNING)
     for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.NOTSET)
+        noisy = logging.getLogger(name)
+        noisy.setLevel(logging.NOTSET)
+        noisy.removeFilter(_AIOQUIC_RATE_LIMIT)
+    _AIOQUIC_RATE_LIMIT.reset()

@@ -238,3 +238,27 @@ def test_aioquic_info_lines_are_silent_above_debug(level: str) -> None:
         logging.getLogger(name).error("aioquic trouble")
     assert "reset by peer" not in stream.getvalue()
     assert stream.getvalue().count("aioquic trouble") == 2
+
+
+def test_aioquic_warnings_are_rate_limited_at_the_default_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood of failing connections (one aioquic WARNING each) writes a few lines per
+    interval, then one that says how many were dropped."""
+    from reverse_http import logs
+
+    now = [100.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+    stream = configure(level="info")
+    for i in range(500):
+        logging.getLogger("quic").warning("Packet contains no CRYPTO frame %d", i)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == logs.RateLimit().burst
+    now[0] += 10.0
+    logging.getLogger("quic").warning("Packet contains no CRYPTO frame")
+    last = stream.getvalue().splitlines()[-1]
+    assert "(490 similar lines suppressed before)" in last
+    stream = configure(level="debug")  # debugging sees every line
+    for _ in range(50):
+        logging.getLogger("quic").warning("again")
+    assert stream.getvalue().count("again") == 50
