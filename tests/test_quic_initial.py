@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import trio
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
@@ -136,3 +137,19 @@ def test_padding_before_the_crypto_frame_is_skipped() -> None:
     assert not _has_crypto_frame(ack + bytes(1100))  # padding to the end: no ClientHello
     assert not _has_crypto_frame(bytes(600) + b"\x01" + bytes(500))  # PING-only
     assert not _has_crypto_frame(bytes(1100) + b"\x1c\x00\x00\x00")  # CONNECTION_CLOSE
+
+
+def test_a_retransmitted_initial_reuses_its_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deriving Initial keys is most of the check's cost (about 0.2 ms); a client whose
+    handshake was not admitted yet retransmits under the same CID."""
+    data = client_hello_datagram()
+    setups = []
+    real = CryptoPair.setup_initial
+
+    def counting(self: CryptoPair, *args: object, **kwargs: object) -> None:
+        setups.append(1)
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CryptoPair, "setup_initial", counting)
+    assert all(opens_handshake(data, 8) for _ in range(5))
+    assert len(setups) == 1  # a fresh CID: derived once, then taken from the cache

@@ -11,6 +11,8 @@ retransmits its ClientHello.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from aioquic._crypto import CryptoError
 from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
 from aioquic.quic.crypto import CryptoPair
@@ -33,13 +35,33 @@ def opens_handshake(data: bytes, cid_length: int) -> bool:
     end = header.packet_length
     if end > len(data) or end <= encrypted_offset:
         return False
-    pair = CryptoPair()
     try:
-        pair.setup_initial(cid=header.destination_cid, is_client=False, version=header.version)
+        pair = _initial_keys(bytes(header.destination_cid), header.version)
         _, payload, _ = pair.decrypt_packet(data[:end], encrypted_offset, 0)
     except (CryptoError, ValueError, BufferReadError):
         return False
     return _has_crypto_frame(payload)
+
+
+#: Initial keys of the last destination CIDs seen: a client whose handshake is not yet
+#: admitted (dropped under load) retransmits under the same CID, and deriving the keys
+#: (HKDF, two cipher objects) is most of what checking an Initial costs.
+_KEYS: OrderedDict[tuple[bytes, int], CryptoPair] = OrderedDict()
+KEY_CACHE_SIZE = 1024
+
+
+def _initial_keys(cid: bytes, version: int) -> CryptoPair:
+    key = (cid, version)
+    pair = _KEYS.get(key)
+    if pair is not None:
+        _KEYS.move_to_end(key)
+        return pair
+    pair = CryptoPair()
+    pair.setup_initial(cid=cid, is_client=False, version=version)
+    _KEYS[key] = pair
+    if len(_KEYS) > KEY_CACHE_SIZE:
+        _KEYS.popitem(last=False)
+    return pair
 
 
 def _has_crypto_frame(payload: bytes) -> bool:
