@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from aioquic.quic.congestion.base import QuicCongestionControl, register_congestion_control
+from aioquic.quic.congestion.base import (
+    K_MINIMUM_WINDOW,
+    QuicCongestionControl,
+    register_congestion_control,
+)
+from aioquic.quic.congestion.cubic import K_CUBIC_LOSS_REDUCTION_FACTOR, CubicCongestionControl
 from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer
@@ -39,8 +44,35 @@ def _factory(cap: int) -> Callable[..., QuicCongestionControl]:
     return make
 
 
+class WindowCubicCongestionControl(CubicCongestionControl):
+    """aioquic's Cubic, with the multiplicative decrease applied to the window.
+
+    aioquic takes 0.7 of the bytes still in flight *after* removing the lost ones: when
+    a whole flight is lost at once (a NAT rebinding sends it to a dead mapping, an
+    outage swallows it) almost nothing is left, and the window collapses to 2 packets
+    and creeps back by slow start (a 16 MiB upload on a 50 ms path went from 6 MB/s
+    to 0.2 MB/s for 2 s per rebinding). RFC 9438 reduces the window itself, as
+    quic-go does.
+    """
+
+    def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
+        window, ssthresh = self.congestion_window, self.ssthresh
+        super().on_packets_lost(now=now, packets=packets)
+        if self.congestion_window == window and self.ssthresh == ssthresh:
+            return  # no new congestion event
+        floor = K_MINIMUM_WINDOW * self.additive_increase_factor
+        self.ssthresh = max(int(window * K_CUBIC_LOSS_REDUCTION_FACTOR), floor)
+        self.congestion_window = self.ssthresh
+
+
+CUBIC = "reverse-http-cubic"
+register_congestion_control(CUBIC, WindowCubicCongestionControl)
+
+
 def algorithm_name(name: str, cap: int) -> str:
     """Name under which aioquic finds ``name``; capped variants are registered per cap."""
+    if name == "cubic":
+        return CUBIC
     if name != NAME:
         return name
     registered = _registered_caps.get(cap)
