@@ -252,3 +252,14 @@ async def test_after_a_nat_rebinding_probing_goes_on_and_never_spins(
         await pmtu_settled(server)
         assert server._quic.pmtu.fallbacks >= 1
         assert 1252 - SEARCH_GRANULARITY < server._quic.pmtu.current <= 1252
+
+
+async def test_the_peer_address_follows_a_nat_rebinding(
+    certs: CertFiles, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with linked(certs, TransportSettings()) as (link, client):
+        server = await link.server_conn()
+        assert server.peer_address == ("127.0.0.1", 50000)
+        link.client_addr = ("127.0.0.1", 50001)
+        await download(link, client, 64 * 1024)
+        assert server.peer_address == ("127.0.0.1", 50001)  # logs name the agent's new port

@@ -99,6 +99,7 @@ class Connection:
         "_drained",
         "_driver",
         "_ending",
+        "_first_peer_address",
         "_handshake_at",
         "_heard",
         "_is_client",
@@ -120,7 +121,6 @@ class Connection:
         "_want_write",
         "alpn",
         "close_info",
-        "peer_address",
         "state",
     )
 
@@ -137,7 +137,7 @@ class Connection:
         self._quic = quic
         self._settings = settings
         self._driver = driver
-        self.peer_address = peer_address
+        self._first_peer_address = peer_address
         self._on_cid_issued = on_cid_issued
         self._on_cid_retired = on_cid_retired
         self._is_client = quic.is_client
@@ -198,6 +198,11 @@ class Connection:
     @property
     def host_cid(self) -> bytes:
         return bytes(self._quic.host_cid)
+
+    @property
+    def peer_address(self) -> Address:
+        """Where the peer is now: a NAT rebinding or a migration moves it."""
+        return self._quic.current_peer_address or self._first_peer_address
 
     @property
     def quic(self) -> TunnelQuicConnection:

@@ -408,6 +408,11 @@ class TunnelQuicConnection(QuicConnection):
         return bool(self._network_paths)
 
     @property
+    def current_peer_address(self) -> Any:
+        """The address datagrams go to now (None before the first one)."""
+        return self.get_peer_address()
+
+    @property
     def peer_cid(self) -> bytes:
         return bytes(self._peer_cid.cid)
 
