@@ -345,6 +345,13 @@ class ProxyMetrics(SessionMetrics):
         self.agents_connected.set(self._connected)
         self.agent_connects.inc()
 
+    def agents_registered(self, count: int) -> None:
+        """The registry's own count of agents (one per id). Connection events alone can
+        over-count: an agent that gave up on a slow handshake and reconnected may have
+        two connections authenticated here for a while."""
+        self._connected = count
+        self.agents_connected.set(count)
+
     def agent_disconnected(self, agent_id: str, reason_label: str) -> None:
         """A connection from ``agent_id`` ended; ``reason_label`` from :meth:`disconnect_reason`.
 

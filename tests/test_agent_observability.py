@@ -215,6 +215,9 @@ async def test_two_agents_with_one_id_slow_down_and_say_so(
                 await trio.sleep(0.01)
         await trio.sleep(3.0)  # the measurement window, not a synchronisation
         replacements = first.replacements + second.replacements
+        # one id, however many connections authenticated as it: one agent connected
+        gauge = t.proxy.metrics.registry.get_sample_value("reverse_http_agents_connected")
+        assert gauge == 1
     assert 1 <= replacements <= 3, replacements
     proxy_lines = [
         r for r in caplog.records if r.name == "reverse_http.proxy.agents" and r.levelno == 30

@@ -226,6 +226,7 @@ async def _serve_agent(
     del stream
     registry.register(agent_id, conn)
     metrics.agent_connected(agent_id)
+    metrics.agents_registered(len(registry))
     log.info("agent %s connected from %s", agent_id, peer)
     try:
         await conn.wait_closed()
@@ -238,6 +239,7 @@ async def _serve_agent(
             else "error"
         )
         metrics.agent_disconnected(agent_id, label)
+        metrics.agents_registered(len(registry))
         log.info("agent %s from %s disconnected (%s)", agent_id, peer, info or "ended")
 
 
