@@ -26,6 +26,17 @@ def test_a_moved_connection_internal_is_named(monkeypatch: pytest.MonkeyPatch, n
         protocol.check_aioquic()
 
 
+def test_a_pacer_without_its_datagram_size_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Path MTU discovery sets it; renamed, the assignment would silently do nothing."""
+    from aioquic.quic.recovery import QuicPacketPacer
+
+    code = QuicPacketPacer.__init__.__code__
+    names = tuple(n if n != "_max_datagram_size" else "_renamed" for n in code.co_names)
+    monkeypatch.setattr(QuicPacketPacer.__init__, "__code__", code.replace(co_names=names))
+    with pytest.raises(protocol.AioquicIncompatible, match=r"QuicPacketPacer\._max_datagram_size"):
+        protocol.check_aioquic()
+
+
 def test_a_moved_stream_internal_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     original = QuicStreamSender.__init__
 

@@ -36,6 +36,8 @@ from aioquic.asyncio.server import _encode_invalid_token_close
 from aioquic.buffer import Buffer, size_uint_var  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.congestion.cubic import CubicCongestionControl
+from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY,
     MAX_STREAM_DATA_FRAME_CAPACITY,
@@ -55,7 +57,7 @@ from aioquic.quic.packet_builder import (
     QuicPacketBuilder,
     QuicPacketBuilderStop,
 )
-from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
+from aioquic.quic.recovery import QuicPacketPacer, QuicPacketRecovery, QuicPacketSpace
 from aioquic.quic.stream import QuicStream as AioStream
 from aioquic.tls import Epoch
 
@@ -233,6 +235,10 @@ def check_aioquic() -> None:
         for name in ("_cc", "_pacer", "_rtt_smoothed")
         if name not in recovery_names
     ]
+    # path MTU discovery tells the pacer and the controllers the datagram size in use
+    for cls in (QuicPacketPacer, RenoCongestionControl, CubicCongestionControl):
+        if "_max_datagram_size" not in cls.__init__.__code__.co_names:
+            missing.append(f"{cls.__name__}._max_datagram_size")
     dispatch_names = set(tls.Context._handle_reassembled_message.__code__.co_names)
     missing += [
         f"tls.Context.{name}"
