@@ -132,6 +132,18 @@ class ObservedCongestionControl:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    # Read for every packet built: plain properties, not a failed lookup and __getattr__.
+    @property
+    def congestion_window(self) -> int:
+        return self._inner.congestion_window
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return self._inner.bytes_in_flight
+
+    def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
+        self._inner.on_packet_sent(packet=packet)
+
     @property
     def inner(self) -> QuicCongestionControl:
         return self._inner

@@ -115,6 +115,7 @@ class Connection:
         "_send_lwm",
         "_settings",
         "_settled",
+        "_stream_send_limit",
         "_streams",
         "_terminated",
         "_timer_at",
@@ -169,6 +170,7 @@ class Connection:
         self._timer_at = math.inf
         self._send_hwm = settings.connection_send_buffer
         self._send_lwm = settings.connection_send_buffer // 2
+        self._stream_send_limit = settings.stream_send_buffer_limit
         #: The connection's send budget was exhausted; writers wait for it to halve.
         self._send_budget_exhausted = False
         quic.on_stream_acked = self._on_stream_acked
@@ -589,7 +591,7 @@ class Connection:
     def stream_send_limit(self, base: int) -> int:
         """A stream's send buffer: twice the congestion window, so one stream can fill a
         long fat path, between ``base`` and the settings' limit."""
-        limit = self._settings.stream_send_buffer_limit
+        limit = self._stream_send_limit
         if limit <= base:
             return base
         return max(base, min(limit, 2 * self._quic.congestion_window))

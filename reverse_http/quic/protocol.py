@@ -563,13 +563,7 @@ class TunnelQuicConnection(QuicConnection):
         """aioquic stopped tracking a packet unacknowledged after a PTO: a probe counts as
         lost; so does any other for black-hole detection, since in a black hole the big
         packets only ever expire (their retransmissions are as big)."""
-        probe = self._rh_probes.pop(pn, None)
-        if probe is not None:
-            self.pmtu.on_probe_lost(probe, self._rh_now)
-        else:
-            patience = 3 * self._loss.get_probe_timeout()
-            self.pmtu.on_packet_lost(size, self._rh_now, patience=patience)
-        self._apply_pmtu()
+        self.packet_lost(pn, size, self._rh_now)
 
     def packet_lost(self, pn: int, size: int, now: float) -> bool:
         """Report one lost packet; True if it was a PMTU probe (no congestion signal)."""
