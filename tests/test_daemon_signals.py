@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,27 +21,7 @@ import trio
 from conftest import Memcached, free_port, free_ports
 from reverse_http.devcerts import CertFiles
 from tests.ha_cluster import Daemon, reverse_http_exe, wait_tcp
-from tests.tunnel_helpers import noauth, tunnel
-
-
-def echo_server() -> tuple[socket.socket, int]:
-    """A loopback TCP server echoing each connection's bytes back, in a thread."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-
-    threading.Thread(target=serve, daemon=True).start()
-    return srv, int(srv.getsockname()[1])
+from tests.tunnel_helpers import echo_server, noauth, tunnel
 
 
 def connect_echo(

@@ -7,7 +7,6 @@ the targets (SIGTERM < 5 s, SIGKILL < 10 s) are tracked in the closing notes.
 from __future__ import annotations
 
 import base64
-import contextlib
 import signal
 import socket
 import time
@@ -19,6 +18,7 @@ import pytest
 from conftest import Memcached
 from reverse_http.devcerts import CertFiles
 from tests.ha_cluster import Cluster, Daemon, reverse_http_exe
+from tests.tunnel_helpers import echo_server
 
 pytestmark = pytest.mark.integration
 
@@ -51,33 +51,6 @@ def connect_status(port: int, agent_id: str, target: int, timeout: float = 5.0) 
             return 200 if got == b"ping\n" else -1
     except OSError:
         return 0
-
-
-def echo_server() -> tuple[socket.socket, int]:
-    import threading
-
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(128)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-
-            def echo(c: socket.socket) -> None:
-                # a tunnel torn down by an abort arrives as a reset: that ends this echo
-                with c, contextlib.suppress(OSError):
-                    while data := c.recv(65536):
-                        c.sendall(data)
-
-            threading.Thread(target=echo, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return srv, srv.getsockname()[1]
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -14,24 +13,7 @@ from conftest import free_port
 from reverse_http.devcerts import CertFiles
 from tests.ha_cluster import reverse_http_exe, wait_tcp
 from tests.test_operations import agent_args, proxy_args
-
-
-def echo_server() -> tuple[socket.socket, int]:
-    """A TCP echo on loopback, one connection at a time, in a daemon thread."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-
-    threading.Thread(target=serve, daemon=True).start()
-    return listener, listener.getsockname()[1]
+from tests.tunnel_helpers import echo_server
 
 
 def connect_through(port: int, destination: str, payload: bytes) -> bytes:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
+import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -240,3 +243,30 @@ def fixed_windows(receive: int, send: int) -> TransportSettings:
         stream_send_buffer=send,
         stream_send_buffer_max=send,
     )
+
+
+def echo_server() -> tuple[socket.socket, int]:
+    """A loopback TCP echo in daemon threads (one per connection), for tests whose
+    daemons run in other processes; close the socket to stop accepting."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(128)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+
+            def echo(c: socket.socket) -> None:
+                # a tunnel torn down by an abort arrives as a reset: that ends this echo
+                with c, contextlib.suppress(OSError):
+                    while data := c.recv(65536):
+                        c.sendall(data)
+
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, int(srv.getsockname()[1])
