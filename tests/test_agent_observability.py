@@ -11,11 +11,9 @@ import logging
 import socket
 from collections.abc import Iterator
 
-import httpx
 import pytest
 import trio
 import trio.testing
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port
 from reverse_http.agent import client
@@ -29,18 +27,15 @@ from reverse_http.config import ListenAddress
 from reverse_http.devcerts import CertFiles
 from reverse_http.proxy.connect import _why
 from reverse_http.wire.http import ResponseHead
-from tests.tunnel_helpers import agent_config, allow, echo_target, noauth, open_connect, tunnel
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(port: int) -> Samples:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+from tests.tunnel_helpers import (
+    agent_config,
+    allow,
+    echo_target,
+    noauth,
+    open_connect,
+    scrape,
+    tunnel,
+)
 
 
 async def answer(port: int, destination: str) -> tuple[int, str]:

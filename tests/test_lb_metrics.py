@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Memcached, free_port
 from reverse_http.agent.client import run_agent
@@ -13,7 +12,14 @@ from reverse_http.devcerts import CertFiles
 from reverse_http.lb.server import run_lb
 from reverse_http.proxy.server import run_proxy
 from tests.test_ha_store import address_of, echo_through, store_config, wait_route
-from tests.tunnel_helpers import agent_config, echo_target, noauth, open_connect, proxy_config
+from tests.tunnel_helpers import (
+    agent_config,
+    echo_target,
+    noauth,
+    open_connect,
+    parse_samples,
+    proxy_config,
+)
 
 
 async def test_lb_metrics_count_lookups_dials_and_bytes(
@@ -49,11 +55,7 @@ async def test_lb_metrics_count_lookups_dials_and_bytes(
             with trio.fail_after(10):
                 while True:  # sessions are counted when they end
                     text = (await client.get(f"http://127.0.0.1:{mport}/metrics")).text
-                    m = {
-                        (s.name, tuple(sorted(s.labels.items()))): s.value
-                        for f in text_string_to_metric_families(text)
-                        for s in f.samples
-                    }
+                    m = parse_samples(text)
                     if m[("reverse_http_connect_sessions_active", ())] == 0:
                         break
                     await trio.sleep(0.05)

@@ -15,13 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Memcached, free_port, free_ports
 from reverse_http.config import ListenAddress
 from reverse_http.devcerts import CertFiles
 from tests.ha_cluster import reverse_http_exe, wait_tcp
-from tests.tunnel_helpers import basic, echo_target, noauth, open_connect, tunnel
+from tests.tunnel_helpers import basic, echo_target, noauth, open_connect, scrape, tunnel
 
 
 class NotifySocket:
@@ -120,15 +119,6 @@ def test_daemons_notify_systemd_in_order(
                 p.kill()
         for s in sockets.values():
             s.close()
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
 
 
 async def test_metrics_count_known_traffic_exactly(certs: CertFiles) -> None:

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h11
+import httpx
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from reverse_http.agent.client import AgentHandle, run_agent
 from reverse_http.allowlist import AllowList
@@ -270,3 +272,20 @@ def echo_server() -> tuple[socket.socket, int]:
 
     threading.Thread(target=serve, daemon=True).start()
     return srv, int(srv.getsockname()[1])
+
+
+#: /metrics samples by (name, sorted labels).
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_samples(text: str) -> Samples:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def scrape(port: int) -> Samples:
+    """A daemon's /metrics on 127.0.0.1:``port``."""
+    return parse_samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
