@@ -513,9 +513,14 @@ class TunnelQuicConnection(QuicConnection):
         )
 
     def _probe_due(self, now: float) -> int | None:
-        if self.pmtu.phase is Phase.DISABLED or not self._may_probe():
+        pmtu = self.pmtu
+        if pmtu.phase is not Phase.SEARCHING:  # every service of every connection asks
+            at = pmtu.next_event_at()
+            if at is None or now < at:
+                return None
+        if not self._may_probe():
             return None
-        size = self.pmtu.probe_size(now)
+        size = pmtu.probe_size(now)
         if size is None or self._loss.congestion_window - self._loss.bytes_in_flight < size:
             return None
         return size
