@@ -24,8 +24,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from aioquic.quic.retry import QuicRetryTokenHandler
-
 log = logging.getLogger(__name__)
 
 #: Every reason an Initial for a new connection is dropped (``initials_dropped[reason]``).
@@ -37,6 +35,11 @@ DROP_REASONS = (
     "global_limit",  # max_pending_handshakes handshakes in progress
     "busy",  # more new connections in one receive batch than handshakes_per_batch
 )
+
+#: Seconds without a new connection's Initial after which a load episode is over.
+QUIET_AFTER_LOAD = 5.0
+#: Seconds between two releases at least (trimming the heap costs a few milliseconds).
+RELEASE_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,10 @@ class Admission:
     total, the rate of new Initials, Retry tokens, and counters of what was refused."""
 
     def __init__(self, settings: AdmissionSettings, now: float) -> None:
+        # Imported here: the settings above are part of the typed CLI config, which must
+        # not load aioquic (and cryptography) for every command.
+        from aioquic.quic.retry import QuicRetryTokenHandler
+
         self.settings = settings
         self.tokens = QuicRetryTokenHandler()
         self.pending = 0
@@ -174,10 +181,32 @@ class Admission:
         self.log = AttackLog(settings.log_interval, now)
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.retries_sent = 0
+        self._last_initial = now
+        self._settled = True
+        self._released_at = -RELEASE_INTERVAL
+
+    def _busy(self, now: float) -> None:
+        self._last_initial = now
+        self._settled = False
+
+    def load_is_over(self, now: float) -> bool:
+        """True once per load episode (a flood, a reconnect storm: new connections'
+        Initials, admitted or not), when none came for :data:`QUIET_AFTER_LOAD` seconds,
+        no handshake is in progress (a flood's half-open ones end at their handshake
+        timeout) and the last release is :data:`RELEASE_INTERVAL` ago: the moment to
+        drop what the episode left behind (cached Initial keys, the heap's free pages)."""
+        if self._settled or self.pending or now - self._last_initial < QUIET_AFTER_LOAD:
+            return False
+        if now - self._released_at < RELEASE_INTERVAL:
+            return False
+        self._settled = True
+        self._released_at = now
+        return True
 
     def initial_seen(self, now: float) -> None:
         """A new connection's Initial decrypted (counted towards the Initial rate)."""
         self._initials.add(now)
+        self._busy(now)
 
     def retry_required(self, now: float) -> bool:
         s = self.settings
@@ -213,6 +242,7 @@ class Admission:
 
     def drop(self, reason: str, now: float) -> None:
         self.dropped[reason] += 1
+        self._busy(now)
         self.log.note(f"initials dropped ({reason})", now)
 
     def retry_sent(self, now: float) -> None:

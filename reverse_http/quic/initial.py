@@ -36,32 +36,56 @@ def opens_handshake(data: bytes, cid_length: int) -> bool:
     if end > len(data) or end <= encrypted_offset:
         return False
     try:
-        pair = _initial_keys(bytes(header.destination_cid), header.version)
+        key = (bytes(header.destination_cid), header.version)
+        pair = _initial_keys(key)
         _, payload, _ = pair.decrypt_packet(data[:end], encrypted_offset, 0)
     except (CryptoError, ValueError, BufferReadError):
         return False
+    _remember_keys(key, pair)
     return _has_crypto_frame(payload)
 
 
-#: Initial keys of the last destination CIDs seen: a client whose handshake is not yet
-#: admitted (dropped under load) retransmits under the same CID, and deriving the keys
-#: (HKDF, two cipher objects) is most of what checking an Initial costs.
+#: Initial keys of the last destination CIDs whose Initial decrypted: a client whose
+#: handshake is not yet admitted (dropped under load) retransmits under the same CID,
+#: and deriving the keys (HKDF, two cipher objects) is most of what checking an Initial
+#: costs. Keys of junk are never kept: each pair holds four OpenSSL cipher contexts
+#: (about 7 KiB with them), and a flood of random CIDs would fill the cache for good.
 _KEYS: OrderedDict[tuple[bytes, int], CryptoPair] = OrderedDict()
 KEY_CACHE_SIZE = 1024
 
 
-def _initial_keys(cid: bytes, version: int) -> CryptoPair:
-    key = (cid, version)
+def _initial_keys(key: tuple[bytes, int]) -> CryptoPair:
     pair = _KEYS.get(key)
     if pair is not None:
         _KEYS.move_to_end(key)
         return pair
     pair = CryptoPair()
-    pair.setup_initial(cid=cid, is_client=False, version=version)
+    pair.setup_initial(cid=key[0], is_client=False, version=key[1])
+    return pair
+
+
+def _remember_keys(key: tuple[bytes, int], pair: CryptoPair) -> None:
+    if key in _KEYS:
+        return
     _KEYS[key] = pair
     if len(_KEYS) > KEY_CACHE_SIZE:
         _KEYS.popitem(last=False)
-    return pair
+
+
+def cached_keys() -> int:
+    """How many destination CIDs' Initial keys are kept."""
+    return len(_KEYS)
+
+
+def forget_keys() -> int:
+    """Drop every kept key (a fresh table: a dict keeps its grown one); returns how many.
+
+    The server calls this once new Initials have stopped for a while (a flood or a
+    reconnect storm is over): no client is retransmitting a ClientHello by then."""
+    global _KEYS
+    dropped = len(_KEYS)
+    _KEYS = OrderedDict()
+    return dropped
 
 
 def _has_crypto_frame(payload: bytes) -> bool:

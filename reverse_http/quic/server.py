@@ -32,10 +32,11 @@ from .admission import Admission, TokenBucket, source_key
 from .connection import Connection, ConnectionError
 from .driver import Driver
 from .endpoint import UdpEndpoint
-from .initial import opens_handshake
+from .initial import forget_keys, opens_handshake
 from .protocol import TunnelQuicConnection, encode_invalid_token_close
 from .reset import MIN_RESET_SIZE, derive_reset_key, encode_reset, reset_token
 from .settings import ClientCertVerifier, ServerSettings, client_verifier, server_configuration
+from .trim import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class QuicServer:
         self._answer_budget = TokenBucket(ANSWERS_PER_SECOND, now)
         self.resets_sent = 0
         self.versions_negotiated = 0
+        #: Times the state a load episode left was released (see release_after_load).
+        self.memory_releases = 0
 
     # --- counters (what metrics.Metrics.watch_agent_server reads) -----------------------
 
@@ -322,7 +325,25 @@ class QuicServer:
         async with trio.open_nursery() as nursery:
             self._spawn = lambda conn: nursery.start_soon(self._connection_lifetime, conn, handler)
             nursery.start_soon(self.driver.run)
+            nursery.start_soon(self._release_loop)
             await self.endpoint.run(self.dispatch, self._after_batch)
+
+    async def _release_loop(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            self.release_after_load(trio.current_time())
+
+    def release_after_load(self, now: float) -> bool:
+        """Once a flood or a reconnect storm is over (Admission.load_is_over), drop the
+        Initial keys it left cached and return the heap's free pages to the OS, so RSS
+        falls back (issue 11); True when it did."""
+        if not self.admission.load_is_over(now):
+            return False
+        keys = forget_keys()
+        trimmed = release_free_memory()
+        self.memory_releases += 1
+        log.debug("load over: %d cached Initial keys dropped, heap trimmed: %s", keys, trimmed)
+        return True
 
     async def _connection_lifetime(self, conn: Connection, handler: Handler) -> None:
         self.connections.add(conn)

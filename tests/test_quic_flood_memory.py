@@ -1,0 +1,82 @@
+"""What a flood leaves behind is released once it is over (issue 11: RSS falls back)."""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+from reverse_http.devcerts import CertFiles
+from reverse_http.quic import AdmissionSettings
+from reverse_http.quic.admission import QUIET_AFTER_LOAD, RELEASE_INTERVAL, Admission
+from reverse_http.quic.initial import cached_keys, forget_keys, opens_handshake
+from reverse_http.quic.trim import release_free_memory
+from tests.quic_helpers import quic_pair
+from tests.test_quic_initial import initial_with
+
+CLIENT_HELLO = bytes([0x06, 0, 4]) + b"helo"
+
+
+def _junk_initial() -> bytes:
+    """A version 1 Initial header with a fresh DCID and a payload that cannot decrypt."""
+    data = bytearray(initial_with(CLIENT_HELLO, dcid=os.urandom(8)))
+    data[40:] = os.urandom(len(data) - 40)
+    return bytes(data)
+
+
+def test_keys_of_initials_that_do_not_decrypt_are_not_kept() -> None:
+    """Each pair holds four OpenSSL cipher contexts: random CIDs filled the cache for good."""
+    forget_keys()
+    assert not any(opens_handshake(_junk_initial(), 8) for _ in range(200))
+    assert cached_keys() == 0
+    assert all(opens_handshake(initial_with(CLIENT_HELLO, dcid=os.urandom(8)), 8) for _ in range(3))
+    assert cached_keys() == 3
+    assert forget_keys() == 3 and cached_keys() == 0
+
+
+def test_a_load_episode_is_over_once_after_a_quiet_spell() -> None:
+    adm = Admission(AdmissionSettings(), now=0.0)
+    assert not adm.load_is_over(100.0)  # nothing happened: nothing to release
+    for i in range(50):
+        adm.drop("undecryptable", 100.0 + i * 0.01)
+    adm.initial_seen(101.0)
+    adm.started("a")  # a handshake still in progress: not over until it ends
+    assert not adm.load_is_over(101.0 + QUIET_AFTER_LOAD - 0.1)
+    assert not adm.load_is_over(101.0 + QUIET_AFTER_LOAD)
+    adm.finished("a")
+    assert adm.load_is_over(101.0 + QUIET_AFTER_LOAD)
+    assert not adm.load_is_over(101.0 + QUIET_AFTER_LOAD + 1)  # once per episode
+    # A second burst right after: released no sooner than RELEASE_INTERVAL after the last.
+    adm.initial_seen(107.0)
+    assert not adm.load_is_over(107.0 + QUIET_AFTER_LOAD)
+    assert adm.load_is_over(101.0 + QUIET_AFTER_LOAD + RELEASE_INTERVAL)
+
+
+def test_the_heap_is_trimmed_on_glibc() -> None:
+    import platform
+
+    assert release_free_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+async def test_a_live_server_drops_a_floods_cached_keys_when_it_is_over(
+    certs: CertFiles,
+) -> None:
+    forget_keys()
+    async with quic_pair(certs, admission=AdmissionSettings(retry=True)) as pair:
+        server = pair.server
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        peer = ("127.0.0.1", server.local_address[1])
+        for _ in range(100):  # real Initials, each under a fresh CID: Retry for each
+            await sock.sendto(initial_with(CLIENT_HELLO, dcid=os.urandom(8)), peer)
+            await sock.sendto(_junk_initial(), peer)
+        with trio.fail_after(5):
+            while server.retries_sent < 100 or server.initials_refused < 100:
+                await trio.sleep(0.01)
+        assert cached_keys() >= 100
+        now = trio.current_time()
+        assert not server.release_after_load(now)  # the flood just ended
+        assert server.release_after_load(now + QUIET_AFTER_LOAD + 0.1)
+        assert cached_keys() == 0
+        assert server.memory_releases == 1
+        sock.close()
