@@ -23,8 +23,6 @@ import socket
 from collections.abc import Mapping
 from typing import Final
 
-import trio
-
 __all__ = ["Notifier", "run_watchdog"]
 
 log = logging.getLogger(__name__)
@@ -161,6 +159,8 @@ async def run_watchdog(notifier: Notifier) -> None:
     interval = notifier.watchdog_interval
     if interval is None:
         return
+    import trio  # here: the CLI imports this module for every command
+
     deadline = trio.current_time()
     while True:
         notifier.watchdog_ping()

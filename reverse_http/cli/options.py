@@ -58,9 +58,14 @@ from ..config import (
 )
 from ..durations import DurationError, parse_duration
 from ..errors import ConfigError
-from ..quic.congestion import CONGESTION_CONTROLS
 from ..quic.pmtu import DEFAULT_MAX_DATAGRAM_SIZE
-from ..quic.settings import AdmissionSettings, ClientTls, ServerTls, TransportSettings
+from ..quic.settings import (
+    CONGESTION_CONTROLS,
+    AdmissionSettings,
+    ClientTls,
+    ServerTls,
+    TransportSettings,
+)
 from ..store.route import InvalidRoute, ProxyAllowList, parse_route
 
 __all__ = [

@@ -20,9 +20,9 @@ from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer
 
-NAME = "capped-reno"
-#: What ``TransportSettings.congestion_control`` may name (aioquic ships cubic and reno).
-CONGESTION_CONTROLS = ("cubic", "reno", NAME)
+from .settings import CAPPED_RENO as NAME
+from .settings import CONGESTION_CONTROLS as CONGESTION_CONTROLS
+
 _registered_caps: dict[int, str] = {}
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from aioquic import tls as aioquic_tls
-from aioquic.quic.configuration import QuicConfiguration
+from typing import TYPE_CHECKING, Any
 
 from ..tlsfiles import (
     ClientAuthority,
@@ -18,8 +16,18 @@ from ..tlsfiles import (
     present,
 )
 from .admission import AdmissionSettings
-from .congestion import algorithm_name
 from .pmtu import BASE_DATAGRAM_SIZE, DEFAULT_MAX_DATAGRAM_SIZE
+
+#: The congestion controller of ours (implemented in ``congestion``, which loads aioquic).
+CAPPED_RENO = "capped-reno"
+#: What ``TransportSettings.congestion_control`` may name (aioquic ships cubic and reno).
+CONGESTION_CONTROLS = ("cubic", "reno", CAPPED_RENO)
+
+if TYPE_CHECKING:
+    # aioquic (its TLS stack pulls in cryptography and service_identity) is imported where a
+    # configuration is built, not here: the typed CLI config imports these dataclasses for
+    # every command.
+    from aioquic.quic.configuration import QuicConfiguration
 
 __all__ = [
     "DEFAULT_ALPN",
@@ -185,6 +193,10 @@ class ServerSettings:
 
 
 def _base_configuration(t: TransportSettings, *, is_client: bool) -> QuicConfiguration:
+    from aioquic.quic.configuration import QuicConfiguration
+
+    from .congestion import algorithm_name
+
     cfg = QuicConfiguration(
         is_client=is_client,
         alpn_protocols=list(t.alpn),
@@ -247,8 +259,10 @@ class ClientCertVerifier:
         self.authority = authority
 
     def __call__(self, cert: Any, chain: list[Any]) -> None:
+        from aioquic import tls as aioquic_tls
+
         if cert is None:
-            raise _AlertCertificateRequired("client certificate required")
+            raise _alert("certificate_required", "client certificate required")
         try:
             aioquic_tls.verify_certificate(
                 certificate=cert, chain=chain, cadata=self.authority.ca_pem
@@ -258,15 +272,23 @@ class ClientCertVerifier:
             raise
         problem = self.authority.revocation_problem(cert)
         if problem is not None:
-            raise _AlertCertificateRevoked(f"client certificate rejected: {problem}")
+            raise _alert("certificate_revoked", f"client certificate rejected: {problem}")
 
 
-class _AlertCertificateRequired(aioquic_tls.Alert):
-    description = aioquic_tls.AlertDescription.certificate_required
+@functools.cache
+def _alert_class(description: str) -> type[Exception]:
+    """An aioquic TLS alert carrying ``description``, made on first use (lazy aioquic)."""
+    from aioquic import tls as aioquic_tls
+
+    return type(
+        f"Alert_{description}",
+        (aioquic_tls.Alert,),
+        {"description": aioquic_tls.AlertDescription[description]},
+    )
 
 
-class _AlertCertificateRevoked(aioquic_tls.Alert):
-    description = aioquic_tls.AlertDescription.certificate_revoked
+def _alert(description: str, message: str) -> Exception:
+    return _alert_class(description)(message)
 
 
 def client_verifier(s: ServerTls) -> ClientCertVerifier | None:
