@@ -41,6 +41,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/scale.py", "--quick")
     session.run("python", "bench/agents.py", "--quick")
     session.run("python", "bench/flood.py", "--quick")
+    session.run("python", "bench/startup.py")
 
 
 @nox.session(python=PYTHON)
