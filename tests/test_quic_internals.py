@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aioquic
 import pytest
 from aioquic.quic.connection import QuicConnection
@@ -71,3 +73,82 @@ def test_only_the_protocol_module_reaches_into_aioquic() -> None:
         if private_import.search(text) or private_attr.search(text):
             offenders.append(str(path.relative_to(package)))
     assert offenders == []
+
+
+@pytest.mark.parametrize("name", ["key_schedule", "_x25519_private_key", "_ec_private_keys"])
+def test_a_moved_tls_handshake_secret_is_named(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Released after the handshake; renamed, the release would keep them silently."""
+    from aioquic import tls
+
+    code = tls.Context.__init__.__code__
+    names = tuple(n if n != name else "_renamed" for n in code.co_names)
+    monkeypatch.setattr(tls.Context.__init__, "__code__", code.replace(co_names=names))
+    with pytest.raises(protocol.AioquicIncompatible, match=rf"tls\.Context\.{name}"):
+        protocol.check_aioquic()
+
+
+def _handshaken_pair(tmp_path: Path) -> tuple[protocol.TunnelQuicConnection, ...]:
+    """A client and a server connection that completed their handshake in memory."""
+    from aioquic.buffer import Buffer
+    from aioquic.quic.packet import pull_quic_header
+
+    from reverse_http.devcerts import make_dev_certs
+    from reverse_http.quic import TransportSettings
+    from reverse_http.quic.settings import client_configuration, server_configuration
+    from tests.quic_helpers import client_tls, server_settings
+
+    certs = make_dev_certs(tmp_path)
+    t = TransportSettings()
+    windows = {
+        "stream_receive_window": t.stream_receive_window,
+        "connection_receive_window": t.connection_receive_window,
+        "max_concurrent_streams": t.max_concurrent_streams,
+    }
+    client = protocol.TunnelQuicConnection(
+        configuration=client_configuration(t, client_tls(certs), "localhost"), **windows
+    )
+    client.connect(("127.0.0.1", 4242), now=0.0)
+    first = client.datagrams_to_send(0.0)
+    odcid = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=8).destination_cid
+    server = protocol.TunnelQuicConnection(
+        configuration=server_configuration(server_settings(certs, t)),
+        original_destination_connection_id=odcid,
+        **windows,
+    )
+    pending, now = first, 0.0
+    for _ in range(10):
+        for data, _addr in pending:
+            server.receive_datagram(data, ("127.0.0.1", 5000), now)
+        for data, _addr in server.datagrams_to_send(now):
+            client.receive_datagram(data, ("127.0.0.1", 4242), now)
+        now += 0.001
+        pending = client.datagrams_to_send(now)
+    return client, server
+
+
+def test_a_server_forgets_its_handshake_secrets_and_still_serves(tmp_path: Path) -> None:
+    from aioquic.quic import events
+
+    client, server = _handshaken_pair(tmp_path)
+    assert server.tls.key_schedule is None
+    assert server.tls._x25519_private_key is None and server.tls._ec_private_keys == []
+    # the client keeps its own: a session ticket may still arrive
+    assert client.tls.key_schedule is not None
+    sid = client.get_next_available_stream_id()
+    client.send_stream_data(sid, b"ping", end_stream=True)
+    for data, _addr in client.datagrams_to_send(1.0):
+        server.receive_datagram(data, ("127.0.0.1", 5000), 1.0)
+    got = []
+    while (event := server.next_event()) is not None:
+        if isinstance(event, events.StreamDataReceived):
+            got.append(event.data)
+    assert b"".join(got) == b"ping"
+
+
+def test_a_handshake_in_progress_keeps_its_secrets() -> None:
+    from aioquic import tls
+
+    ctx = tls.Context(is_client=False)
+    ctx.key_schedule = object()  # type: ignore[assignment]
+    assert protocol.release_spent_server_tls(ctx) is False
+    assert ctx.key_schedule is not None

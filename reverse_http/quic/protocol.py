@@ -208,6 +208,26 @@ _CONNECTION_METHODS = (
 #: connection to verify the client certificate inside the handshake.
 _TLS_HANDSHAKE_HOOKS = ("_server_handle_certificate", "_server_handle_certificate_verify")
 
+#: What a server's TLS context holds only for the handshake: the key schedule (with its
+#: transcript hash) and the ephemeral key-exchange private keys.
+_TLS_SERVER_SPENT = ("key_schedule", "_x25519_private_key", "_ec_private_keys")
+
+
+def release_spent_server_tls(ctx: tls.Context) -> bool:
+    """Drop what a server's TLS context kept for the handshake (about 1 KiB per idle
+    agent, much of it OpenSSL's); False if the handshake is not over.
+
+    A QUIC server's context after the handshake refuses every message without looking
+    at them (no TLS KeyUpdate in QUIC, tickets go the other way), so none is read again.
+    """
+    if ctx._is_client or ctx.state != tls.State.SERVER_POST_HANDSHAKE:
+        return False
+    ctx.key_schedule = None
+    ctx._x25519_private_key = None
+    ctx._ec_private_keys = []
+    return True
+
+
 #: Checks a client's certificate and chain; raises a ``tls.Alert`` to refuse it.
 ClientCertCheck = Callable[[Any, list[Any]], None]
 
@@ -253,9 +273,12 @@ def check_aioquic() -> None:
             "_peer_certificate_chain",
             "_request_client_certificate",
             "_supported_groups",
+            *_TLS_SERVER_SPENT,
         )
         if name not in tls_names
     ]
+    if not hasattr(tls.State, "SERVER_POST_HANDSHAKE"):
+        missing.append("tls.State.SERVER_POST_HANDSHAKE")
     stream = AioStream(stream_id=0, max_stream_data_local=1, max_stream_data_remote=1)
     for attr in (
         "_buffer_start",
@@ -626,6 +649,7 @@ class TunnelQuicConnection(QuicConnection):
             Epoch.HANDSHAKE: Buffer(capacity=0),
             Epoch.ONE_RTT: Buffer(capacity=_POST_HANDSHAKE_CRYPTO),
         }
+        release_spent_server_tls(self.tls)
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         super().send_stream_data(stream_id, data, end_stream)
