@@ -54,3 +54,10 @@ def test_quic_names_resolve_lazily() -> None:
         "aioquic",
         "trio",
     }
+
+
+def test_daemons_do_not_load_aioquic_asyncio() -> None:
+    """aioquic.asyncio (and with it asyncio's event loop machinery) is not our transport."""
+    code = "import reverse_http.proxy.server, reverse_http.agent.client, sys\n"
+    code += "assert not [m for m in sys.modules if m.startswith('aioquic.asyncio')], 'loaded'"
+    loaded(code)

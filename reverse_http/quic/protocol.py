@@ -32,7 +32,6 @@ from typing import Any
 
 import aioquic
 from aioquic import tls
-from aioquic.asyncio.server import _encode_invalid_token_close
 from aioquic.buffer import Buffer, size_uint_var  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -91,7 +90,15 @@ TURN_BYTES = 16 * 1024
 ACK_EVERY = 2
 ACK_DELAY = 0.020
 
-encode_invalid_token_close = _encode_invalid_token_close
+
+def encode_invalid_token_close(version: int, source_cid: bytes, destination_cid: bytes) -> bytes:
+    """aioquic's Initial closing with INVALID_TOKEN (a Retry token that does not validate).
+
+    Imported on use: it lives in ``aioquic.asyncio``, which loads asyncio and costs tens
+    of milliseconds at every daemon's start-up for a packet that is rarely sent."""
+    from aioquic.asyncio.server import _encode_invalid_token_close
+
+    return _encode_invalid_token_close(version, source_cid, destination_cid)
 
 
 class _FrameHandlers:
