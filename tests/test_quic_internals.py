@@ -128,10 +128,12 @@ def _handshaken_pair(tmp_path: Path) -> tuple[protocol.TunnelQuicConnection, ...
 
 def test_a_server_forgets_its_handshake_secrets_and_still_serves(tmp_path: Path) -> None:
     from aioquic.quic import events
+    from aioquic.tls import Epoch
 
     client, server = _handshaken_pair(tmp_path)
     assert server.tls.key_schedule is None
     assert server.tls._x25519_private_key is None and server.tls._ec_private_keys == []
+    assert server._crypto_buffers[Epoch.ONE_RTT].capacity == 0
     # the client keeps its own: a session ticket may still arrive
     assert client.tls.key_schedule is not None
     sid = client.get_next_available_stream_id()

@@ -651,12 +651,13 @@ class TunnelQuicConnection(QuicConnection):
         """An idle agent is mostly its connection's memory: the three 16 KiB buffers for
         handshake flights are empty from here on, and only 1-RTT CRYPTO can still come."""
         super()._confirm_handshake()
+        # a server's context writes nothing after the handshake (it refuses every message)
+        spent = release_spent_server_tls(self.tls)
         self._crypto_buffers = {
             Epoch.INITIAL: Buffer(capacity=0),
             Epoch.HANDSHAKE: Buffer(capacity=0),
-            Epoch.ONE_RTT: Buffer(capacity=_POST_HANDSHAKE_CRYPTO),
+            Epoch.ONE_RTT: Buffer(capacity=0 if spent else _POST_HANDSHAKE_CRYPTO),
         }
-        release_spent_server_tls(self.tls)
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         super().send_stream_data(stream_id, data, end_stream)
