@@ -14,7 +14,7 @@ PYTHON = "3.11"
 def tests(session: nox.Session) -> None:
     """Unit and end-to-end tests over real loopback sockets (memcached included)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "not integration", *(session.posargs or ["-q"]))
+    session.run("pytest", "-m", "not integration and not interop", *(session.posargs or ["-q"]))
 
 
 @nox.session(python=PYTHON)
@@ -22,6 +22,16 @@ def integration(session: nox.Session) -> None:
     """HA failover: real processes behind real nginx UDP and TCP load balancers."""
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "integration", *(session.posargs or ["-q", "-s"]))
+
+
+@nox.session(python=PYTHON)
+def interop(session: nox.Session) -> None:
+    """Live tests against the real Go reference (tests/test_go_reference.py): builds it
+    with `go install` at the pinned commit, or takes $REVERSE_HTTP_GO_REFERENCE. Fails
+    when Go is there but the reference can't be built; skips without Go."""
+    session.install("-e", ".[test]")
+    session.env["REVERSE_HTTP_INTEROP"] = "required"
+    session.run("pytest", "-m", "interop", *(session.posargs or ["-q", "-rs"]))
 
 
 @nox.session(python=PYTHON)

@@ -36,7 +36,7 @@ import pytest
 from conftest import free_ports
 from reverse_http.auth.keys import load_private_key
 from reverse_http.devcerts import CertFiles
-from tests.go_peer import Process, build_go_peer, go_env, go_executable
+from tests.go_peer import Process, build_go_peer
 from tests.ha_cluster import reverse_http_exe, wait_tcp
 from tests.quic_helpers import pattern
 
@@ -46,9 +46,6 @@ pytestmark = [
 ]
 
 GO_VECTORS = Path(__file__).parent / "data" / "go-reference-jwt"
-REFERENCE_MODULE = "github.com/grepplabs/reverse-http"
-REFERENCE_COMMIT = "1ad738883b240e0ad6ba7fbacf9ae04cb609b4d2"
-INSTALL_TIMEOUT = 60.0
 BIG = 50 * 1024 * 1024
 HELLO = b"hello from the target\n"
 
@@ -701,76 +698,3 @@ def test_50_mib_download(env: Env, target: int, mix: str, tmp_path: Path) -> Non
     print(f"\n[{mix}] 50 MiB in {elapsed:.2f}s ({BIG / elapsed / 1e6:.1f} MB/s)", file=sys.stderr)
     assert out.stat().st_size == BIG
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(payload(BIG)).digest()
-
-
-# ------------------------------------------------------------------ the real reference
-
-
-def reference_binary(directory: Path) -> Path:
-    """The real Go reference: ``$REVERSE_HTTP_GO_REFERENCE`` if set (a binary built by
-    hand), else ``go install`` of the pinned commit; skips saying why neither works."""
-    prebuilt = os.environ.get("REVERSE_HTTP_GO_REFERENCE")
-    if prebuilt:
-        return Path(prebuilt)
-    go = go_executable()
-    if go is None:
-        pytest.skip("Go is not installed")
-    module = f"{REFERENCE_MODULE}@{REFERENCE_COMMIT}"
-    try:
-        done = subprocess.run(
-            [go, "install", module],
-            env=go_env(GOBIN=str(directory)),
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT,
-            cwd=directory.parent,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"go install {module} timed out after {INSTALL_TIMEOUT:.0f}s")
-    if done.returncode != 0:
-        pytest.skip(f"go install {module} failed: {done.stderr.strip()}")
-    return directory / "reverse-http"
-
-
-def test_real_go_reference_proxy_with_our_agent(
-    certs: CertFiles, target: int, tmp_path: Path
-) -> None:
-    """Only if the real reference can be had (the module proxy answers 403 for it here):
-    its proxy against our agent, one noauth CONNECT."""
-    binary = reference_binary(tmp_path / "bin")
-    (http,) = free_ports(1)
-    (udp,) = free_ports(1, socket.SOCK_DGRAM)
-    reference = Process(
-        "go-reference-proxy",
-        [
-            str(binary),
-            "proxy",
-            f"--agent-server.listen-address=127.0.0.1:{udp}",
-            f"--agent-server.tls.file.key={certs.key}",
-            f"--agent-server.tls.file.cert={certs.cert}",
-            f"--http-proxy.listen-address=127.0.0.1:{http}",
-            "--auth.type=noauth",
-        ],
-        tmp_path,
-    )
-    agent = Process(
-        "our-agent",
-        [
-            *reverse_http_exe(),
-            "agent",
-            f"--agent-client.server-address=127.0.0.1:{udp}",
-            f"--agent-client.tls.file.root-ca={certs.ca_cert}",
-            *noauth_agent(),
-        ],
-        tmp_path,
-    )
-    try:
-        reference.start()
-        wait_tcp(http)
-        agent.start()
-        our_agent_connected(agent)
-        reference.wait_for("authenticated agent 4711")
-        assert fetch(http, "4711", "noauth", f"http://127.0.0.1:{target}/") == HELLO
-    finally:
-        agent.stop()
-        reference.stop()
