@@ -61,3 +61,10 @@ def test_daemons_do_not_load_aioquic_asyncio() -> None:
     code = "import reverse_http.proxy.server, reverse_http.agent.client, sys\n"
     code += "assert not [m for m in sys.modules if m.startswith('aioquic.asyncio')], 'loaded'"
     loaded(code)
+
+
+@pytest.mark.parametrize("module", ["reverse_http.proxy.server", "reverse_http.agent.client"])
+def test_proxy_and_agent_leave_memcached_to_those_that_use_it(module: str) -> None:
+    """aiomcache pulls in asyncio and trio-asyncio (~0.2 s); only a proxy with
+    ``--store.type memcached`` (and the lb) loads it, when it opens the store."""
+    assert not loaded(f"import {module}") & {"aiomcache", "trio_asyncio"}

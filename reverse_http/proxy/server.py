@@ -41,7 +41,6 @@ from ..quic import Connection, ConnectionError, QuicServer, ServerSettings, Serv
 from ..quic.settings import TlsConfigError, client_verifier, server_configuration
 from ..session import SessionPolicy
 from ..store.base import RouteStore
-from ..store.memcached import open_memcached_store
 from ..systemd import Notifier
 from ..tlsfiles import tls_file_flag
 from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
@@ -325,6 +324,9 @@ async def _open_store(config: ProxyConfig) -> AsyncIterator[RouteStore | None]:
     if config.store.type == "none":
         yield None
         return
+    # imported here: aiomcache brings asyncio and trio-asyncio, ~0.2 s a lone proxy skips
+    from ..store.memcached import open_memcached_store
+
     store_cfg = config.store
     async with open_memcached_store(
         store_cfg.memcached_addresses, store_cfg.memcached_timeout, store_cfg.entry_ttl
