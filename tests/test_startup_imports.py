@@ -68,3 +68,15 @@ def test_proxy_and_agent_leave_memcached_to_those_that_use_it(module: str) -> No
     """aiomcache pulls in asyncio and trio-asyncio (~0.2 s); only a proxy with
     ``--store.type memcached`` (and the lb) loads it, when it opens the store."""
     assert not loaded(f"import {module}") & {"aiomcache", "trio_asyncio"}
+
+
+def test_the_cli_module_runs_as_a_program() -> None:
+    """``python -m reverse_http.cli.main`` is the fallback of the tests' and benchmarks'
+    launchers when no ``reverse-http`` is on PATH: it must run the CLI, not exit silently."""
+    done = subprocess.run(
+        [sys.executable, "-m", "reverse_http.cli.main", "version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr

@@ -754,3 +754,7 @@ def demo(
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     app(args=None if argv is None else list(argv), prog_name=PROG_NAME)
+
+
+if __name__ == "__main__":
+    main()
