@@ -210,3 +210,29 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+@dataclass(kw_only=True)
+class ProcessGroup:
+    """The processes one test started, logging into ``workdir``; stopped newest first."""
+
+    workdir: Path
+    processes: list[Process] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str]) -> Process:
+        """Start ``name-N`` (N: how many were started before it, so names stay unique)."""
+        process = Process(f"{name}-{len(self.processes)}", args, self.workdir)
+        self.processes.append(process)
+        return process.start()
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name}\n{p.log()[-4000:]}" for p in self.processes)
+
+    def assert_no_traceback(self, prefix: str) -> None:
+        """None of the processes named ``prefix...`` (ours) logged a Python traceback."""
+        ours = [p for p in self.processes if p.name.startswith(prefix)]
+        assert not any("Traceback" in p.log() for p in ours), self.logs()

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,7 +36,7 @@ import pytest
 from conftest import free_ports
 from reverse_http.auth.keys import load_private_key
 from reverse_http.devcerts import CertFiles
-from tests.go_peer import Process, build_go_peer
+from tests.go_peer import Process, ProcessGroup, build_go_peer
 from tests.ha_cluster import reverse_http_exe, wait_tcp
 from tests.quic_helpers import pattern
 
@@ -264,18 +264,11 @@ class GoProxy:
 
 
 @dataclass
-class Env:
+class Env(ProcessGroup):
     """Starts our daemons and Go peers for one test; stops them all at its end."""
 
     certs: CertFiles
     go: Path
-    workdir: Path
-    processes: list[Process] = field(default_factory=list)
-
-    def _start(self, name: str, args: list[str]) -> Process:
-        process = Process(name, args, self.workdir)
-        self.processes.append(process)
-        return process.start()
 
     def our_proxy(self, *auth: str, ports: tuple[int, int, int] | None = None) -> OurProxy:
         """Our proxy on fresh ports, or on ``ports`` (udp, http, metrics) to restart one."""
@@ -284,8 +277,8 @@ class Env:
             (udp,) = free_ports(1, socket.SOCK_DGRAM)
         else:
             udp, http, metrics = ports
-        process = self._start(
-            f"our-proxy-{len(self.processes)}",
+        process = self.start(
+            "our-proxy",
             [
                 *reverse_http_exe(),
                 "proxy",
@@ -308,8 +301,8 @@ class Env:
         return OurProxy(process, udp, http, metrics)
 
     def go_proxy(self, *args: str) -> GoProxy:
-        process = self._start(
-            f"go-proxy-{len(self.processes)}",
+        process = self.start(
+            "go-proxy",
             [
                 str(self.go),
                 "proxy",
@@ -326,8 +319,8 @@ class Env:
         )
 
     def our_agent(self, agent_port: int, *auth: str, name: str = "our-agent") -> Process:
-        return self._start(
-            f"{name}-{len(self.processes)}",
+        return self.start(
+            name,
             [
                 *reverse_http_exe(),
                 "agent",
@@ -339,8 +332,8 @@ class Env:
         )
 
     def go_agent(self, agent_port: int, *args: str, name: str = "go-agent") -> Process:
-        return self._start(
-            f"{name}-{len(self.processes)}",
+        return self.start(
+            name,
             [
                 str(self.go),
                 "agent",
@@ -352,25 +345,17 @@ class Env:
             ],
         )
 
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
-
-    def logs(self) -> str:
-        return "\n".join(f"===== {p.name}\n{p.log()[-4000:]}" for p in self.processes)
-
 
 @pytest.fixture
 def env(certs: CertFiles, go_peer: Path) -> Iterator[Env]:
     # logs live in a short temporary path, readable in failure messages
     with tempfile.TemporaryDirectory(prefix="go-interop-") as workdir:
-        environment = Env(certs, go_peer, Path(workdir))
+        environment = Env(certs, go_peer, workdir=Path(workdir))
         try:
             yield environment
         finally:
             environment.stop()
-        ours = [p for p in environment.processes if p.name.startswith("our-")]
-        assert not any("Traceback" in p.log() for p in ours), environment.logs()
+        environment.assert_no_traceback("our-")
 
 
 def noauth_agent(agent_id: str = "4711") -> tuple[str, ...]:
@@ -627,7 +612,7 @@ def test_go_swarm_reconnects_to_restarted_proxy(env: Env, target: int, tmp_path:
     SIGUSR1 mark) when our proxy is restarted on the same ports."""
     proxy = env.our_proxy()
     status = tmp_path / "swarm.json"
-    swarm = env._start(
+    swarm = env.start(
         "go-swarm",
         [
             str(env.go),

@@ -20,14 +20,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from conftest import Memcached, free_ports
 from reverse_http.devcerts import CertFiles, issue_cert
-from tests.go_peer import Process, cache_root, go_env, go_executable
+from tests.go_peer import Process, ProcessGroup, cache_root, go_env, go_executable
 from tests.ha_cluster import reverse_http_exe, wait_tcp
 from tests.test_go_interop import (
     BIG,
@@ -105,18 +105,11 @@ class Proxy:
 
 
 @dataclass
-class Mix:
+class Mix(ProcessGroup):
     """Starts our daemons and the Go reference's for one test; stops them at its end."""
 
     reference: Path
     certs: CertFiles
-    workdir: Path
-    processes: list[Process] = field(default_factory=list)
-
-    def start(self, name: str, args: list[str]) -> Process:
-        process = Process(f"{name}-{len(self.processes)}", args, self.workdir)
-        self.processes.append(process)
-        return process.start()
 
     def exe(self, kind: str) -> list[str]:
         return [str(self.reference)] if kind == "go" else reverse_http_exe()
@@ -180,24 +173,16 @@ class Mix:
         wait_tcp(http)
         return http
 
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
-
-    def logs(self) -> str:
-        return "\n".join(f"===== {p.name}\n{p.log()[-4000:]}" for p in self.processes)
-
 
 @pytest.fixture
 def mix(reference: Path, certs: CertFiles) -> Iterator[Mix]:
     with tempfile.TemporaryDirectory(prefix="go-reference-") as workdir:
-        environment = Mix(reference, certs, Path(workdir))
+        environment = Mix(reference, certs, workdir=Path(workdir))
         try:
             yield environment
         finally:
             environment.stop()
-        ours = [p for p in environment.processes if p.name.startswith("ours-")]
-        assert not any("Traceback" in p.log() for p in ours), environment.logs()
+        environment.assert_no_traceback("ours-")
 
 
 def connected(agent: Process, proxy: Proxy, agent_id: str, count: int = 1) -> None:
