@@ -125,41 +125,30 @@ def go_reference_keys() -> Keys:
     )
 
 
-def cli_keys(directory: Path, algo: str) -> Keys:
-    """A key pair and tokens minted by our ``reverse-http auth`` commands."""
+def mint_keys(program: list[str], directory: Path, algo: str, name: str) -> Keys:
+    """A key pair and agent/client tokens for 4711 and 4712, minted by ``program auth``:
+    ours, or the Go reference's (their ``auth`` commands take the same flags)."""
     directory.mkdir(parents=True, exist_ok=True)
-    private, public = directory / "private.pem", directory / "public.pem"
-    auth = [*reverse_http_exe(), "auth"]
+    stem = hashlib.sha256(" ".join(program).encode()).hexdigest()[:8] + f"-{algo}"
+    private, public = directory / f"{stem}.pem", directory / f"{stem}.pub.pem"
+    auth = [*program, "auth"]
     subprocess.run([*auth, "key", "private", "--algo", algo, "-o", str(private)], check=True)
     subprocess.run([*auth, "key", "public", "-i", str(private), "-o", str(public)], check=True)
     tokens = {}
     for role in ("agent", "client"):
         for agent in ("4711", "4712"):
+            mint = ["jwt", "token", "--agent-id", agent, "--role", role, "-i", str(private)]
             done = subprocess.run(
-                [
-                    *auth,
-                    "jwt",
-                    "token",
-                    "--agent-id",
-                    agent,
-                    "--role",
-                    role,
-                    "-i",
-                    str(private),
-                    "-o",
-                    "-",
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
+                [*auth, *mint, "-o", "-"], check=True, capture_output=True, text=True
             )
             tokens[f"{role}-{agent}"] = done.stdout.strip()
-    return Keys(f"{algo} (reverse-http auth)", public, private, tokens)
+    return Keys(name, public, private, tokens)
 
 
 @pytest.fixture(scope="module")
 def rsa_keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return cli_keys(tmp_path_factory.mktemp("rs256"), "RS256")
+    directory = tmp_path_factory.mktemp("rs256")
+    return mint_keys(reverse_http_exe(), directory, "RS256", "RS256 (reverse-http auth)")
 
 
 @pytest.fixture(params=["go-es256", "cli-rs256"])

@@ -36,6 +36,7 @@ from tests.test_go_interop import (
     curl,
     fetch,
     go_reference_keys,
+    mint_keys,
     payload,
     target,  # noqa: F401  (a fixture)
     token_file,
@@ -215,25 +216,6 @@ def test_noauth_every_mix(mix: Mix, target: int, proxy_kind: str, agent_kind: st
     assert connect_status(proxy.http_port, "4712", "x", f"127.0.0.1:{target}") == 503
 
 
-def mint_keys(program: list[str], directory: Path, algo: str) -> tuple[Path, dict[str, str]]:
-    """A key pair and agent/client tokens for 4711 and 4712, minted by ``program auth``
-    (the Go reference's or ours: their ``auth`` commands take the same flags)."""
-    stem = hashlib.sha256(" ".join(program).encode()).hexdigest()[:8] + f"-{algo}"
-    private, public = directory / f"{stem}.pem", directory / f"{stem}.pub.pem"
-    auth = [*program, "auth"]
-    subprocess.run([*auth, "key", "private", "--algo", algo, "-o", str(private)], check=True)
-    subprocess.run([*auth, "key", "public", "-i", str(private), "-o", str(public)], check=True)
-    tokens = {}
-    for role in ("agent", "client"):
-        for agent in ("4711", "4712"):
-            mint = ["jwt", "token", "--agent-id", agent, "--role", role, "-i", str(private)]
-            done = subprocess.run(
-                [*auth, *mint, "-o", "-"], check=True, capture_output=True, text=True
-            )
-            tokens[f"{role}-{agent}"] = done.stdout.strip()
-    return public, tokens
-
-
 @pytest.mark.parametrize("algo", ["ES256", "RS256"])
 @pytest.mark.parametrize("minted_by", KINDS)
 def test_jwt_both_directions(
@@ -245,7 +227,8 @@ def test_jwt_both_directions(
 ) -> None:
     """Keys and tokens minted by either program work in both mixes; agent tokens come
     from a file that ends in a newline (``echo $TOKEN > file``)."""
-    public, tokens = mint_keys(mix.exe(minted_by), tmp_path, algo)
+    keys = mint_keys(mix.exe(minted_by), tmp_path, algo, f"{algo} ({minted_by})")
+    public, tokens = keys.public, keys.tokens
     jwt = ("--auth.type=jwt", f"--auth.jwt.public-key={public}")
     for proxy_kind, agent_kind in (("ours", "go"), ("go", "ours")):
         proxy = mix.proxy(proxy_kind, *jwt)
@@ -326,7 +309,8 @@ def test_failure_codes_match(mix: Mix, target: int, tmp_path: Path) -> None:  # 
     """The same requests get the same status from both proxies, except the one
     documented difference (docs/compatibility.md): the agent's allow-list refusal reaches
     the client as 403 through ours and as 503 through the Go proxy."""
-    public, tokens = mint_keys(mix.exe("go"), tmp_path, "ES256")
+    keys = mint_keys(mix.exe("go"), tmp_path, "ES256", "ES256 (go)")
+    public, tokens = keys.public, keys.tokens
     jwt = ("--auth.type=jwt", f"--auth.jwt.public-key={public}")
     (closed_port,) = free_ports(1)
     statuses: dict[str, dict[str, int]] = {}
