@@ -21,7 +21,6 @@ from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer
 
 from .settings import CAPPED_RENO as NAME
-from .settings import CONGESTION_CONTROLS as CONGESTION_CONTROLS
 
 _registered_caps: dict[int, str] = {}
 
