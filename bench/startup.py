@@ -13,7 +13,6 @@ page cache may still lack the modules). Prints a table and asserts nothing.
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
 import statistics
 import subprocess
@@ -24,15 +23,14 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-EXE = shutil.which("reverse-http") or str(Path(sys.executable).with_name("reverse-http"))
+if str(Path(__file__).resolve().parent.parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent.parent))  # PYTHONPATH may override
+
+from bench._common import free_ports, reverse_http_exe, wait_port
+from reverse_http.devcerts import make_dev_certs
+
+EXE = reverse_http_exe()
 DEADLINE = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def accepts(port: int) -> bool:
@@ -60,9 +58,9 @@ def timed(argv: Sequence[str], probes: dict[str, Callable[[], bool]]) -> dict[st
         while len(seen) < len(probes):
             if proc.poll() is not None:
                 err = proc.stderr.read().decode() if proc.stderr else ""
-                raise SystemExit(f"{argv[1]} exited {proc.returncode}: {err[-500:]}")
+                raise SystemExit(f"{argv[len(EXE)]} exited {proc.returncode}: {err[-500:]}")
             if time.perf_counter() - start > DEADLINE:
-                raise SystemExit(f"{argv[1]}: not ready after {DEADLINE} s")
+                raise SystemExit(f"{argv[len(EXE)]}: not ready after {DEADLINE} s")
             for name, probe in probes.items():
                 if name not in seen and probe():
                     seen[name] = time.perf_counter() - start
@@ -71,14 +69,6 @@ def timed(argv: Sequence[str], probes: dict[str, Callable[[], bool]]) -> dict[st
         proc.terminate()
         proc.wait(10)
     return seen
-
-
-def make_certs(directory: Path) -> tuple[Path, Path]:
-    sys.path.insert(0, str(ROOT))
-    from reverse_http.devcerts import make_dev_certs
-
-    certs = make_dev_certs(directory)
-    return certs.cert, certs.key
 
 
 def main() -> None:
@@ -92,12 +82,13 @@ def main() -> None:
             results.setdefault(f"{label}: {name}", []).append(t)
 
     with tempfile.TemporaryDirectory() as tmp:
-        cert, key = make_certs(Path(tmp))
+        certs = make_dev_certs(Path(tmp))
+        cert, key = certs.cert, certs.key
         for tls in (False, True):
             for _ in range(runs):
-                http, quic = free_port(), free_port()
+                (http,), (quic,) = free_ports(1), free_ports(1, socket.SOCK_DGRAM)
                 argv = [
-                    EXE,
+                    *EXE,
                     "proxy",
                     f"--http-proxy.listen-address=127.0.0.1:{http}",
                     f"--agent-server.listen-address=127.0.0.1:{quic}",
@@ -110,10 +101,10 @@ def main() -> None:
                 label = "proxy (TLS files)" if tls else "proxy (dev certs)"
                 record(label, timed(argv, {"http port accepts": lambda p=http: accepts(p)}))
 
-        http, quic = free_port(), free_port()
+        (http,), (quic,) = free_ports(1), free_ports(1, socket.SOCK_DGRAM)
         proxy = subprocess.Popen(
             [
-                EXE,
+                *EXE,
                 "proxy",
                 f"--http-proxy.listen-address=127.0.0.1:{http}",
                 f"--agent-server.listen-address=127.0.0.1:{quic}",
@@ -124,13 +115,11 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + DEADLINE
-            while not accepts(http) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_port(http, DEADLINE)
             for i in range(runs):
-                metrics = free_port()
+                (metrics,) = free_ports(1)
                 argv = [
-                    EXE,
+                    *EXE,
                     "agent",
                     f"--agent-client.server-address=127.0.0.1:{quic}",
                     "--agent-client.tls.insecure-skip-verify",
@@ -151,7 +140,7 @@ def main() -> None:
             proxy.terminate()
             proxy.wait(10)
 
-        mc_port = free_port()
+        (mc_port,) = free_ports(1)
         memcached = subprocess.Popen(
             ["memcached", "-p", str(mc_port), "-l", "127.0.0.1", "-U", "0"],
             stdout=subprocess.DEVNULL,
@@ -159,9 +148,9 @@ def main() -> None:
         )
         try:
             for _ in range(runs):
-                http = free_port()
+                (http,) = free_ports(1)
                 argv = [
-                    EXE,
+                    *EXE,
                     "lb",
                     f"--http-proxy.listen-address=127.0.0.1:{http}",
                     f"--store.memcached.address=127.0.0.1:{mc_port}",
