@@ -1335,6 +1335,53 @@ def test_builders_take_partial_values() -> None:
         options.build_agent_config({})
 
 
+@pytest.mark.parametrize("value", ["0", "0s", "-1s", "-5m"])
+def test_go_durations_of_zero_or_less_mean_what_they_mean_in_go(value: str) -> None:
+    """The Go reference reads 0 or less as "off" (the TLS refresh intervals) or "the
+    client's default" (the memcached timeout, gomemcache's 500 ms): ours accepts the same
+    values with the same meaning (docs/compatibility.md, Behaviour decisions)."""
+    proxy = options.build_proxy_config(
+        {
+            "agent-server.tls.refresh": value,
+            "http-proxy.tls.enable": True,
+            "http-proxy.tls.file.cert": __file__,
+            "http-proxy.tls.file.key": __file__,
+            "http-proxy.tls.refresh": value,
+            "store.memcached.timeout": value,
+        }
+    )
+    assert proxy.agent_tls_refresh == 0.0
+    assert proxy.http_tls is not None and proxy.http_tls.refresh == 0.0
+    assert proxy.store.memcached_timeout == 0.5
+    lb = options.build_lb_config(
+        {"http-connector.tls.refresh": value, "store.memcached.timeout": value}
+    )
+    assert lb.store.memcached_timeout == 0.5
+    agent = options.build_agent_config(
+        {"auth.noauth.agent-id": "x", "agent-client.tls.refresh": value}
+    )
+    assert agent.credentials.agent_id == "x"
+
+
+@pytest.mark.parametrize("value", ["0", "-1s"])
+def test_agent_dial_timeout_of_zero_or_less_is_refused_and_says_why(value: str) -> None:
+    """The one Go duration whose "off" ours refuses: no timeout on a CONNECT to an agent."""
+    with pytest.raises(ConfigError) as raised:
+        options.build_proxy_config({"agent-server.agent.dial-timeout": value})
+    message = str(raised.value)
+    assert message.startswith(f'--agent-server.agent.dial-timeout: duration "{value}" must be')
+    assert "the Go reference reads 0 as no timeout" in message
+    assert "indefinitely" in message
+
+
+def test_positive_go_durations_are_kept() -> None:
+    proxy = options.build_proxy_config(
+        {"agent-server.tls.refresh": "90s", "store.memcached.timeout": "250ms"}
+    )
+    assert proxy.agent_tls_refresh == 90.0
+    assert proxy.store.memcached_timeout == 0.25
+
+
 # ------------------------------------------------------- the installed executable
 
 

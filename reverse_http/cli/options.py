@@ -785,6 +785,16 @@ def _file_value(flag: Flag, value: object, shown: str, path: Path) -> object:
 
 
 _SIZE: Final = re.compile(r"(\d{1,15})\s*((?:[kmg](?:i?b)?)|b)?", re.IGNORECASE)
+#: ``--*.tls.refresh`` of 0 or less: no periodic re-read (SIGHUP still reloads), as in Go.
+NO_REFRESH: Final = 0.0
+#: ``--store.memcached.timeout`` of 0 or less: the Go reference then uses its memcached
+#: client's default timeout (gomemcache's 500 ms), and so does ours.
+GO_MEMCACHED_DEFAULT_TIMEOUT: Final = 0.5
+#: Why ``--agent-server.agent.dial-timeout`` of 0 (no timeout in the Go reference) is refused.
+_UNBOUNDED_DIAL: Final = (
+    " (the Go reference reads 0 as no timeout; ours refuses it: a CONNECT to an agent"
+    " that never answers would hold the client and a tunnel stream indefinitely)"
+)
 _SIZE_UNITS: Final = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 _BOOL_WORDS: Final = {
@@ -823,8 +833,10 @@ def build_proxy_config(values: Mapping[str, object]) -> ProxyConfig:
     return ProxyConfig(
         agent_listen=v.listen_address("agent-server.listen-address"),
         agent_tls=_server_tls(v),
-        agent_tls_refresh=v.duration("agent-server.tls.refresh"),
-        agent_dial_timeout=v.duration("agent-server.agent.dial-timeout", positive=True),
+        agent_tls_refresh=v.duration("agent-server.tls.refresh", nonpositive=NO_REFRESH),
+        agent_dial_timeout=v.duration(
+            "agent-server.agent.dial-timeout", positive=True, why=_UNBOUNDED_DIAL
+        ),
         agent_admission=AdmissionSettings(retry=v.boolean("agent-server.retry")),
         transport=_transport(v),
         http_listen=v.listen_address("http-proxy.listen-address"),
@@ -841,7 +853,7 @@ def build_agent_config(values: Mapping[str, object]) -> AgentConfig:
     """Validate the agent's flag values and build its :class:`AgentConfig`."""
     v = _Values(values, "agent")
     host, port = v.server_address("agent-client.server-address")
-    v.duration("agent-client.tls.refresh")  # validated for compatibility only
+    v.duration("agent-client.tls.refresh", nonpositive=NO_REFRESH)  # validated only
     cert, key = _key_pair(v, "agent-client.tls.file.cert", "agent-client.tls.file.key")
     tls = ClientTls(
         root_ca_file=v.optional_file("agent-client.tls.file.root-ca"),
@@ -908,7 +920,7 @@ def _transport(v: _Values) -> TransportSettings:
 def build_lb_config(values: Mapping[str, object]) -> LbConfig:
     """Validate the LB server's flag values and build its :class:`LbConfig`."""
     v = _Values(values, "lb")
-    v.duration("http-connector.tls.refresh")  # validated for compatibility only
+    v.duration("http-connector.tls.refresh", nonpositive=NO_REFRESH)  # validated only
     cert, key = _key_pair(v, "http-connector.tls.file.cert", "http-connector.tls.file.key")
     connector_tls = ConnectorTls(
         enable=v.boolean("http-connector.tls.enable"),
@@ -1011,15 +1023,27 @@ class _Values:
             raise ConfigError(f"--{name}: {_q(text)} must be between {low} and {high} bytes")
         return value
 
-    def duration(self, name: str, *, positive: bool = False) -> float:
+    def duration(
+        self,
+        name: str,
+        *,
+        positive: bool = False,
+        nonpositive: float | None = None,
+        why: str = "",
+    ) -> float:
+        """A duration flag in seconds. ``nonpositive``: what 0 or less means, for the
+        flags of the Go reference that read it as "off" or "the default" (accepted
+        then, not refused); ``why`` is appended to the refusal of a non-positive value."""
         text = self.string(name) or ""
         try:
             seconds = parse_duration(text)
         except DurationError as exc:
             raise ConfigError(f"--{name}: invalid duration {_q(text)}: {exc.reason}") from None
+        if nonpositive is not None and seconds <= 0:
+            return nonpositive
         if seconds < 0 or (positive and seconds == 0):
             need = "positive" if positive else "zero or positive"
-            raise ConfigError(f"--{name}: duration {_q(text)} must be {need}")
+            raise ConfigError(f"--{name}: duration {_q(text)} must be {need}{why}")
         return seconds
 
     def listen_address(self, name: str) -> ListenAddress:
@@ -1140,7 +1164,7 @@ def _server_tls(v: _Values) -> ServerTls | None:
 def _http_tls(v: _Values) -> TcpTls | None:
     if not v.boolean("http-proxy.tls.enable"):
         return None
-    refresh = v.duration("http-proxy.tls.refresh")
+    refresh = v.duration("http-proxy.tls.refresh", nonpositive=NO_REFRESH)
     missing = [
         f"--http-proxy.tls.file.{part}"
         for part in ("key", "cert")
@@ -1184,7 +1208,7 @@ def _store(v: _Values) -> StoreConfig:
     store_type = v.choice("store.type")
     raw_addresses = v.string("store.memcached.address") or ""
     addresses = tuple(a.strip() for a in raw_addresses.split(",") if a.strip())
-    timeout = v.duration("store.memcached.timeout", positive=True)
+    timeout = v.duration("store.memcached.timeout", nonpositive=GO_MEMCACHED_DEFAULT_TIMEOUT)
     proxy_address = (
         v.string("store.http-proxy-address") if v.knows("store.http-proxy-address") else None
     )
