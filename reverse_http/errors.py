@@ -1,4 +1,4 @@
-"""Errors a user can fix; the CLI prints them as one line and exits 2."""
+"""Errors a user can fix; the CLI prints them as one line and exits 1, as Go's does."""
 
 
 class ConfigError(Exception):

@@ -51,8 +51,8 @@ def payload(token: str) -> dict[str, object]:
 
 
 def assert_usage_error(result: Result, *fragments: str) -> None:
-    """One line naming the command (as the daemons' errors do), exit status 2."""
-    assert result.exit_code == 2, result.output
+    """One line naming the command (as the daemons' errors do), exit status 1 (Go's)."""
+    assert result.exit_code == 1, result.output
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr

@@ -133,9 +133,10 @@ def ok(args: Sequence[str], env: Mapping[str, str] | None = None) -> Run:
 
 
 def fails(args: Sequence[str], *needles: str, env: Mapping[str, str] | None = None) -> str:
-    """Exit 2, exactly one line on stderr, containing every needle; returns the line."""
+    """Exit 1 (the Go reference's status for it), exactly one line on stderr,
+    containing every needle; returns the line."""
     run = invoke(args, env)
-    assert run.exit_code == 2, (run.exit_code, run.stdout, run.stderr)
+    assert run.exit_code == 1, (run.exit_code, run.stdout, run.stderr)
     assert len(run.error_lines) == 1, run.stderr
     line = run.error_lines[0]
     for needle in needles:
@@ -1290,7 +1291,7 @@ def test_token_never_in_error_output(captured: Captured, tmp_path: Path) -> None
     ]
     for args, env in bad_cases:
         run = invoke(args, env)
-        assert run.exit_code == 2, run.stderr
+        assert run.exit_code == 1, run.stderr
         assert len(run.error_lines) == 1, run.stderr
         assert "SECRET" not in run.stderr + run.stdout, args
 
@@ -1316,10 +1317,29 @@ def test_keyboard_interrupt_exits_130_quietly(captured: Captured) -> None:
     assert run.stderr == ""
 
 
-def test_other_daemon_errors_propagate(captured: Captured) -> None:
+def test_a_crash_exits_2_with_its_traceback(captured: Captured) -> None:
+    """Not 1, the status of every user error: ``RestartPreventExitStatus=1`` must still
+    restart a daemon that crashed (2 is also what a Go panic exits with)."""
     captured.raise_exc = RuntimeError("bug")
-    with pytest.raises(RuntimeError, match="bug"):
-        invoke(["proxy"])
+    run = invoke(["proxy"])
+    assert run.exit_code == 2
+    assert "Traceback" in run.stderr and "RuntimeError: bug" in run.stderr
+
+
+def test_click_usage_errors_exit_1_like_the_go_reference() -> None:
+    """Statuses recorded from the Go reference (kong): 1 for each of these."""
+    for args in (
+        [],
+        ["nocmd"],
+        ["proxy", "--nope"],
+        ["proxy", "--agent-server.listen-address"],
+        ["proxy", "--auth.type=bogus"],
+        ["auth"],
+        ["auth", "jwt", "token", "--nope"],
+    ):
+        run = invoke(args)
+        assert run.exit_code == 1, (args, run.exit_code, run.stderr)
+        assert "Traceback" not in run.stderr
 
 
 # ------------------------------------------------------------ builders directly
@@ -1408,7 +1428,7 @@ def test_installed_executable(tmp_path: Path) -> None:
         env=env,
         timeout=60,
     )
-    assert bad.returncode == 2, bad.stderr
+    assert bad.returncode == 1, bad.stderr
     assert bad.stdout == ""
     lines = bad.stderr.splitlines()
     assert len(lines) == 1, bad.stderr

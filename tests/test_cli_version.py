@@ -58,7 +58,7 @@ def test_main_entry_point(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_unknown_version_flag_is_one_line() -> None:
     result = CliRunner().invoke(app, ["version", "--nope"], prog_name="reverse-http")
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert result.stderr.splitlines() == ["reverse-http version: No such option: --nope"]
 
 

@@ -9,7 +9,7 @@ stderr what it wrote where. With ``--out -`` the key or token goes to stdout and
 nothing else is printed, so ``$(reverse-http auth jwt token ... --out -)`` captures
 just the token. User mistakes print one line to stderr,
 ``reverse-http auth <command>: <message>`` naming the flag and the file, and exit
-with status 2, as the daemons' usage errors do.
+with status 1, as the daemons' usage errors (and the Go reference's) do.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from reverse_http.durations import parse_duration
 
 __all__ = ["EXIT_USAGE", "auth_app", "main"]
 
-EXIT_USAGE = 2
+#: Usage errors exit 1, as the daemons' and the Go reference's do.
+EXIT_USAGE = 1
 STDIO = "-"
 DEFAULT_PRIVATE_KEY_FILE = "auth-key-private.pem"
 DEFAULT_PUBLIC_KEY_FILE = "auth-key-public.pem"

@@ -8,8 +8,10 @@ eager ``--config`` option fills from the configuration files (merged, a later fi
 value winning) before any other option is resolved, then the default.
 
 Every error a user can fix is one line on stderr, ``reverse-http <cmd>: <message>``,
-with exit status 2: usage errors, :class:`ConfigError` from the builders, and
-``ConfigError`` raised by a daemon at start-up (e.g. address in use).
+with exit status 1, as the Go reference's: usage errors, :class:`ConfigError` from
+the builders, and ``ConfigError`` raised by a daemon at start-up (e.g. address in use).
+A crash (an exception nobody expected) exits 2 with its traceback, as a Go panic does,
+so that ``RestartPreventExitStatus=1`` still restarts a crashed daemon.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import logging
 import os
 import re
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, Annotated, Any, ClassVar, Final, NoReturn, TypeVar
 
@@ -56,15 +59,20 @@ _CONFIG_ENTRIES_KEY: Final = "reverse_http.config_entries"
 _TRUE: Final = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE: Final = frozenset({"false", "0", "no", "off", "f", "n"})
 
+#: Every usage or configuration error, as in the Go reference (kong exits 1).
+EXIT_USAGE: Final = 1
+#: An unexpected exception: what a Go panic exits with, and click's usage-error code.
+EXIT_CRASH: Final = 2
+
 log = logging.getLogger("reverse_http.cli")
 
 T = TypeVar("T")
 
 
 class CliError(ClickException):
-    """A user error shown as a single line, ``<prefix>: <message>``; exit status 2."""
+    """A user error shown as a single line, ``<prefix>: <message>``; exit status 1."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(self, prefix: str, message: str) -> None:
         one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
@@ -308,6 +316,20 @@ class LbCommand(DaemonCommand):
 
 class RootGroup(TyperGroup):
     """The top-level group: usage errors (unknown command, bad global flag) on one line."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Exit statuses as the Go reference's (module docstring): click's own usage
+        errors (a missing command, ``auth`` sub-command errors) exit 2 in click, 1 here;
+        an unexpected exception exits 2 after its traceback instead of Python's 1."""
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as exc:
+            if exc.code == 2:  # click's UsageError.exit_code
+                raise SystemExit(EXIT_USAGE) from None
+            raise
+        except Exception:
+            traceback.print_exc()
+            raise SystemExit(EXIT_CRASH) from None
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
         try:
