@@ -7,10 +7,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
-HEAVY = ("aioquic", "trio", "service_identity", "httpx", "h11", "aiomcache", "trio_asyncio")
+HEAVY = (
+    "aioquic",
+    "trio",
+    "service_identity",
+    "httpx",
+    "h11",
+    "aiomcache",
+    "trio_asyncio",
+    "pydantic",
+)
 
 
 def loaded(code: str) -> set[str]:
@@ -48,6 +58,46 @@ def test_commands_without_a_transport_load_none(argv: list[str]) -> None:
     assert loaded(code) == set()
 
 
+DAEMON_ARGS = {
+    "proxy": ["--agent-server.listen-address=127.0.0.1:0", "--http-proxy.listen-address=:0"],
+    "agent": ["--auth.noauth.agent-id=startup", "--agent-client.tls.insecure-skip-verify"],
+    "lb": ["--store.memcached.address=127.0.0.1:1", "--http-proxy.tls.enable=false"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(DAEMON_ARGS))
+def test_daemon_commands_load_only_what_they_run(command: str) -> None:
+    """Each daemon's command line, up to the point where it would run the daemon: typer
+    converts its string flags without pydantic (~0.1 s), only the proxy and the agent load
+    the QUIC stack, and only the lb (whose store is memcached) aiomcache and trio-asyncio."""
+    argv = [command, "--config=", "--log.level=warn", *DAEMON_ARGS[command]]
+    code = (
+        "import sys\nimport reverse_http.cli.main as cli\nran = []\n"
+        "cli._run_daemon = lambda run, config: ran.append(config)\n"
+        f"try:\n    cli.main({argv!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert len(ran) == 1, ran\n"
+    )
+    heavy = loaded(code)
+    assert "pydantic" not in heavy
+    assert "trio" in heavy
+    assert ("aioquic" in heavy) == (command != "lb")
+    expected = {"aiomcache", "trio_asyncio"} if command == "lb" else set()
+    assert heavy & {"aiomcache", "trio_asyncio"} == expected
+
+
+def test_values_that_need_converting_still_go_to_typer() -> None:
+    """A boolean from the environment is typer's to convert (and it loads pydantic)."""
+    code = (
+        "import os, sys\nimport reverse_http.cli.main as cli\nran = []\n"
+        "cli._run_daemon = lambda run, config: ran.append(config)\n"
+        "os.environ['REVERSE_HTTP_AGENT_SERVER_RETRY'] = 'yes'\n"
+        "try:\n    cli.main(['proxy', '--config=', '--log.level=warn'])\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert ran[0].agent_admission.retry is True, ran\n"
+    )
+    assert "pydantic" in loaded(code)
+
+
 def test_quic_names_resolve_lazily() -> None:
     """The package still exports its names; they load on first use."""
     assert loaded("from reverse_http.quic import Connection, TransportSettings") >= {
@@ -80,3 +130,53 @@ def test_the_cli_module_runs_as_a_program() -> None:
         timeout=60,
     )
     assert done.returncode == 0 and done.stdout.strip(), done.stderr
+
+
+def _all_options() -> list[tuple[str, Any]]:
+    from typer.core import TyperGroup, _TyperParameter
+    from typer.main import get_command
+
+    from reverse_http.cli.main import app
+
+    root = get_command(app)
+    ctx = root.make_context("reverse-http", ["version"], resilient_parsing=True)
+    found: list[tuple[str, Any]] = []
+
+    def walk(command: Any, path: str) -> None:
+        for param in [*command.params, command.get_help_option(ctx)]:
+            if isinstance(param, _TyperParameter):
+                found.append((f"{path} {param.name}", param))
+        if isinstance(command, TyperGroup):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}")
+
+    walk(root, "reverse-http")
+    return found
+
+
+def _outcome(convert: Any, value: object, param: Any) -> tuple[str, object]:
+    try:
+        result = convert(value, param=param, ctx=None)
+    except Exception as exc:  # the error typer would show
+        return type(exc).__name__, str(exc)
+    return type(result).__name__, result
+
+
+def test_lazy_conversion_gives_what_typer_gives() -> None:
+    """For every option of every command, and values of each kind a command line, the
+    environment or a configuration file can give, the same result (or error) as typer's."""
+    from typer._coercion import build_runtime_param
+
+    from reverse_http.cli.coercion import LazyConversion, lazy_conversion
+
+    values: list[object] = [":4242", "", "yes", "7", ("a", "b"), ["a"], (), b"x", 7, 1.5, True]
+    options = _all_options()
+    kinds = {str(param.type_descriptor.annotation) for _, param in options}
+    assert {"<class 'str'>", "<class 'bool'>", "list[str]"} <= kinds
+    for name, param in options:
+        ours = lazy_conversion(param)
+        assert isinstance(ours, LazyConversion), name
+        theirs = build_runtime_param(param.type_descriptor)
+        for value in [None, *values]:
+            expected = _outcome(theirs.coerce, value, param)
+            assert _outcome(ours.coerce, value, param) == expected, (name, value)

@@ -35,7 +35,7 @@ from typer.core import TyperCommand, TyperGroup
 from ..errors import ConfigError
 from ..logs import log_fields, setup_logging
 from ..systemd import Notifier
-from . import options, version_text
+from . import coercion, options, version_text
 from .auth_cmd import auth_app
 
 __all__ = [
@@ -332,6 +332,7 @@ class RootGroup(TyperGroup):
             raise SystemExit(EXIT_CRASH) from None
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        coercion.install(self, ctx)  # before any option is converted: no pydantic for strings
         try:
             return super().parse_args(ctx, args)
         except NoArgsIsHelpError:
