@@ -19,7 +19,7 @@ import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Final
 
 import typer
 from typer._click.globals import get_current_context
@@ -40,7 +40,9 @@ from reverse_http.auth.keys import (
 )
 from reverse_http.durations import parse_duration
 
-__all__ = ["EXIT_USAGE", "auth_app", "main"]
+from .options import LOG_FORMATS, LOG_LEVELS
+
+__all__ = ["EXIT_USAGE", "LOG_FORMAT_OPTION", "LOG_LEVEL_OPTION", "auth_app", "main"]
 
 #: Usage errors exit 1, as the daemons' and the Go reference's do.
 EXIT_USAGE = 1
@@ -160,6 +162,28 @@ def _duration(value: str) -> timedelta:
 _IN_HELP = "Path to the private key file. Use '-' for stdin."
 
 
+def _log_option(flag: str, choices: tuple[str, ...]) -> Any:
+    """``--log.level`` / ``--log.format``, taken (and checked) as the Go reference takes them
+    on every command; these commands write no log, so the value is not used."""
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise _fail(f"--{flag}: {value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return typer.Option(
+        f"--{flag}",
+        metavar="|".join(choices),
+        callback=check,
+        expose_value=False,
+        help="Accepted as on every command; these commands do not log.",
+    )
+
+
+LOG_LEVEL_OPTION: Final[Any] = _log_option("log.level", LOG_LEVELS)
+LOG_FORMAT_OPTION: Final[Any] = _log_option("log.format", LOG_FORMATS)
+
+
 @key_app.command("private", help="Generate private key.")
 def key_private(
     algo: Annotated[
@@ -177,6 +201,8 @@ def key_private(
     force: Annotated[
         bool, typer.Option("--force", "-f", help="Replace the --out file if it exists.")
     ] = False,
+    log_level: Annotated[str, LOG_LEVEL_OPTION] = "info",
+    log_format: Annotated[str, LOG_FORMAT_OPTION] = "text",
 ) -> None:
     """Generate a signing key in the reference's PEM format."""
     try:
@@ -204,6 +230,8 @@ def key_public(
             help="Path to the generated public key file. Use '-' for stdout.",
         ),
     ] = DEFAULT_PUBLIC_KEY_FILE,
+    log_level: Annotated[str, LOG_LEVEL_OPTION] = "info",
+    log_format: Annotated[str, LOG_FORMAT_OPTION] = "text",
 ) -> None:
     """Write the public half of a private key, for the proxy's verifier."""
     try:
@@ -243,6 +271,8 @@ def jwt_token(
             help="Path to the generated jwt token. Use '-' for stdout.",
         ),
     ] = DEFAULT_TOKEN_FILE,
+    log_level: Annotated[str, LOG_LEVEL_OPTION] = "info",
+    log_format: Annotated[str, LOG_FORMAT_OPTION] = "text",
 ) -> None:
     """Mint a token; written without a trailing newline, like the reference."""
     try:

@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..logs import log_fields, setup_logging
 from ..systemd import Notifier
 from . import coercion, options, version_text
-from .auth_cmd import auth_app
+from .auth_cmd import LOG_FORMAT_OPTION, LOG_LEVEL_OPTION, auth_app
 
 __all__ = [
     "PROG_NAME",
@@ -743,6 +743,8 @@ def version(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-V", help="Print version, commit and date as JSON.")
     ] = False,
+    log_level: Annotated[str, LOG_LEVEL_OPTION] = "info",
+    log_format: Annotated[str, LOG_FORMAT_OPTION] = "text",
 ) -> None:
     typer.echo(version_text(verbose))
 
