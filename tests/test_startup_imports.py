@@ -180,3 +180,16 @@ def test_lazy_conversion_gives_what_typer_gives() -> None:
         for value in [None, *values]:
             expected = _outcome(theirs.coerce, value, param)
             assert _outcome(ours.coerce, value, param) == expected, (name, value)
+
+
+def test_build_info_waits_for_the_first_scrape() -> None:
+    """In a git checkout the build's commit costs a ``git log`` (~30 ms): the daemons'
+    metric sets look it up when first scraped, not while the daemon starts."""
+    code = (
+        "import reverse_http.metrics as m\nfrom reverse_http.buildinfo import build_info\n"
+        "sets = [m.ProxyMetrics(), m.AgentMetrics(), m.LbMetrics()]\n"
+        "assert build_info.cache_info().currsize == 0, 'looked up at start'\n"
+        "assert b'reverse_http_build_info{' in sets[0].exposition()\n"
+        "assert build_info.cache_info().currsize == 1\n"
+    )
+    loaded(code)
