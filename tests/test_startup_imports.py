@@ -193,3 +193,18 @@ def test_build_info_waits_for_the_first_scrape() -> None:
         "assert build_info.cache_info().currsize == 1\n"
     )
     loaded(code)
+
+
+def test_collector_thresholds_are_set_before_the_imports() -> None:
+    """The console script sets the daemons' GC thresholds before it imports typer and
+    the daemons: with the defaults, a dozen collections ran over the import-time objects."""
+    code = (
+        "import gc, sys\nfrom reverse_http.gctuning import YOUNG_THRESHOLD\nseen = []\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'typer':\n            seen.append(gc.get_threshold()[0])\n"
+        "sys.meta_path.insert(0, Spy())\nfrom reverse_http.cli import main\n"
+        "try:\n    main(['auth', '--help'])\nexcept SystemExit as e:\n    assert not e.code\n"
+        "assert seen == [YOUNG_THRESHOLD], seen\n"
+    )
+    loaded(code)

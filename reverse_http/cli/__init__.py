@@ -3,7 +3,8 @@
 :func:`main` answers ``--version`` and ``version [-V]`` before importing the command
 line itself (typer, the daemons, aioquic: most of a second), so that scripts and
 package managers asking for the version get it at once; everything else goes to
-:func:`reverse_http.cli.main.main`.
+:func:`reverse_http.cli.main.main`, with the daemons' garbage-collector thresholds set
+first (see :func:`reverse_http.gctuning.defer_collections`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args in _PLAIN or args in _VERBOSE:
         sys.stdout.write(version_text(args in _VERBOSE) + "\n")
         return
+    from ..gctuning import defer_collections
+
+    defer_collections()
     from .main import main as full_main
 
     full_main(args)
