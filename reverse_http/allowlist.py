@@ -8,6 +8,8 @@ three deliberate differences:
 * A destination is allowed when *any* rule matches both host and port. The
   reference stops at the first rule whose host matches, so ``10.0.0.0/8:80`` listed
   before ``10.1.2.3:443`` would block ``10.1.2.3:443`` there but not here.
+  :meth:`AllowList.go_shadowed` finds every entry where the two would decide
+  differently; the daemons log each at start-up and ``--check`` reports it.
 * Names compare case-insensitively and ignore one trailing dot on both sides.
 
 IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``) are treated as the IPv4 address they
@@ -23,6 +25,7 @@ name slip past IP rules or match name rules it should not.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,10 +41,14 @@ __all__ = [
     "NetworkRule",
     "PortRange",
     "Rule",
+    "Shadowed",
     "ZoneRule",
     "parse_authority",
     "parse_rule",
+    "warn_go_shadowed",
 ]
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -239,6 +246,111 @@ class AllowList:
 
     def __str__(self) -> str:
         return ",".join(str(r) for r in self.rules)
+
+    def go_shadowed(self) -> tuple[Shadowed, ...]:
+        """The entries the Go reference would decide differently for.
+
+        Go takes the first entry whose host matches, in its own order (networks, then
+        addresses, then zones, then names, each in list order), and lets its port range
+        decide; ours allows when any entry matches host and port. So an entry is
+        shadowed where an entry Go tries first matches some of its hosts with a port
+        range that lacks some of its ports: those destinations are allowed here and
+        refused by Go. Everything else is decided alike.
+        """
+        found: list[Shadowed] = []
+        for index, rule in enumerate(self.rules):
+            for earlier in _go_before(self.rules, index):
+                if not _hosts_overlap(earlier, rule):
+                    continue
+                if not _covers(earlier.ports, rule.ports):
+                    found.append(Shadowed(rule, earlier))
+                    break
+                if _hosts_cover(earlier, rule):
+                    break
+        return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
+class Shadowed:
+    """``entry``'s hosts are decided in the Go reference by ``by``, listed or tried first."""
+
+    entry: Rule
+    by: Rule
+
+    def __str__(self) -> str:
+        return (
+            f"entry {str(self.entry)!r} is shadowed in the Go reference by {str(self.by)!r}"
+            f" (Go decides by the first matching host pattern, so it refuses ports of"
+            f" {str(self.entry)!r} that {str(self.by)!r} lacks; this program allows them)"
+        )
+
+
+def warn_go_shadowed(flag: str, allow: AllowList) -> None:
+    """One start-up warning per entry the Go reference would decide differently for,
+    so an operator moving between the two programs sees where (``flag`` names the list)."""
+    for shadowed in allow.go_shadowed():
+        log.warning("%s: %s", flag, shadowed)
+
+
+def _go_rank(rule: Rule) -> int:
+    """The Go reference's order of kinds: networks, addresses, zones, names."""
+    if isinstance(rule, NetworkRule):
+        return 0
+    if isinstance(rule, AddressRule):
+        return 1
+    return 2 if isinstance(rule, ZoneRule) else 3
+
+
+def _go_before(rules: tuple[Rule, ...], index: int) -> Iterable[Rule]:
+    """The entries Go tries before ``rules[index]``, in the order it tries them."""
+    rank = _go_rank(rules[index])
+    ordered = sorted(range(len(rules)), key=lambda i: (_go_rank(rules[i]), i))
+    for i in ordered:
+        if i == index:
+            return
+        if _go_rank(rules[i]) <= rank:
+            yield rules[i]
+
+
+def _covers(outer: PortRange, inner: PortRange) -> bool:
+    return outer.low <= inner.low and inner.high <= outer.high
+
+
+def _zone_contains(zone: str, name: str) -> bool:
+    return name == zone or name.endswith("." + zone)
+
+
+def _hosts_overlap(a: Rule, b: Rule) -> bool:
+    """Whether some destination host matches both entries (ports aside)."""
+    return (
+        _hosts_cover(a, b)
+        or _hosts_cover(b, a)
+        or (
+            isinstance(a, NetworkRule)
+            and isinstance(b, NetworkRule)
+            and a.network.overlaps(b.network)
+        )
+    )
+
+
+def _hosts_cover(a: Rule, b: Rule) -> bool:
+    """Whether every destination host ``b`` matches also matches ``a``."""
+    if isinstance(a, NetworkRule):
+        if isinstance(b, NetworkRule):
+            outer, inner = a.network, b.network
+            return (
+                outer.version == inner.version
+                and int(outer.network_address) <= int(inner.network_address)
+                and int(inner.broadcast_address) <= int(outer.broadcast_address)
+            )
+        return isinstance(b, AddressRule) and b.address in a.network
+    if isinstance(a, AddressRule):
+        return isinstance(b, AddressRule) and a.address == b.address
+    if isinstance(a, ZoneRule):
+        if isinstance(b, ZoneRule):
+            return _zone_contains(a.zone, b.zone)
+        return isinstance(b, HostRule) and _zone_contains(a.zone, b.name)
+    return isinstance(b, HostRule) and a.name == b.name
 
 
 def parse_rule(pattern: str) -> Rule:

@@ -255,3 +255,5 @@ def _allow_list(report: Report, flag: str, allow: AllowList) -> None:
         report.note(f"{flag}: empty, every destination is allowed")
     else:
         report.note(f"{flag}: {len(allow.rules)} pattern(s): {allow}")
+    for shadowed in allow.go_shadowed():
+        report.note(f"{flag}: WARNING: {shadowed}")

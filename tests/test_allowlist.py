@@ -512,3 +512,76 @@ def test_port_range_validates_itself() -> None:
         PortRange(2, 1)
     with pytest.raises(ValueError):
         PortRange(0, 1)
+
+
+@pytest.mark.parametrize(
+    ("patterns", "shadowed"),
+    [
+        # a network tried before an address, wherever each is listed
+        ("10.0.0.0/8:80,10.1.2.3:443", [("10.1.2.3:443", "10.0.0.0/8:80")]),
+        ("10.1.2.3:443,10.0.0.0/8:80", [("10.1.2.3:443", "10.0.0.0/8:80")]),
+        # the same name twice: the first one's ports decide there
+        ("example.com:80,example.com:443", [("example.com:443", "example.com:80")]),
+        # a zone tried before a name, wherever each is listed
+        ("api.example.com,*.example.com:443", [("api.example.com", "*.example.com:443")]),
+        (
+            "*.a.com:80,*.b.a.com:81,x.b.a.com",
+            [("*.b.a.com:81", "*.a.com:80"), ("x.b.a.com", "*.a.com:80")],
+        ),
+        # networks in list order: the narrow one first shadows the wide one
+        ("10.1.0.0/16:22,10.0.0.0/8", [("10.0.0.0/8", "10.1.0.0/16:22")]),
+        # no difference: the first match's ports include the later entry's
+        ("10.0.0.0/8,10.1.0.0/16:22", []),
+        ("10.0.0.0/8,10.0.0.0/16:80,10.0.0.5:443", []),
+        ("127.0.0.1:80-90,127.0.0.1:85", []),
+        ("*.example.com,api.example.com:443", []),
+        # disjoint hosts, names vs. addresses, v4 vs. v6: never shadowed
+        ("a.com:80,b.com:443,127.0.0.1:80,[::1]:443,10.0.0.0/8:80,[::]/0:443", []),
+        ("*.a.com:80,a.com.b:443,xa.com:443", []),
+    ],
+)
+def test_go_shadowed_entries(patterns: str, shadowed: list[tuple[str, str]]) -> None:
+    """Where the Go reference (first matching host pattern decides) and ours (any match
+    allows) would decide differently: exactly the entries listed."""
+    found = AllowList.parse([patterns]).go_shadowed()
+    assert [(str(s.entry), str(s.by)) for s in found] == shadowed
+    for s in found:
+        assert f"entry {str(s.entry)!r} is shadowed in the Go reference by {str(s.by)!r}" in str(s)
+
+
+def test_go_shadowed_is_exactly_where_first_match_differs() -> None:
+    """Brute force over a small universe: a destination ours allows and a first-match
+    reading refuses exists exactly when some entry is reported shadowed."""
+    patterns = "10.0.0.0/8:80,10.1.2.3:443,10.1.0.0/16:22,*.a.com:80,x.a.com:443,x.a.com:22"
+    allow = AllowList.parse([patterns])
+    rules = allow.rules
+    kinds = ("NetworkRule", "AddressRule", "ZoneRule", "HostRule")
+    order = sorted(rules, key=lambda r: kinds.index(type(r).__name__))
+
+    def first_match(host: str, port: int) -> bool:
+        """The Go reference's reading: the first entry whose host matches decides."""
+        for rule in order:
+            host_only = AllowList.parse([str(rule).rsplit(":", 1)[0]])
+            if host_only.allows(host, port):
+                return port in rule.ports
+        return False
+
+    differing = {
+        (host, port)
+        for host in ("10.1.2.3", "10.1.9.9", "10.2.0.1", "x.a.com", "y.a.com", "a.com")
+        for port in (22, 80, 443)
+        if allow.allows(host, port) != first_match(host, port)
+    }
+    assert differing == {
+        ("10.1.2.3", 443),
+        ("10.1.2.3", 22),
+        ("10.1.9.9", 22),
+        ("x.a.com", 443),
+        ("x.a.com", 22),
+    }
+    assert {str(s.entry) for s in allow.go_shadowed()} == {
+        "10.1.2.3:443",
+        "10.1.0.0/16:22",
+        "x.a.com:443",
+        "x.a.com:22",
+    }

@@ -237,6 +237,24 @@ def test_good_agent_shows_token_expiry(
     assert token_file.read_text().strip() not in text  # the token itself is never shown
 
 
+def test_check_names_allow_list_entries_the_go_reference_decides_differently(
+    certs: CertFiles, jwt_keys: tuple[Path, Path]
+) -> None:
+    """A note (not a problem: the list is valid) per entry that a first-match reading,
+    the Go reference's, shadows."""
+    token = issue_token(jwt_keys[0].read_bytes(), "4711", "agent")
+    whitelist = "--agent-client.host-whitelist=10.0.0.0/8:80,10.1.2.3:443,*.a.com,a.com:22"
+    code, out, err = run(*agent_args(certs, token), whitelist)
+    assert (code, err) == (0, []), (out, err)
+    notes = [line for line in out if "shadowed in the Go reference" in line]
+    assert notes == [
+        "reverse-http agent: ok: --agent-client.host-whitelist: WARNING: entry '10.1.2.3:443'"
+        " is shadowed in the Go reference"
+        " by '10.0.0.0/8:80' (Go decides by the first matching host pattern, so it refuses"
+        " ports of '10.1.2.3:443' that '10.0.0.0/8:80' lacks; this program allows them)"
+    ], out
+
+
 @pytest.mark.parametrize("kind", ["missing", "malformed", "expired", "client", "bad-ca"])
 def test_agent_bad_files(
     certs: CertFiles, jwt_keys: tuple[Path, Path], tmp_path: Path, kind: str

@@ -595,3 +595,45 @@ def test_go_config_files_work_unchanged_with_ours(
         agent.stop()
         process.stop()
         assert process.proc is not None and process.proc.returncode == 0, process.log()
+
+
+# ------------------------------------------------------------------ allow-list
+
+
+def test_agent_allow_list_differs_from_go_exactly_where_ours_warns(mix: Mix) -> None:
+    """The same ``--agent-client.host-whitelist`` on a Go agent and ours, behind our proxy:
+    the Go agent decides by the first matching host pattern, ours by any match
+    (docs/compatibility.md, Behaviour decisions). They differ on exactly the destinations
+    of the entries ours warns about at start-up, and agree everywhere else. Ports are
+    closed: an allowed CONNECT gets 503 (the agent's dial is refused), a refused one 403."""
+    from reverse_http.allowlist import AllowList
+
+    a, b, c = sorted(free_ports(3))
+    patterns = f"127.0.0.0/8:{a},127.0.0.2:{b},localhost:{a},localhost:{b}"
+    flag = f"--agent-client.host-whitelist={patterns}"
+    proxy = mix.proxy("ours", "--auth.type=noauth")
+    agents = {"go": "4711", "ours": "4712"}
+    started = {
+        kind: mix.agent(kind, proxy, *noauth(agent_id), flag) for kind, agent_id in agents.items()
+    }
+    for kind, agent_id in agents.items():
+        connected(started[kind], proxy, agent_id)
+    allowed: dict[str, set[tuple[str, int]]] = {}
+    for kind, agent_id in agents.items():
+        statuses = {
+            (host, port): connect_status(proxy.http_port, agent_id, "x", f"{host}:{port}")
+            for host in ("127.0.0.1", "127.0.0.2", "localhost")
+            for port in (a, b, c)
+        }
+        assert set(statuses.values()) <= {403, 503}, (kind, statuses, mix.logs())
+        allowed[kind] = {where for where, status in statuses.items() if status == 503}
+    shadowed = AllowList.parse([patterns]).go_shadowed()
+    assert [str(s.entry) for s in shadowed] == [f"127.0.0.2:{b}", f"localhost:{b}"]
+    assert allowed["ours"] - allowed["go"] == {("127.0.0.2", b), ("localhost", b)}
+    assert allowed["go"] <= allowed["ours"]
+    assert allowed["go"] == {("127.0.0.1", a), ("127.0.0.2", a), ("localhost", a)}
+    # ours said so at start-up, one warning per shadowed entry
+    warnings = [line for line in started["ours"].log().splitlines() if "shadowed" in line]
+    assert len(warnings) == 2, warnings
+    for entry, line in zip(shadowed, warnings, strict=True):
+        assert "WARN" in line and f"--agent-client.host-whitelist: {entry}" in line, line

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ..allowlist import warn_go_shadowed
 from ..auth.tokenfile import TokenFile
 from ..config import AgentConfig
 from ..daemon import DaemonState, lifecycle
@@ -140,6 +141,7 @@ async def run_agent(
     Ready (systemd, /readyz) means connected and authenticated.
     """
     check_client_tls(config)
+    warn_go_shadowed("--agent-client.host-whitelist", config.host_whitelist)
     handle = AgentHandle(config=config)
     handle.health.add_check("connected", lambda: handle.is_connected)
     creds = config.credentials

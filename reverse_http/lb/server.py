@@ -29,7 +29,7 @@ from typing import Final
 
 import trio
 
-from ..allowlist import IPAddress
+from ..allowlist import IPAddress, warn_go_shadowed
 from ..auth.authenticator import Authenticator
 from ..config import ConnectorTls, LbConfig
 from ..daemon import DaemonState, lifecycle
@@ -97,6 +97,7 @@ async def _run_lb(
     if config.store.type != "memcached":
         raise ConfigError("--store.type: the LB server needs memcached")
     authenticator = Authenticator.from_config(config.auth)
+    warn_go_shadowed("--http-proxy.host-whitelist", config.host_whitelist)
     connector_ssl = connector_context(config.connector_tls)
     server = LbServer(config=config)
     async with _store(config) as store:

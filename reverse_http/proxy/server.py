@@ -29,6 +29,7 @@ from pathlib import Path
 import trio
 
 from .. import tlsreload
+from ..allowlist import warn_go_shadowed
 from ..auth.authenticator import Authenticator, AuthError
 from ..config import ProxyConfig
 from ..daemon import DaemonState, lifecycle
@@ -113,6 +114,7 @@ async def _run_proxy(
     task_status: trio.TaskStatus[ProxyServer],
 ) -> None:
     authenticator = Authenticator.from_config(config.auth)
+    warn_go_shadowed("--http-proxy.host-whitelist", config.host_whitelist)
     server = ProxyServer(config=config)
     metrics, health = server.metrics, server.health
     policy = SessionPolicy(
