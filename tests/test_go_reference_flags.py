@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from reverse_http.devcerts import CertFiles
 from tests.ha_cluster import reverse_http_exe
 from tests.test_compatibility_doc import GLOBAL, Row, doc_rows, our_commands, our_flags
 from tests.test_go_reference import reference  # noqa: F401  (the fixture)
@@ -207,38 +208,56 @@ def test_our_cli_takes_every_go_flag(
     assert set(ran) >= {"proxy", "agent", "lb", "version"}
 
 
-def test_hidden_defaults_are_the_go_programs(reference: Path, tmp_path: Path) -> None:  # noqa: F811
-    """The file defaults ``--help`` hides, seen in what the Go auth commands do without
-    ``--in``/``--out``: each reads and writes in the working directory."""
-    written: dict[str, str] = {}
-    for command in ("auth key private", "auth key public", "auth jwt token --agent-id=a"):
-        before = set(os.listdir(tmp_path))
-        done = subprocess.run(
-            [str(reference), *command.split()],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=tmp_path,
-            env=_clean_env(),
-        )
+def _run_go(binary: Path, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(binary), *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+        env=_clean_env(),
+    )
+
+
+def test_hidden_defaults_are_the_go_programs(
+    reference: Path,  # noqa: F811
+    certs: CertFiles,
+    tmp_path: Path,
+) -> None:
+    """The file defaults ``--help`` hides, seen in what the Go programs do without the
+    flag: the auth commands read and write in the working directory; the JWT verifiers
+    of proxy and lb fail at start naming the public key file they looked for."""
+    observed: dict[tuple[str, str], str] = {}
+    auth_dir = tmp_path / "auth"
+    auth_dir.mkdir()
+    for command, flag in (
+        ("auth key private", "--out"),
+        ("auth key public", "--out"),
+        ("auth jwt token", "--out"),
+    ):
+        before = set(os.listdir(auth_dir))
+        agent_id = ["--agent-id=a"] if command == "auth jwt token" else []
+        done = _run_go(reference, [*command.split(), *agent_id], auth_dir)
         assert done.returncode == 0, done.stderr
-        (new,) = set(os.listdir(tmp_path)) - before
-        written[command.split(" --")[0]] = new
-    private = written["auth key private"]
-    expected = {
-        ("auth key private", "--out"): private,
-        ("auth key public", "--in"): private,  # the only file there when it ran
-        ("auth key public", "--out"): written["auth key public"],
-        ("auth jwt token", "--in"): private,
-        ("auth jwt token", "--out"): written["auth jwt token"],
-    }
+        (new,) = set(os.listdir(auth_dir)) - before
+        observed[command, flag] = new
+    private = observed["auth key private", "--out"]
+    observed["auth key public", "--in"] = private  # the only file there when they ran
+    observed["auth jwt token", "--in"] = private
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    listen = ("--http-proxy.listen-address=127.0.0.1:0", "--store.memcached.address=127.0.0.1:1")
+    tls = (f"--agent-server.tls.file.key={certs.key}", f"--agent-server.tls.file.cert={certs.cert}")
+    for command, args in (
+        ("proxy", (*listen, "--agent-server.listen-address=127.0.0.1:0", *tls)),
+        ("lb", listen),
+    ):
+        done = _run_go(reference, [command, "--auth.type=jwt", *args], empty)
+        missing = re.search(r"open (\S+): no such file or directory", done.stderr)
+        assert done.returncode != 0 and missing, done.stderr
+        observed[command, "--auth.jwt.public-key"] = missing.group(1)
     documented = {(r.command, r.long): r.go_default for r in ROWS if r.go_hidden}
-    assert {k: documented.get(k) for k in expected} == expected
-    # The rest (the verifiers' public key) is not observable without a JWT proxy.
-    assert set(documented) - set(expected) <= {
-        ("proxy", "--auth.jwt.public-key"),
-        ("lb", "--auth.jwt.public-key"),
-    }
+    assert documented == observed
 
 
 def test_the_doc_has_our_defaults(go_flags: dict[str, dict[str, GoFlag]]) -> None:
