@@ -28,7 +28,9 @@ sent, and the proxy's own counters (Retries sent, Initials dropped by reason,
 handshakes in progress). Targets (issue 11): >= 99% of requests succeed, a new agent
 connects within 5 s, RSS grows <= 64 MiB and falls back (10 s after the flood, within
 4 MiB of before: the proxy drops the Initial keys a flood left cached and trims the C
-heap 5 s after the last new connection's Initial). The machine's load
+heap 5 s after the last new connection's Initial; the "release" line shows the
+proxy's ``quic_memory_releases_total`` and ``quic_memory_released_bytes_total`` at the
+end of the cooldown). The machine's load
 (``uptime``) is printed: other work on the same cores changes every number.
 ``--quick`` is the short preset `nox -s bench` uses.
 """
@@ -226,6 +228,8 @@ class Result:
     cpu: float = 0.0
     sent: str = "-"
     counters: dict[str, float] = field(default_factory=dict)
+    #: The proxy's counters at the end of the cooldown (the memory release comes then).
+    counters_after: dict[str, float] = field(default_factory=dict)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -381,6 +385,7 @@ def run_phase(
         result.counters = scrape(metrics)
         time.sleep(COOLDOWN)
         result.rss_after = proxy.status_kib("VmRSS")
+        result.counters_after = scrape(metrics)
         if report.exists():
             sent, refused, elapsed = report.read_text().split()
             result.sent = f"{int(sent):,} in {elapsed}s ({int(refused):,} not sent: buffer full)"
@@ -419,6 +424,16 @@ def print_result(r: Result, args: argparse.Namespace) -> None:
         f" {COOLDOWN:g} s after +{back:.1f} MiB  [{verdict(growth <= RSS_LIMIT_MIB)}: <= 64 MiB;"
         f" {'fell back' if back <= FALLBACK_MIB else 'did NOT fall back'}:"
         f" {verdict(back <= FALLBACK_MIB)}: within {FALLBACK_MIB:g} MiB of before]"
+    )
+    releases = r.counters_after.get("reverse_http_quic_memory_releases_total")
+    released = r.counters_after.get("reverse_http_quic_memory_released_bytes_total", 0.0)
+    print(
+        "  release       "
+        + (
+            "not exported (older proxy)"
+            if releases is None
+            else f"{releases:.0f} after the flood, {released / 2**20:.1f} MiB given back"
+        )
     )
     print(f"  proxy CPU     {r.cpu:.1f} s over the flood ({r.cpu / args.duration:.2f} cores)")
     interesting = {

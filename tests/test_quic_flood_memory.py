@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 
 import trio
+from prometheus_client import CollectorRegistry, generate_latest
 
 from reverse_http.devcerts import CertFiles
+from reverse_http.proxy.quic_metrics import watch_agent_server
 from reverse_http.quic import AdmissionSettings
 from reverse_http.quic.admission import QUIET_AFTER_LOAD, RELEASE_INTERVAL, Admission
 from reverse_http.quic.initial import cached_keys, forget_keys, opens_handshake
-from reverse_http.quic.trim import release_free_memory
+from reverse_http.quic.trim import release_free_memory, resident_bytes
 from tests.quic_helpers import quic_pair
 from tests.test_quic_initial import initial_with
 
@@ -80,3 +83,20 @@ async def test_a_live_server_drops_a_floods_cached_keys_when_it_is_over(
         assert cached_keys() == 0
         assert server.memory_releases == 1
         sock.close()
+        # what the proxy's metrics endpoint shows of it
+        registry = CollectorRegistry()
+        watch_agent_server(registry, server)
+        text = generate_latest(registry).decode()
+        assert "reverse_http_quic_memory_releases_total 1.0" in text
+        released = re.search(r"^reverse_http_quic_memory_released_bytes_total (\S+)$", text, re.M)
+        assert released and float(released.group(1)) == server.memory_released_bytes >= 0
+
+
+def test_resident_bytes_is_this_processs_rss() -> None:
+    """What a release gave back is measured as the RSS difference around it."""
+    rss = resident_bytes()
+    assert rss is not None  # Linux
+    with open("/proc/self/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    kib = int(status["VmRSS"].split()[0])
+    assert abs(rss / 1024 - kib) < 4096  # the same figure, give or take what moved between

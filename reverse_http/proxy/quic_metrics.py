@@ -19,8 +19,9 @@ from ..quic.admission import DROP_REASONS
 
 class AgentServerCollector:
     """``quic_retries_sent_total``, ``quic_initials_dropped_total{reason}``,
-    ``quic_handshakes_pending``, ``quic_stateless_resets_sent_total`` and
-    ``quic_udp_send_errors_total{reason}``."""
+    ``quic_handshakes_pending``, ``quic_stateless_resets_sent_total``,
+    ``quic_udp_send_errors_total{reason}``, ``quic_memory_releases_total`` and
+    ``quic_memory_released_bytes_total``."""
 
     def __init__(self, server: QuicServer) -> None:
         self._server = server
@@ -59,7 +60,18 @@ class AgentServerCollector:
         )
         send_errors.add_metric(["too_big"], endpoint.too_big_errors)
         send_errors.add_metric(["other"], endpoint.send_errors - endpoint.too_big_errors)
-        yield from (retries, dropped, resets, pending, send_errors)
+        releases = CounterMetricFamily(
+            PREFIX + "quic_memory_releases",
+            "Times the agent server released what a load episode left (cached Initial "
+            "keys, the C heap's free pages), 5 s after the last new connection's Initial.",
+        )
+        releases.add_metric([], s.memory_releases)
+        released = CounterMetricFamily(
+            PREFIX + "quic_memory_released_bytes",
+            "Resident bytes those releases gave back to the operating system.",
+        )
+        released.add_metric([], s.memory_released_bytes)
+        yield from (retries, dropped, resets, pending, send_errors, releases, released)
 
 
 def watch_agent_server(registry: CollectorRegistry, server: QuicServer) -> None:

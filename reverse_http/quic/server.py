@@ -36,7 +36,7 @@ from .initial import forget_keys, opens_handshake
 from .protocol import TunnelQuicConnection, encode_invalid_token_close
 from .reset import MIN_RESET_SIZE, derive_reset_key, encode_reset, reset_token
 from .settings import ClientCertVerifier, ServerSettings, client_verifier, server_configuration
-from .trim import release_free_memory
+from .trim import release_free_memory, resident_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,10 @@ class QuicServer:
         self._answer_budget = TokenBucket(ANSWERS_PER_SECOND, now)
         self.resets_sent = 0
         self.versions_negotiated = 0
-        #: Times the state a load episode left was released (see release_after_load).
+        #: Times the state a load episode left was released (see release_after_load), and
+        #: the resident bytes those releases gave back (0 where RSS is not readable).
         self.memory_releases = 0
+        self.memory_released_bytes = 0
 
     # --- counters (what metrics.Metrics.watch_agent_server reads) -----------------------
 
@@ -339,10 +341,19 @@ class QuicServer:
         falls back (issue 11); True when it did."""
         if not self.admission.load_is_over(now):
             return False
+        before = resident_bytes()
         keys = forget_keys()
         trimmed = release_free_memory()
+        after = resident_bytes()
+        released = max(before - after, 0) if before is not None and after is not None else 0
         self.memory_releases += 1
-        log.debug("load over: %d cached Initial keys dropped, heap trimmed: %s", keys, trimmed)
+        self.memory_released_bytes += released
+        log.debug(
+            "load over: %d cached Initial keys dropped, heap trimmed: %s, %d KiB released",
+            keys,
+            trimmed,
+            released // 1024,
+        )
         return True
 
     async def _connection_lifetime(self, conn: Connection, handler: Handler) -> None:
