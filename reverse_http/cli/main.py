@@ -283,23 +283,34 @@ class DaemonCommand(OneLineCommand):
         return values
 
     def _rewrite_bool_values(self, args: list[str]) -> list[str]:
-        """``--flag=true`` / ``--flag=false`` -> ``--flag`` / ``--no-flag``."""
         bools = {f"--{flag.name}" for flag in self.flag_table if flag.kind == "bool"}
-        out: list[str] = []
-        for i, arg in enumerate(args):
-            if arg == "--":
-                out.extend(args[i:])
-                break
-            name, sep, value = arg.partition("=")
-            if not sep or name not in bools:
-                out.append(arg)
-            elif value.strip().lower() in _TRUE:
-                out.append(name)
-            elif value.strip().lower() in _FALSE:
-                out.append(f"--no-{name[2:]}")
-            else:
-                raise CliError(self.error_prefix, f"{name}: {_bad_boolean(value)}")
-        return out
+        return _rewrite_bool_values(args, bools, self.error_prefix)
+
+
+def _rewrite_bool_values(args: list[str], bools: set[str], prefix: str) -> list[str]:
+    """Kong's ``--flag=true`` / ``--flag=false`` -> ``--flag`` / ``--no-flag``."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        name, sep, value = arg.partition("=")
+        if not sep or name not in bools:
+            out.append(arg)
+        elif value.strip().lower() in _TRUE:
+            out.append(name)
+        elif value.strip().lower() in _FALSE:
+            out.append(f"--no-{name[2:]}")
+        else:
+            raise CliError(prefix, f"{name}: {_bad_boolean(value)}")
+    return out
+
+
+class VersionCommand(OneLineCommand):
+    """``version``: also Kong's ``--verbose=true`` / ``--verbose=false``."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        return super().parse_args(ctx, _rewrite_bool_values(args, {"--verbose"}, self.error_prefix))
 
 
 class ProxyCommand(DaemonCommand):
@@ -738,10 +749,13 @@ def lb(
     _run_daemon(functools.partial(run_lb, notifier=_notifier()), lb_config)
 
 
-@app.command(cls=OneLineCommand, help="Show version.")
+@app.command(cls=VersionCommand, help="Show version.")
 def version(
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-V", help="Print version, commit and date as JSON.")
+        bool,
+        typer.Option(
+            "--verbose/--no-verbose", "-V", help="Print version, commit and date as JSON."
+        ),
     ] = False,
     log_level: Annotated[str, LOG_LEVEL_OPTION] = "info",
     log_format: Annotated[str, LOG_FORMAT_OPTION] = "text",
