@@ -139,10 +139,11 @@ def test_the_doc_lists_every_go_flag_with_the_default_go_prints(
     assert not problems, "\n".join(problems)
 
 
-def _value(flag: GoFlag, command: str, scratch: Path) -> str | None:
-    """A value ours must take for ``flag`` (None: a switch)."""
+def _value(flag: GoFlag, command: str, scratch: Path) -> str:
+    """A value ours must take for ``flag``: a switch in kong's long form, ``=true`` (the
+    bare switch is what the unit tests use)."""
     if flag.boolean:
-        return None
+        return "true"
     if flag.default is not None:
         return flag.default
     if flag.placeholder == "FILE":
@@ -187,7 +188,7 @@ def test_our_cli_takes_every_go_flag(
             value = _value(flag, command, tmp_path)
             if command == "auth key private" and long == "--out":
                 value = str(tmp_path / "key.pem")
-            argv.append(long if value is None else f"{long}={value}")
+            argv.append(f"{long}={value}")
         if command in _DAEMONS:
             argv += ["--config=", "--check"]
         done = _run_ours(argv, tmp_path)
