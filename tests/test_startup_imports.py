@@ -208,3 +208,19 @@ def test_collector_thresholds_are_set_before_the_imports() -> None:
         "assert seen == [YOUNG_THRESHOLD], seen\n"
     )
     loaded(code)
+
+
+def test_daemons_freeze_the_collector_when_ready_not_before_listening() -> None:
+    """The full collection before ``gc.freeze()`` (tens of ms) runs once the daemon says
+    it is ready (listening, or for the agent connected), not on the way to listening."""
+    code = (
+        "import gc, trio\nimport reverse_http.cli.main as cli\n"
+        "from reverse_http.gctuning import YOUNG_THRESHOLD\nseen = []\n"
+        "def run(main, config):\n"
+        "    seen.append((gc.get_freeze_count(), gc.get_threshold()[0]))\n"
+        "    notifier = cli._notifier()\n    notifier.ready('listening')\n"
+        "    seen.append(gc.get_freeze_count())\n    notifier.ready('again')\n"
+        "trio.run = run\ngc.unfreeze()\ncli._run_daemon(None, None)\n"
+        "assert seen[0] == (0, YOUNG_THRESHOLD) and seen[1] > 1000, seen\n"
+    )
+    loaded(code)
