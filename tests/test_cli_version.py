@@ -62,6 +62,23 @@ def test_unknown_version_flag_is_one_line() -> None:
     assert result.stderr.splitlines() == ["reverse-http version: No such option: --nope"]
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--log.level=bogus", "version"], "--log.level: 'bogus' is not one of trace,"),
+        (["--log.format=xml", "auth", "key", "private"], "--log.format: 'xml' is not one of"),
+    ],
+)
+def test_log_flags_before_a_command_that_does_not_log_are_checked(
+    args: list[str], message: str
+) -> None:
+    """As the Go reference (kong) checks them; the command then does not run."""
+    result = CliRunner().invoke(app, args, prog_name="reverse-http")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"reverse-http: {message}")
+
+
 def test_commit_of_a_git_checkout_is_shown() -> None:
     """Run from a checkout (or installed from one), the commit is HEAD's, not "unknown"."""
     if not (REPO / ".git").exists():

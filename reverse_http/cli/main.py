@@ -426,6 +426,14 @@ def _root(
     """HTTP reverse tunnel."""
     # As with Kong, the daemons' log flags may come before the command; one given
     # after the command wins, and env/file values apply only when neither is given.
+    # Checked here, as Kong checks them, even for commands that do not log.
+    for flag, value, choices in (
+        ("log.level", log_level, options.LOG_LEVELS),
+        ("log.format", log_format, options.LOG_FORMATS),
+    ):
+        if value is not None and value not in choices:
+            allowed = ", ".join(choices)
+            raise CliError("reverse-http", f"--{flag}: {value!r} is not one of {allowed}")
     ctx.meta[_ROOT_LOG_KEY] = {"log.level": log_level, "log.format": log_format}
 
 
