@@ -20,14 +20,17 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPublicKeyTypes,
-    PrivateKeyTypes,
-)
+if TYPE_CHECKING:
+    # cryptography.x509 costs ~50 ms to import, imported where a file is read: the
+    # typed configuration (and so every command) imports this module, the lb reads no
+    # certificate unless it has TLS.
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificateIssuerPublicKeyTypes,
+        PrivateKeyTypes,
+    )
 
 __all__ = [
     "ClientAuthority",
@@ -61,6 +64,8 @@ def _read(path: Path, what: str) -> bytes:
 
 def read_certificates(path: Path) -> list[x509.Certificate]:
     """Every PEM certificate in ``path`` (a chain: the leaf first)."""
+    from cryptography import x509
+
     data = _read(path, "certificates")
     try:
         return x509.load_pem_x509_certificates(data)
@@ -78,6 +83,9 @@ def read_private_key(
     is not encrypted is ignored, as the Go reference ignores it. ``password_flag``
     names the flag that takes the password, for the messages.
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     data = _read(path, "the private key")
     encrypted = b"ENCRYPTED PRIVATE KEY" in data or b"Proc-Type: 4,ENCRYPTED" in data
     if encrypted and not password:
@@ -102,6 +110,8 @@ def read_private_key(
 
 
 def _spki(key: CertificateIssuerPublicKeyTypes | object) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     public_bytes = getattr(key, "public_bytes", None)
     if public_bytes is None:
         return b""
@@ -123,9 +133,7 @@ def load_key_pair(
     key = read_private_key(key_path, password, password_flag=password_flag)
     public = getattr(key, "public_key", None)
     if public is None or _spki(public()) != _spki(chain[0].public_key()):
-        raise TlsConfigError(
-            f"{key_path} is not the private key of the certificate in {cert_path}"
-        )
+        raise TlsConfigError(f"{key_path} is not the private key of the certificate in {cert_path}")
     return chain, key
 
 
@@ -161,6 +169,8 @@ class ClientAuthority:
 
 
 def _split_crls(path: Path, data: bytes) -> list[x509.CertificateRevocationList]:
+    from cryptography import x509
+
     crls = []
     rest = data
     while (start := rest.find(_CRL_BEGIN)) >= 0:
@@ -180,6 +190,8 @@ def _split_crls(path: Path, data: bytes) -> list[x509.CertificateRevocationList]
 
 def load_client_authority(ca_file: Path, crl_file: Path | None = None) -> ClientAuthority:
     """The client CA certificates and, optionally, CRLs each signed by one of them."""
+    from cryptography.hazmat.primitives import serialization
+
     ca_certs = tuple(read_certificates(ca_file))
     ca_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in ca_certs)
     if crl_file is None:
@@ -205,6 +217,8 @@ def load_client_authority(ca_file: Path, crl_file: Path | None = None) -> Client
 
 
 def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     except (TypeError, ValueError, UnsupportedAlgorithm):

@@ -20,6 +20,8 @@ HEAVY = (
     "aiomcache",
     "trio_asyncio",
     "pydantic",
+    "cryptography",
+    "jose",
 )
 
 
@@ -69,7 +71,8 @@ DAEMON_ARGS = {
 def test_daemon_commands_load_only_what_they_run(command: str) -> None:
     """Each daemon's command line, up to the point where it would run the daemon: typer
     converts its string flags without pydantic (~0.1 s), only the proxy and the agent load
-    the QUIC stack, and only the lb (whose store is memcached) aiomcache and trio-asyncio."""
+    the QUIC stack (and cryptography with it), and only the lb (whose store is memcached)
+    aiomcache and trio-asyncio."""
     argv = [command, "--config=", "--log.level=warn", *DAEMON_ARGS[command]]
     code = (
         "import sys\nimport reverse_http.cli.main as cli\nran = []\n"
@@ -83,6 +86,10 @@ def test_daemon_commands_load_only_what_they_run(command: str) -> None:
     assert ("aioquic" in heavy) == (command != "lb")
     expected = {"aiomcache", "trio_asyncio"} if command == "lb" else set()
     assert heavy & {"aiomcache", "trio_asyncio"} == expected
+    # the QUIC stack's TLS needs cryptography; the lb without TLS files reads no
+    # certificate, and no daemon with --auth.type noauth verifies a token (python-jose)
+    assert ("cryptography" in heavy) == (command != "lb")
+    assert "jose" not in heavy
 
 
 def test_values_that_need_converting_still_go_to_typer() -> None:

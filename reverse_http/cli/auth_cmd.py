@@ -19,28 +19,20 @@ import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 from typer._click.globals import get_current_context
 
 from reverse_http import agentid
-from reverse_http.auth.jwt import ROLES, issue_token
-from reverse_http.auth.keys import (
-    Algorithm,
-    KeyFileError,
-    PrivateKey,
-    PublicKey,
-    algorithm_for_key,
-    generate_private_key,
-    load_private_key_pem,
-    private_key_to_pem,
-    public_key_of,
-    public_key_to_pem,
-)
 from reverse_http.durations import parse_duration
 
 from .options import LOG_FORMATS, LOG_LEVELS
+
+if TYPE_CHECKING:
+    # The key and token modules (cryptography, python-jose: ~50 ms) are imported by the
+    # commands that use them: the daemons' command line imports this module too.
+    from reverse_http.auth.keys import Algorithm, PrivateKey, PublicKey
 
 __all__ = ["EXIT_USAGE", "LOG_FORMAT_OPTION", "LOG_LEVEL_OPTION", "auth_app", "main"]
 
@@ -84,6 +76,8 @@ def _done(message: str) -> None:
 
 def _describe(key: PrivateKey | PublicKey) -> str:
     """``ES256 (EC P-256)`` or ``RS256 (RSA 4096 bits)``."""
+    from reverse_http.auth.keys import algorithm_for_key
+
     algorithm = algorithm_for_key(key)
     if algorithm == "ES256":
         return "ES256 (EC P-256)"
@@ -100,6 +94,8 @@ def _read_input(path: str, flag: str) -> tuple[bytes, str]:
 
 
 def _load_private(path: str, flag: str = "--in") -> PrivateKey:
+    from reverse_http.auth.keys import KeyFileError, load_private_key_pem
+
     data, source = _read_input(path, flag)
     try:
         return load_private_key_pem(data, source)
@@ -205,6 +201,8 @@ def key_private(
     log_format: Annotated[str, LOG_FORMAT_OPTION] = "text",
 ) -> None:
     """Generate a signing key in the reference's PEM format."""
+    from reverse_http.auth.keys import generate_private_key, private_key_to_pem
+
     try:
         algorithm = _algorithm(algo)
         if not force and out != STDIO and os.path.lexists(out):
@@ -234,6 +232,8 @@ def key_public(
     log_format: Annotated[str, LOG_FORMAT_OPTION] = "text",
 ) -> None:
     """Write the public half of a private key, for the proxy's verifier."""
+    from reverse_http.auth.keys import public_key_of, public_key_to_pem
+
     try:
         key = _load_private(in_)
         public = public_key_of(key)
@@ -275,6 +275,9 @@ def jwt_token(
     log_format: Annotated[str, LOG_FORMAT_OPTION] = "text",
 ) -> None:
     """Mint a token; written without a trailing newline, like the reference."""
+    from reverse_http.auth.jwt import ROLES, issue_token
+    from reverse_http.auth.keys import algorithm_for_key
+
     try:
         if not agent_id:
             raise _UsageError("--agent-id is required and must not be empty")
