@@ -174,7 +174,9 @@ async def test_replaced_agent_backs_off_exponentially_up_to_the_cap(
     attempts: list[float] = []
     lives = iter([0.0] * 10 + [REPLACED_MAX_BACKOFF + 1] + [0.0] * 100)
 
-    async def replaced_at_once(h: AgentHandle, _state: object, _target: str) -> None:
+    async def replaced_at_once(
+        h: AgentHandle, _state: object, _target: str, _closes: object
+    ) -> None:
         attempts.append(trio.current_time())
         await trio.sleep(next(lives))
         h.replaced = True
@@ -245,3 +247,35 @@ async def test_dial_failures_are_classified_through_happy_eyeballs(closed_port: 
         "127.0.0.1": "refused",
         "no-such-host.invalid": "dns",
     }
+
+
+def test_a_certificate_alert_from_the_proxy_is_named_as_such(certs: CertFiles) -> None:
+    """A transport close carrying a certificate alert (CRYPTO_ERROR 0x100 + alert) is
+    "proxy refused our client certificate", whichever way it reached the agent: in the
+    connect's ConnectionError, or as the connection's end while authenticating."""
+    from dataclasses import replace
+
+    from reverse_http.quic import CloseInfo, ConnectionError
+
+    config = agent_config(certs, 1)
+    required = CloseInfo(0x174, "", True, "transport")
+    assert client._certificate_refusal((ConnectionError(required),), [], config) == (
+        "proxy refused our client certificate (none configured: see"
+        " --agent-client.tls.file.cert and .key): TLS alert certificate_required (code 0x174)"
+    )
+    with_cert = replace(config, tls=replace(config.tls, cert_file=certs.cert, key_file=certs.key))
+    revoked = CloseInfo(
+        0x12A, "client certificate rejected: certificate 01 is revoked", True, "transport"
+    )
+    group = (ExceptionGroup("attempt", [trio.BrokenResourceError("connection closed")]),)
+    assert client._certificate_refusal(group, [revoked], with_cert) == (
+        f"proxy refused our client certificate ({certs.cert}): TLS alert bad_certificate"
+        " (code 0x12a): client certificate rejected: certificate 01 is revoked"
+    )
+    # not a certificate alert, ours rather than the peer's, an application close: None
+    for info in (
+        CloseInfo(0x128, "", True, "transport"),  # handshake_failure
+        CloseInfo(0x174, "", False, "transport"),
+        CloseInfo(0x174, "", True, "application"),
+    ):
+        assert client._certificate_refusal((ConnectionError(info),), [info], config) is None

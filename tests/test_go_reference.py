@@ -423,9 +423,19 @@ def test_agent_certificates_and_crl(
     proxy_kind: str,
     agent_kind: str,
 ) -> None:
-    """Agent mTLS with a CRL: a good certificate connects, a revoked one and none are
-    refused, by either proxy and for either agent."""
+    """Agent mTLS with a CRL: a good certificate connects; a revoked one, one of another
+    CA and none are refused by either proxy, for either agent, with the same TLS alert in
+    a transport CONNECTION_CLOSE (CRYPTO_ERROR 0x100 + alert): bad_certificate,
+    unknown_ca, certificate_required. Our proxy logs why; our agent says the proxy
+    refused its certificate."""
+    from reverse_http.devcerts import make_ca
+
     issued = client_pki(mix.certs, tmp_path / "pki")
+    (tmp_path / "rogue").mkdir()
+    rogue_ca, rogue_ca_key = make_ca(tmp_path / "rogue")
+    issued["rogue"] = issue_cert(
+        tmp_path / "rogue", rogue_ca, rogue_ca_key, "rogue", ["rogue"], client=True
+    )
     proxy = mix.proxy(
         proxy_kind,
         "--auth.type=noauth",
@@ -446,23 +456,27 @@ def test_agent_certificates_and_crl(
     )
     connected(good, proxy, "4711")
     assert fetch(proxy.http_port, "4711", "x", f"http://127.0.0.1:{target}/") == HELLO
-    cert, key = issued["revoked"]
-    revoked = mix.agent(
-        agent_kind,
-        proxy,
-        *noauth("4712"),
-        f"--agent-client.tls.file.cert={cert}",
-        f"--agent-client.tls.file.key={key}",
-    )
-    without = mix.agent(agent_kind, proxy, *noauth("4713"))
-    for refused in (revoked, without):
-        # each is refused at least twice (it retries): never admitted in between
+    debug = ("--log.level=debug",) if agent_kind == "ours" else ()  # repeats show there
+    refusals = {"4712": ("revoked", 0x12A), "4713": ("rogue", 0x130), "4714": (None, 0x174)}
+    for agent_id, (name, code) in refusals.items():
+        pair = issued[name] if name else None
+        with_cert = (
+            (f"--agent-client.tls.file.cert={pair[0]}", f"--agent-client.tls.file.key={pair[1]}")
+            if pair
+            else ()
+        )
+        refused = mix.agent(agent_kind, proxy, *noauth(agent_id), *with_cert, *debug)
+        # refused at least twice (it retries): never admitted in between
         if agent_kind == "go":
-            refused.wait_for("agent dial:", count=2)
+            refused.wait_for(f"CRYPTO_ERROR 0x{code:x} (remote) (frame type: 0x6)", count=2)
         else:
-            refused.wait_for("cannot connect to proxy", count=2)
-    assert connect_status(proxy.http_port, "4712", "x", f"127.0.0.1:{target}") == 503
-    assert connect_status(proxy.http_port, "4713", "x", f"127.0.0.1:{target}") == 503
+            refused.wait_for("proxy refused our client certificate (", count=2)
+            assert f"(code 0x{code:x})" in refused.log(), refused.log()
+        if proxy_kind == "ours":
+            proxy.process.wait_for("refused in the TLS handshake: client certificate")
+            assert f"code 0x{code:x})" in proxy.process.log()
+        assert connect_status(proxy.http_port, agent_id, "x", f"127.0.0.1:{target}") == 503
+        refused.stop()
 
 
 def test_our_proxy_rereads_the_crl_on_sighup(mix: Mix, target: int, tmp_path: Path) -> None:  # noqa: F811

@@ -6,13 +6,15 @@ import os
 import re
 
 import trio
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic.packet import pull_quic_header
 from prometheus_client import CollectorRegistry, generate_latest
 
 from reverse_http.devcerts import CertFiles
 from reverse_http.proxy.quic_metrics import watch_agent_server
 from reverse_http.quic import AdmissionSettings
 from reverse_http.quic.admission import QUIET_AFTER_LOAD, RELEASE_INTERVAL, Admission
-from reverse_http.quic.initial import cached_keys, forget_keys, opens_handshake
+from reverse_http.quic.initial import cached_keys, forget_keys, keep_keys, opens_handshake
 from reverse_http.quic.trim import release_free_memory, resident_bytes
 from tests.quic_helpers import quic_pair
 from tests.test_quic_initial import initial_with
@@ -31,10 +33,23 @@ def test_keys_of_initials_that_do_not_decrypt_are_not_kept() -> None:
     """Each pair holds four OpenSSL cipher contexts: random CIDs filled the cache for good."""
     forget_keys()
     assert not any(opens_handshake(_junk_initial(), 8) for _ in range(200))
+    assert not keep_keys(bytes(8), 1)  # nothing decrypted: nothing to keep
     assert cached_keys() == 0
-    assert all(opens_handshake(initial_with(CLIENT_HELLO, dcid=os.urandom(8)), 8) for _ in range(3))
-    assert cached_keys() == 3
-    assert forget_keys() == 3 and cached_keys() == 0
+
+
+def test_only_the_keys_of_initials_dropped_by_a_limit_are_kept() -> None:
+    """A flood of real Initials under fresh CIDs is answered with Retries (each client
+    then uses another CID): checking them must leave no keys behind; a client dropped by
+    a limit resends under the same CID, so its keys are worth keeping."""
+    forget_keys()
+    dcids = [os.urandom(8) for _ in range(300)]
+    assert all(opens_handshake(initial_with(CLIENT_HELLO, dcid=dcid), 8) for dcid in dcids)
+    assert cached_keys() == 0
+    assert not keep_keys(dcids[0], 1)  # not the last one checked: its keys are gone
+    assert keep_keys(dcids[-1], 1) and keep_keys(dcids[-1], 1)
+    assert not keep_keys(dcids[-1], 2)  # another version, other keys
+    assert cached_keys() == 1
+    assert forget_keys() == 1 and cached_keys() == 0
 
 
 def test_a_load_episode_is_over_once_after_a_quiet_spell() -> None:
@@ -76,8 +91,14 @@ async def test_a_live_server_drops_a_floods_cached_keys_when_it_is_over(
         with trio.fail_after(5):
             while server.retries_sent < 100 or server.initials_refused < 100:
                 await trio.sleep(0.01)
-        assert cached_keys() >= 100
+        assert cached_keys() == 0  # answered with Retries: no keys kept (there were 100)
+        # One dropped by a limit (its client resends under the same CID) keeps its keys.
+        data = initial_with(CLIENT_HELLO, dcid=os.urandom(8))
+        header = pull_quic_header(Buffer(data=data), host_cid_length=8)
+        server.admission = Admission(AdmissionSettings(retry_initial_rate=1e9), 0.0)
         now = trio.current_time()
+        assert not server._new_connection(data, ("127.0.0.1", 9), header, now, may_create=False)
+        assert server.initials_dropped["busy"] == 1 and cached_keys() == 1
         assert not server.release_after_load(now)  # the flood just ended
         assert server.release_after_load(now + QUIET_AFTER_LOAD + 0.1)
         assert cached_keys() == 0

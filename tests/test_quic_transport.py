@@ -448,19 +448,33 @@ async def test_close_does_not_wait_for_a_reset_stream(certs: CertFiles) -> None:
 async def test_mutual_tls_requires_a_client_certificate_from_the_ca(
     certs: CertFiles, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    """Each refusal is a TLS alert in a transport CONNECTION_CLOSE (CRYPTO_ERROR 0x100 +
+    alert), the alert the Go reference's proxy sends for the same certificate."""
     from reverse_http.devcerts import issue_cert, make_ca
     from reverse_http.quic import ServerSettings, ServerTls, serve_quic
+    from tests.test_tls_files import make_crl
 
     d = tmp_path_factory.mktemp("mtls")
     client_cert, client_key = issue_cert(
         d, certs.ca_cert, certs.ca_key, "agent", ["agent"], client=True
     )
+    revoked = issue_cert(d, certs.ca_cert, certs.ca_key, "revoked", ["revoked"], client=True)
+    make_crl(certs.ca_cert, certs.ca_key, d / "crl.pem", [revoked[0]])
     rogue_dir = d / "rogue"
     rogue_dir.mkdir()
-    rogue_ca, rogue_ca_key = make_ca(rogue_dir)
+    rogue_ca, rogue_ca_key = make_ca(rogue_dir)  # the same name as ours: signature failure
     rogue_cert, rogue_key = issue_cert(d, rogue_ca, rogue_ca_key, "rogue", ["rogue"], client=True)
+    other_dir = d / "other"
+    other_dir.mkdir()
+    other_ca, other_ca_key = make_ca(other_dir, "another CA")  # no issuer found
+    other = issue_cert(other_dir, other_ca, other_ca_key, "other", ["other"], client=True)
     settings = ServerSettings(
-        tls=ServerTls(cert_file=certs.cert, key_file=certs.key, client_ca_file=certs.ca_cert)
+        tls=ServerTls(
+            cert_file=certs.cert,
+            key_file=certs.key,
+            client_ca_file=certs.ca_cert,
+            client_crl_file=d / "crl.pem",
+        )
     )
     async with trio.open_nursery() as n:
         server = await n.start(serve_quic, echo_streams, "127.0.0.1", 0, settings)
@@ -482,14 +496,21 @@ async def test_mutual_tls_requires_a_client_certificate_from_the_ca(
             await stream.send_all(b"with a client certificate")
             await stream.send_eof()
             assert await read_to_eof(stream) == b"with a client certificate"
-            for bad in (tls(), tls(rogue_cert, rogue_key)):
+            refusals = [
+                (tls(), 0x100 + 116, "client certificate required"),  # certificate_required
+                (tls(rogue_cert, rogue_key), 0x100 + 48, "signature failure"),  # unknown_ca
+                (tls(*other), 0x100 + 48, "unable to get local issuer"),  # unknown_ca
+                (tls(*revoked), 0x100 + 42, "is revoked"),  # bad_certificate
+            ]
+            for bad, code, why in refusals:
                 try:
                     rejected = await connect(n, "127.0.0.1", port, TransportSettings(), bad)
                 except ConnectionError as exc:
                     info = exc.info
                 else:
                     info = await rejected.wait_closed()
-                assert info.by_peer and "certificate" in info.reason, info
+                assert info.by_peer and info.kind == "transport", info
+                assert (info.error_code, why in info.reason) == (code, True), info
         n.cancel_scope.cancel()
 
 

@@ -30,7 +30,8 @@ from ..errors import ConfigError
 from ..logs import log_fields
 from ..metrics import AgentMetrics
 from ..quic import Connection, ConnectionError, connect
-from ..quic.settings import TlsConfigError, client_configuration
+from ..quic.connection import CloseInfo
+from ..quic.settings import TlsConfigError, certificate_alert, client_configuration
 from ..systemd import Notifier
 from ..tlsfiles import flag_of_file, read_certificates
 from ..wire.auth import AUTH_TIMEOUT, AUTHENTICATED, FramingError, encode_message, read_message
@@ -197,8 +198,9 @@ async def _reconnect_forever(handle: AgentHandle) -> None:
         started = trio.current_time()
         handle.proxy_draining = handle.replaced = False
         metrics.attempt()
+        closes: list[CloseInfo | None] = []
         try:
-            await _one_connection(handle, state, target)
+            await _one_connection(handle, state, target, closes)
         except* AuthRefused as group:
             state(
                 logging.ERROR,
@@ -212,8 +214,14 @@ async def _reconnect_forever(handle: AgentHandle) -> None:
             trio.TooSlowError,
             trio.BrokenResourceError,
         ) as group:
-            reason = _reason(group.exceptions[0])
-            state(logging.WARNING, f"cannot connect to proxy {target}: {reason}", "connect_failed")
+            refusal = _certificate_refusal(group.exceptions, closes, handle.config)
+            if refusal is not None:
+                message = f"cannot connect to proxy {target}: {refusal}"
+                state(logging.ERROR, message, "certificate_refused")
+            else:
+                reason = _reason(group.exceptions[0])
+                message = f"cannot connect to proxy {target}: {reason}"
+                state(logging.WARNING, message, "connect_failed")
         except* Exception as group:
             # A bug must not end the agent: log it and keep reconnecting.
             log.error("agent connection failed unexpectedly", exc_info=group)
@@ -266,7 +274,12 @@ def _final_stats(conn: Connection) -> dict[str, float] | None:
         return None
 
 
-async def _one_connection(handle: AgentHandle, state: _StateLog, target: str) -> None:
+async def _one_connection(
+    handle: AgentHandle, state: _StateLog, target: str, closes: list[CloseInfo | None]
+) -> None:
+    """One connection's life; ``closes`` gets why the connection was ending when the
+    authentication failed (that, not the exception, says whether the proxy refused our
+    certificate)."""
     config = handle.config
     async with trio.open_nursery() as attempt:
         conn = await connect(
@@ -274,7 +287,11 @@ async def _one_connection(handle: AgentHandle, state: _StateLog, target: str) ->
         )
         if handle.token_file is not None:
             handle.token_file.reload()  # a token renewed on disk is used at once
-        await _authenticate(conn, handle.secret)
+        try:
+            await _authenticate(conn, handle.secret)
+        except BaseException:
+            closes.append(conn.ending)  # before this attempt's end aborts the connection
+            raise
         # Connected (and ready) means authenticated, not merely past the QUIC handshake.
         handle.connection = conn
         handle.connects += 1
@@ -303,6 +320,42 @@ async def _one_connection(handle: AgentHandle, state: _StateLog, target: str) ->
         else:
             state(logging.WARNING, f"connection to proxy {target} lost: {info}", "lost")
         attempt.cancel_scope.cancel()
+
+
+def _leaves(failures: tuple[BaseException, ...]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in failures:
+        found += _leaves(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
+
+
+def _certificate_refusal(
+    failures: tuple[BaseException, ...], closes: list[CloseInfo | None], config: AgentConfig
+) -> str | None:
+    """The "proxy refused our client certificate ..." line, when the attempt ended in a
+    certificate alert from the proxy. TLS 1.3 clients finish their handshake before the
+    server checks their certificate, so the alert usually ends the connection while we
+    authenticate."""
+    infos: list[CloseInfo | None] = [
+        exc.info for exc in _leaves(failures) if isinstance(exc, ConnectionError)
+    ]
+    infos += closes
+    for info in infos:
+        if info is None or info.kind != "transport" or not info.by_peer:
+            continue
+        alert = certificate_alert(info.error_code)
+        if alert is None:
+            continue
+        if config.tls.cert_file is None:
+            ours = "none configured: see --agent-client.tls.file.cert and .key"
+        else:
+            ours = str(config.tls.cert_file)
+        why = f": {info.reason}" if info.reason else ""
+        return (
+            f"proxy refused our client certificate ({ours}): TLS alert {alert}"
+            f" (code 0x{info.error_code:x}){why}"
+        )
+    return None
 
 
 async def _authenticate(conn: Connection, secret: str) -> None:

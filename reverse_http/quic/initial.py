@@ -35,23 +35,29 @@ def opens_handshake(data: bytes, cid_length: int) -> bool:
     end = header.packet_length
     if end > len(data) or end <= encrypted_offset:
         return False
+    global _last
     try:
         key = (bytes(header.destination_cid), header.version)
         pair = _initial_keys(key)
         _, payload, _ = pair.decrypt_packet(data[:end], encrypted_offset, 0)
     except (CryptoError, ValueError, BufferReadError):
         return False
-    _remember_keys(key, pair)
+    _last = (key, pair)
     return _has_crypto_frame(payload)
 
 
-#: Initial keys of the last destination CIDs whose Initial decrypted: a client whose
-#: handshake is not yet admitted (dropped under load) retransmits under the same CID,
-#: and deriving the keys (HKDF, two cipher objects) is most of what checking an Initial
-#: costs. Keys of junk are never kept: each pair holds four OpenSSL cipher contexts
-#: (about 7 KiB with them), and a flood of random CIDs would fill the cache for good.
+#: Initial keys of destination CIDs whose Initial decrypted but was dropped by a limit
+#: (see keep_keys): such a client retransmits under the same CID, and deriving the keys
+#: (HKDF, two cipher objects) is most of what checking an Initial costs. Nothing else is
+#: kept: each pair holds four OpenSSL cipher contexts and a dozen Python objects (about
+#: 9 KiB), and a flood of Initials under fresh CIDs (each answered with a Retry, after
+#: which the client uses another CID) filled the cache for good: 1024 pairs, ~7 MiB of
+#: C heap and ~2.6 MiB of pymalloc arenas that objects allocated meanwhile kept from
+#: being returned, even after the cache was dropped.
 _KEYS: OrderedDict[tuple[bytes, int], CryptoPair] = OrderedDict()
 KEY_CACHE_SIZE = 1024
+#: The keys of the last Initial that decrypted, for keep_keys.
+_last: tuple[tuple[bytes, int], CryptoPair] | None = None
 
 
 def _initial_keys(key: tuple[bytes, int]) -> CryptoPair:
@@ -64,12 +70,22 @@ def _initial_keys(key: tuple[bytes, int]) -> CryptoPair:
     return pair
 
 
-def _remember_keys(key: tuple[bytes, int], pair: CryptoPair) -> None:
+def keep_keys(dcid: bytes, version: int) -> bool:
+    """Cache the keys :func:`opens_handshake` derived for the last Initial that decrypted,
+    if it was this CID's: call it when that Initial is dropped by a limit (its client
+    resends it under the same CID), not when it was answered with a Retry or opened a
+    connection. True when the keys are (now) cached."""
+    global _last
+    key = (bytes(dcid), version)
     if key in _KEYS:
-        return
-    _KEYS[key] = pair
+        return True
+    if _last is None or _last[0] != key:
+        return False
+    _KEYS[key] = _last[1]
+    _last = None
     if len(_KEYS) > KEY_CACHE_SIZE:
         _KEYS.popitem(last=False)
+    return True
 
 
 def cached_keys() -> int:
@@ -82,9 +98,9 @@ def forget_keys() -> int:
 
     The server calls this once new Initials have stopped for a while (a flood or a
     reconnect storm is over): no client is retransmitting a ClientHello by then."""
-    global _KEYS
+    global _KEYS, _last
     dropped = len(_KEYS)
-    _KEYS = OrderedDict()
+    _KEYS, _last = OrderedDict(), None
     return dropped
 
 

@@ -35,10 +35,36 @@ from .endpoint import UdpEndpoint
 from .initial import forget_keys, opens_handshake
 from .protocol import TunnelQuicConnection, encode_invalid_token_close
 from .reset import MIN_RESET_SIZE, derive_reset_key, encode_reset, reset_token
-from .settings import ClientCertVerifier, ServerSettings, client_verifier, server_configuration
+from .settings import (
+    ClientCertVerifier,
+    ServerSettings,
+    certificate_alert,
+    client_verifier,
+    server_configuration,
+)
 from .trim import release_free_memory, resident_bytes
 
 log = logging.getLogger(__name__)
+
+
+def _log_handshake_failure(conn: Connection, exc: ConnectionError) -> None:
+    """A client certificate we refused is the operator's business (a warning naming the
+    alert and why; the reason holds no secret); any other failed handshake is noise."""
+    info = exc.info
+    alert = certificate_alert(info.error_code) if info.kind == "transport" else None
+    if alert is not None and not info.by_peer:
+        host, port = conn.peer_address[:2]
+        log.warning(
+            "client %s:%s refused in the TLS handshake: %s (TLS alert %s, code 0x%x)",
+            host,
+            port,
+            info.reason,
+            alert,
+            info.error_code,
+        )
+    else:
+        log.debug("handshake with %s failed: %s", conn.peer_address, exc)
+
 
 Handler = Callable[[Connection], Awaitable[None]]
 
@@ -364,7 +390,7 @@ class QuicServer:
                 try:
                     await conn.wait_handshake()
                 except ConnectionError as exc:
-                    log.debug("handshake with %s failed: %s", conn.peer_address, exc)
+                    _log_handshake_failure(conn, exc)
                     return
                 finally:
                     self._handshake_over(conn)

@@ -6,7 +6,7 @@ import functools
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ..tlsfiles import (
     ClientAuthority,
@@ -38,6 +38,7 @@ __all__ = [
     "ServerTls",
     "TlsConfigError",
     "TransportSettings",
+    "certificate_alert",
     "client_configuration",
     "client_verifier",
     "server_configuration",
@@ -251,9 +252,39 @@ def _load_chain(cfg: QuicConfiguration, cert: Path, key: Path) -> None:
     cfg.private_key = private_key
 
 
+#: QUIC's CRYPTO_ERROR range: 0x100 + the TLS alert (RFC 9001, 4.8).
+_CRYPTO_ERROR: Final = 0x100
+#: The TLS alerts that refuse a certificate (RFC 8446, 6.2).
+_CERTIFICATE_ALERTS: Final[dict[int, str]] = {
+    42: "bad_certificate",
+    43: "unsupported_certificate",
+    44: "certificate_revoked",
+    45: "certificate_expired",
+    46: "certificate_unknown",
+    48: "unknown_ca",
+    116: "certificate_required",
+}
+#: OpenSSL verification errors that mean "not issued by the client CA" (x509_vfy.h):
+#: unable to get issuer (2, 20), self-signed (18, 19), cannot verify the leaf (21),
+#: signature failure (7: a CA of the same name, but not ours).
+_UNKNOWN_ISSUER: Final = frozenset({2, 7, 18, 19, 20, 21})
+
+
+def certificate_alert(error_code: int) -> str | None:
+    """The certificate alert a transport close with ``error_code`` carries, e.g.
+    ``unknown_ca``; None for any other code."""
+    return _CERTIFICATE_ALERTS.get(error_code - _CRYPTO_ERROR)
+
+
 class ClientCertVerifier:
     """Checks an agent's certificate during the handshake: chain to the client CA, dates,
-    and revocation. Raises a TLS alert, which aioquic sends as the connection's close."""
+    and revocation. Raises a TLS alert, which aioquic sends as the connection's close.
+
+    The alerts are the Go reference's (crypto/tls): ``certificate_required`` without a
+    certificate, ``unknown_ca`` when the client CA did not issue it,
+    ``certificate_expired`` out of its dates, ``bad_certificate`` otherwise, revoked
+    included (its reason phrase says so).
+    """
 
     def __init__(self, authority: ClientAuthority) -> None:
         self.authority = authority
@@ -267,12 +298,18 @@ class ClientCertVerifier:
             aioquic_tls.verify_certificate(
                 certificate=cert, chain=chain, cadata=self.authority.ca_pem
             )
+        except aioquic_tls.AlertBadCertificate as exc:
+            # aioquic drops OpenSSL's error code; the store error it came from has it
+            errors: object = getattr(exc.__context__, "errors", None)
+            unknown = isinstance(errors, list) and bool(errors) and errors[0] in _UNKNOWN_ISSUER
+            description = "unknown_ca" if unknown else "bad_certificate"
+            raise _alert(description, f"client certificate rejected: {exc}") from None
         except aioquic_tls.Alert as exc:
             exc.args = (f"client certificate rejected: {exc}",)
             raise
         problem = self.authority.revocation_problem(cert)
         if problem is not None:
-            raise _alert("certificate_revoked", f"client certificate rejected: {problem}")
+            raise _alert("bad_certificate", f"client certificate rejected: {problem}")
 
 
 @functools.cache
