@@ -32,7 +32,7 @@ from .admission import Admission, TokenBucket, source_key
 from .connection import Connection, ConnectionError
 from .driver import Driver
 from .endpoint import UdpEndpoint
-from .initial import forget_keys, opens_handshake
+from .initial import forget_keys, keep_keys, opens_handshake
 from .protocol import TunnelQuicConnection, encode_invalid_token_close
 from .reset import MIN_RESET_SIZE, derive_reset_key, encode_reset, reset_token
 from .settings import (
@@ -273,6 +273,7 @@ class QuicServer:
         refusal = admission.limit_reached(source) if may_create else "busy"
         if refusal is not None:
             admission.drop(refusal, now)  # the client resends its Initial
+            keep_keys(header.destination_cid, version)  # for that retransmission
             return False
         conn = self._create_connection(odcid, retry_scid, addr)
         self._route(header.destination_cid, conn)
