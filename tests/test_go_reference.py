@@ -363,6 +363,24 @@ def test_failure_codes_match(mix: Mix, target: int, tmp_path: Path) -> None:  # 
     }
 
 
+def test_empty_agent_id_jwt(mix: Mix) -> None:
+    """A validly signed agent token without ``agent_id``: both proxies refuse the agent
+    with 400 "empty agent id", and each agent reports the refusal."""
+    from tests.test_go_interop import empty_id_agent_token
+
+    keys = go_reference_keys()
+    jwt = ("--auth.type=jwt", f"--auth.jwt.public-key={keys.public}")
+    token = ("--auth.type=jwt", f"--auth.jwt.token={empty_id_agent_token()}")
+    ours = mix.proxy("ours", *jwt)
+    go_agent = mix.agent("go", ours, *token)
+    ours.process.wait_for("refused: empty agent id")
+    go_agent.wait_for("Application error 0x190 (remote): empty agent id")
+    go = mix.proxy("go", *jwt)
+    our_agent = mix.agent("ours", go, *token)
+    go.process.wait_for("empty agent id")
+    our_agent.wait_for("refused authentication: empty agent id")
+
+
 # ------------------------------------------------------------------ HA
 
 
