@@ -18,7 +18,13 @@ from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from reverse_http.devcerts import CertFiles
 from reverse_http.quic import DEFAULT_ALPN, AdmissionSettings, TransportSettings, connect
-from reverse_http.quic.admission import Admission, AttackLog, RateMeter, source_key
+from reverse_http.quic.admission import (
+    Admission,
+    AttackLog,
+    RateMeter,
+    WaitingRoom,
+    source_key,
+)
 from tests.quic_helpers import client_tls, echo_streams, quic_pair, read_to_eof
 from tests.test_quic_initial import initial_with
 from tests.tunnel_helpers import echo_target, noauth, open_connect, tunnel
@@ -294,3 +300,82 @@ async def test_initials_beyond_a_batchs_share_still_get_a_retry(certs: CertFiles
             await _eventually(lambda: server.retries_sent == 4)
         assert server.handshakes_pending == 2
         assert server.initials_dropped["busy"] == 0
+
+
+def test_the_waiting_room_serves_in_arrival_order_within_its_bounds() -> None:
+    room: WaitingRoom[str] = WaitingRoom(limit=3, max_wait=1.0, per_source=2)
+    assert room.wait(b"a", "first", "10.0.0.1", 0.0)
+    assert room.wait(b"b", "second", "10.0.0.1", 0.1)
+    assert not room.wait(b"c", "third", "10.0.0.1", 0.2)  # that source's share
+    assert room.wait(b"a", "first again", "10.0.0.1", 0.3)  # a retransmission keeps its place
+    assert room.wait(b"d", "other", "10.0.0.2", 0.4)
+    assert not room.wait(b"e", "full", "10.0.0.3", 0.5)
+    assert len(room) == 3 and b"a" in room
+    got = []
+    while (item := room.peek(0.6)) is not None:
+        got.append(room.pop())
+        assert got[-1] == item
+    assert got == ["first", "second", "other"]
+    assert room.wait(b"c", "third", "10.0.0.1", 0.7)  # the source's places were freed
+
+
+def test_the_waiting_room_gives_up_places_that_waited_too_long_for_good() -> None:
+    room: WaitingRoom[str] = WaitingRoom(limit=10, max_wait=1.0, per_source=10)
+    room.wait(b"old", "old", "10.0.0.1", 0.0)
+    room.wait(b"new", "new", "10.0.0.1", 0.8)
+    assert room.peek(1.0) == "old"  # waited exactly max_wait: still in time
+    assert room.peek(1.5) == "new"
+    assert room.expired == 1 and b"old" not in room
+    # its client's retransmission does not queue again: that attempt is past saving
+    assert not room.wait(b"old", "old", "10.0.0.1", 1.6)
+    # a token's lifetime later the attempt is forgotten
+    assert room.peek(40.0) is None
+    assert room.wait(b"old", "old", "10.0.0.1", 40.0)
+
+
+async def test_a_validated_client_beyond_the_limit_waits_for_the_freed_slot(
+    certs: CertFiles,
+) -> None:
+    """With the only handshake slot taken, a client that came back with its Retry token
+    waits (its Initial is neither dropped nor decrypted again) and gets the slot as soon
+    as the handshake holding it completes."""
+    limits = AdmissionSettings(retry=True, max_pending_handshakes=1, max_wait=30.0)
+    async with quic_pair(certs, handler=echo_streams, admission=limits) as pair:
+        server = pair.server
+        peer = ("127.0.0.1", server.local_address[1])
+        holder_sock = await _udp("127.0.0.2")
+        holder = _client()
+        await holder_sock.sendto(_first_datagram(holder, peer), peer)
+        with trio.fail_after(5):
+            retry, _ = await holder_sock.recvfrom(2048)
+        holder.receive_datagram(retry, peer, now=0.0)
+        for datagram, _ in holder.datagrams_to_send(now=0.0):
+            await holder_sock.sendto(datagram, peer)
+        await _eventually(lambda: server.handshakes_pending == 1)
+
+        connected: list[object] = []
+
+        async def other_client() -> None:
+            connected.append(
+                await connect(
+                    pair.nursery, "127.0.0.1", peer[1], TransportSettings(), client_tls(certs)
+                )
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_client)
+            await _eventually(lambda: len(server.admission.waiting) == 1)
+            assert not connected
+            # the holder completes its handshake: the slot is the waiting client's
+            with trio.fail_after(5):
+                while server.handshakes_pending == 1 and not connected:
+                    with trio.move_on_after(0.5):
+                        answer, _ = await holder_sock.recvfrom(2048)
+                        holder.receive_datagram(answer, peer, now=0.0)
+                        for datagram, _ in holder.datagrams_to_send(now=0.0):
+                            await holder_sock.sendto(datagram, peer)
+            await _eventually(lambda: bool(connected))
+        assert server.admission.admitted_after_wait == 1
+        assert server.initials_dropped["global_limit"] == 0
+        assert len(server.admission.waiting) == 0
+        holder_sock.close()

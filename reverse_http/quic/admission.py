@@ -11,7 +11,10 @@ carries a ClientHello (see :mod:`.initial`):
 - **Tokens** are aioquic's: AES-GCM under a per-process key, bound to the client's
   address and port, the original and the Retry connection IDs, valid 30 s.
 - **Limits on handshakes in progress**, per source (an IPv4 address, an IPv6 /64)
-  and in total. Beyond them Initials are dropped; their clients resend.
+  and in total. Beyond them an Initial with a valid token waits in a bounded queue
+  (:class:`WaitingRoom`) and is admitted in arrival order as handshakes finish; other
+  Initials are dropped and their clients resend. A reconnect storm then costs each
+  client one wait, not lost Initials, retransmission backoff and handshake timeouts.
 - **Attack logs are summaries**: one WARN per interval with what was dropped and
   sent, never a line per packet.
 """
@@ -20,9 +23,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +56,9 @@ class AdmissionSettings:
     retry_pending_threshold: int = 16
     #: Retry while new Initials arrive faster than this many per second.
     retry_initial_rate: float = 100.0
-    #: Handshakes in progress in total; Initials beyond are dropped. A handshake costs
-    #: milliseconds of CPU: too many at once and none finishes in time.
-    max_pending_handshakes: int = 256
+    #: Handshakes in progress in total; Initials beyond wait or are dropped. A handshake
+    #: costs milliseconds of CPU: too many at once and none finishes in time.
+    max_pending_handshakes: int = 128
     #: Handshakes in progress from one source (IPv4 address, IPv6 /64).
     max_pending_per_source: int = 64
     #: New connections admitted per receive batch, after the batch's established
@@ -63,6 +66,12 @@ class AdmissionSettings:
     handshakes_per_batch: int = 16
     #: At most one attack summary per this many seconds.
     log_interval: float = 10.0
+    #: Address-validated Initials (a valid Retry token) waiting for a handshake slot;
+    #: beyond this they are dropped ("busy"). About 1.3 KB each.
+    max_waiting_handshakes: int = 4096
+    #: Seconds an address-validated Initial may wait for a slot; later, its client
+    #: (5 s handshake timeouts are common) could not finish a handshake started now.
+    max_wait: float = 1.5
 
     def __post_init__(self) -> None:
         for name in (
@@ -70,11 +79,12 @@ class AdmissionSettings:
             "max_pending_handshakes",
             "max_pending_per_source",
             "handshakes_per_batch",
+            "max_waiting_handshakes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.retry_initial_rate <= 0 or self.log_interval <= 0:
-            raise ValueError("retry_initial_rate and log_interval must be positive")
+        if self.retry_initial_rate <= 0 or self.log_interval <= 0 or self.max_wait <= 0:
+            raise ValueError("retry_initial_rate, log_interval and max_wait must be positive")
 
 
 def source_key(addr: Any) -> str:
@@ -164,6 +174,81 @@ class AttackLog:
         self._next = now + self.interval
 
 
+T = TypeVar("T")
+#: Seconds a given-up attempt is remembered (a Retry token's lifetime, aioquic's).
+GIVEN_UP_MEMORY = 30.0
+
+
+class WaitingRoom(Generic[T]):
+    """Initials waiting for a handshake slot, first come first served, one place per
+    connection attempt (keyed by its destination CID, which its retransmissions share).
+
+    A place is given up once it has waited ``max_wait`` seconds: by then its client is
+    near its handshake timeout, and a handshake started that late fails and holds a
+    slot for nothing (first come first served with no such bound serves only the dead
+    once the queue is long). A given-up attempt does not queue again; its client
+    dials anew after its timeout.
+    """
+
+    def __init__(self, limit: int, max_wait: float, per_source: int) -> None:
+        self.limit = limit
+        self.max_wait = max_wait
+        self.per_source = per_source
+        self._places: OrderedDict[bytes, tuple[T, float, str]] = OrderedDict()
+        self._sources: Counter[str] = Counter()
+        #: Attempts given up, with when (forgotten after a token's lifetime, bounded).
+        self._given_up: OrderedDict[bytes, float] = OrderedDict()
+        #: Places given up because they waited too long.
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._places)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._places
+
+    def wait(self, key: bytes, item: T, source: str, now: float) -> bool:
+        """Queue ``item`` from ``source`` (or refresh the place ``key`` holds); False when
+        the room is full or ``source`` holds ``per_source`` places already."""
+        if key in self._places:
+            return True
+        if key in self._given_up or len(self._places) >= self.limit:
+            return False
+        if self._sources[source] >= self.per_source:
+            return False
+        self._places[key] = (item, now, source)
+        self._sources[source] += 1
+        return True
+
+    def peek(self, now: float) -> T | None:
+        """The longest-waiting item still in time (those ahead of it are given up)."""
+        places = self._places
+        given_up = self._given_up
+        while given_up:
+            key, at = next(iter(given_up.items()))
+            if now - at < GIVEN_UP_MEMORY and len(given_up) <= self.limit:
+                break
+            given_up.popitem(last=False)
+        while places:
+            key, (item, arrived, _) = next(iter(places.items()))
+            if now - arrived <= self.max_wait:
+                return item
+            self.pop()
+            given_up[key] = now
+            self.expired += 1
+        return None
+
+    def pop(self) -> T:
+        """Remove the head (what :meth:`peek` returned)."""
+        item, _, source = self._places.popitem(last=False)[1]
+        left = self._sources[source] - 1
+        if left > 0:
+            self._sources[source] = left
+        else:
+            del self._sources[source]
+        return item
+
+
 class Admission:
     """The state behind admission decisions: handshakes in progress, per source and in
     total, the rate of new Initials, Retry tokens, and counters of what was refused."""
@@ -181,6 +266,11 @@ class Admission:
         self.log = AttackLog(settings.log_interval, now)
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.retries_sent = 0
+        self.waiting: WaitingRoom[Any] = WaitingRoom(
+            settings.max_waiting_handshakes, settings.max_wait, settings.max_pending_per_source
+        )
+        #: Handshakes started from the waiting room.
+        self.admitted_after_wait = 0
         self._last_initial = now
         self._settled = True
         self._released_at = -RELEASE_INTERVAL
@@ -196,6 +286,8 @@ class Admission:
         timeout) and the last release is :data:`RELEASE_INTERVAL` ago: the moment to
         drop what the episode left behind (cached Initial keys, the heap's free pages)."""
         if self._settled or self.pending or now - self._last_initial < QUIET_AFTER_LOAD:
+            return False
+        if self.waiting.peek(now) is not None:
             return False
         if now - self._released_at < RELEASE_INTERVAL:
             return False

@@ -197,14 +197,18 @@ class QuicServer:
         """Admit the batch's new connections (a bounded number, in arrival order), then
         service every connection the batch touched."""
         initials, self._new_initials = self._new_initials, []
-        admitted = 0
         now = trio.current_time()
+        share = self.settings.admission.handshakes_per_batch
+        # Clients waiting for a handshake slot go first, oldest first.
+        admitted = self._admit_waiting(share, now)
+        waiting = self.admission.waiting
         for data, addr, header in initials:
             conn = self._routes.get(header.destination_cid)
             if conn is not None:  # a retransmitted Initial of one admitted just now
                 conn.datagram_received(data, addr, now)
-            else:
-                may_create = admitted < self.settings.admission.handshakes_per_batch
+            elif header.destination_cid not in waiting:
+                # (a waiting client's retransmission is not even decrypted)
+                may_create = admitted < share and not waiting
                 admitted += self._new_connection(data, addr, header, now, may_create)
         self.admission.log.flush(now)
         self.driver.flush()
@@ -272,22 +276,69 @@ class QuicServer:
         source = source_key(addr)
         refusal = admission.limit_reached(source) if may_create else "busy"
         if refusal is not None:
-            admission.drop(refusal, now)  # the client resends its Initial
-            keep_keys(header.destination_cid, version)  # for that retransmission
+            # An address-validated client waits its turn; others resend their Initial.
+            validated_client = retry_scid is not None and refusal != "source_limit"
+            place = (data, addr, header, odcid, retry_scid, source)
+            if not (
+                validated_client
+                and admission.waiting.wait(header.destination_cid, place, source, now)
+            ):
+                admission.drop(refusal, now)
+                keep_keys(header.destination_cid, version)  # for its retransmission
             return False
+        self._start_handshake(data, addr, header, odcid, retry_scid, source, now)
+        return True
+
+    def _admit_waiting(self, share: int, now: float) -> int:
+        """Start up to ``share`` handshakes of waiting clients, in arrival order, while
+        the limits on handshakes in progress allow; how many were started."""
+        admission = self.admission
+        waiting = admission.waiting
+        started = 0
+        while started < share and self._accepting and self._spawn is not None:
+            place = waiting.peek(now)
+            if place is None:
+                break
+            data, addr, header, odcid, retry_scid, source = place
+            refusal = admission.limit_reached(source)
+            if refusal == "global_limit":
+                break  # the head waits for a handshake to finish
+            waiting.pop()
+            if refusal is not None:  # its source's share is in progress: resend later
+                admission.drop(refusal, now)
+                continue
+            admission.admitted_after_wait += 1
+            self._start_handshake(data, addr, header, odcid, retry_scid, source, now)
+            started += 1
+        return started
+
+    def _start_handshake(
+        self,
+        data: bytes,
+        addr: Any,
+        header: Any,
+        odcid: bytes,
+        retry_scid: bytes | None,
+        source: str,
+        now: float,
+    ) -> None:
+        admission = self.admission
         conn = self._create_connection(odcid, retry_scid, addr)
         self._route(header.destination_cid, conn)
         self._route(conn.host_cid, conn)
         admission.started(source)
         self._handshake_sources[conn] = source
+        assert self._spawn is not None  # checked by the callers
         self._spawn(conn)
         conn.datagram_received(data, addr, now)
-        return True
 
     def _handshake_over(self, conn: Connection) -> None:
         source = self._handshake_sources.pop(conn, None)
         if source is not None:
             self.admission.finished(source)
+            # The freed slot goes to the longest-waiting client now, not at the next batch.
+            if self.admission.waiting and self._admit_waiting(1, trio.current_time()):
+                self.driver.flush()
 
     def _create_connection(self, odcid: bytes, retry_scid: bytes | None, addr: Any) -> Connection:
         t = self.settings.transport
