@@ -231,3 +231,38 @@ def test_daemons_freeze_the_collector_when_ready_not_before_listening() -> None:
         "assert seen[0] == (0, YOUNG_THRESHOLD) and seen[1] > 1000, seen\n"
     )
     loaded(code)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["proxy", "--help"],
+        ["agent", "--help"],
+        ["lb", "--help"],
+        ["auth", "--help"],
+        ["auth", "jwt", "token", "--help"],
+        ["version", "-V"],
+        ["proxy", "--no-such-flag"],
+        ["lb", "--check", "--config=", "--store.memcached.address=127.0.0.1:1"],
+    ],
+)
+def test_a_command_built_alone_behaves_as_in_the_whole_command_line(args: list[str]) -> None:
+    """``main`` builds only the command it runs (typer builds every signature's options
+    first): the same output and exit status as with all of them."""
+    from typer.testing import CliRunner
+
+    from reverse_http.cli.main import _app_for, app
+
+    alone = _app_for(args)
+    assert alone is not app
+    assert len(alone.registered_commands) + len(alone.registered_groups) == 1
+    whole = CliRunner().invoke(app, args, prog_name="reverse-http")
+    result = CliRunner().invoke(alone, args, prog_name="reverse-http")
+    assert (result.exit_code, result.output) == (whole.exit_code, whole.output)
+
+
+@pytest.mark.parametrize("args", [[], ["--help"], ["--log.level", "warn", "proxy"], ["nosuch"]])
+def test_without_a_command_first_the_whole_command_line_answers(args: list[str]) -> None:
+    from reverse_http.cli.main import _app_for, app
+
+    assert _app_for(args) is app

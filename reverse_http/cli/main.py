@@ -16,11 +16,13 @@ so that ``RestartPreventExitStatus=1`` still restarts a crashed daemon.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
 import os
 import re
+import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, Annotated, Any, ClassVar, Final, NoReturn, TypeVar
@@ -813,9 +815,32 @@ def demo(
         raise typer.Exit(1)
 
 
+def _app_for(args: Sequence[str]) -> typer.Typer:
+    """``app`` with only the command that ``args`` start with, if they start with one.
+
+    Typer builds every command's options from its signature before it parses anything
+    (~30 ms for all of them); a daemon's start needs only its own. Anything else (no
+    command, a global flag first) gets the whole command line.
+    """
+    if not args:
+        return app
+    commands = [
+        info
+        for info in app.registered_commands
+        if str(info.name or getattr(info.callback, "__name__", "")).replace("_", "-") == args[0]
+    ]
+    groups = [info for info in app.registered_groups if info.name == args[0]]
+    if len(commands) + len(groups) != 1:
+        return app
+    only = copy.copy(app)
+    only.registered_commands, only.registered_groups = commands, groups
+    return only
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
-    app(args=None if argv is None else list(argv), prog_name=PROG_NAME)
+    args = sys.argv[1:] if argv is None else list(argv)
+    _app_for(args)(args=args, prog_name=PROG_NAME)
 
 
 if __name__ == "__main__":
