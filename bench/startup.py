@@ -13,6 +13,7 @@ page cache may still lack the modules). Prints a table and asserts nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import subprocess
@@ -26,6 +27,7 @@ from pathlib import Path
 if str(Path(__file__).resolve().parent.parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent.parent))  # PYTHONPATH may override
 
+import reverse_http
 from bench._common import free_ports, reverse_http_exe, wait_port
 from reverse_http.devcerts import make_dev_certs
 
@@ -69,6 +71,18 @@ def timed(argv: Sequence[str], probes: dict[str, Callable[[], bool]]) -> dict[st
         proc.terminate()
         proc.wait(10)
     return seen
+
+
+def bytecode_note() -> str:
+    """Whether the daemons start from cached bytecode: with PYTHONDONTWRITEBYTECODE and no
+    ``__pycache__`` (a fresh checkout) each start compiles our modules again (~0.1-0.3 s),
+    which an installed wheel never does."""
+    if os.environ.get("PYTHONPYCACHEPREFIX"):
+        return f"bytecode cached in {os.environ['PYTHONPYCACHEPREFIX']}"
+    cached = (Path(reverse_http.__file__).parent / "__pycache__").is_dir()
+    if sys.flags.dont_write_bytecode and not cached:
+        return "no bytecode cache: our modules compiled on every start"
+    return "bytecode cached in __pycache__"
 
 
 def main() -> None:
@@ -162,7 +176,7 @@ def main() -> None:
             memcached.terminate()
             memcached.wait(10)
 
-    print(f"start-up to listening, {runs} runs each (seconds)")
+    print(f"start-up to listening, {runs} runs each (seconds); {bytecode_note()}")
     print(f"{'daemon: point':48} {'cold':>6} {'warm min':>9} {'warm med':>9} {'warm max':>9}")
     for name, times in results.items():
         warm = times[1:] or times
