@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ from reverse_http.quic.admission import (
     Admission,
     AttackLog,
     RateMeter,
+    RetryMemory,
     WaitingRoom,
     source_key,
 )
@@ -379,3 +381,48 @@ async def test_a_validated_client_beyond_the_limit_waits_for_the_freed_slot(
         assert server.initials_dropped["global_limit"] == 0
         assert len(server.admission.waiting) == 0
         holder_sock.close()
+
+
+def test_a_retransmitted_first_initial_gets_the_same_retry_at_a_bounded_rate() -> None:
+    memory = RetryMemory(limit=2, ttl=5.0, resend_after=0.5)
+    client = ("10.0.0.1", 4433)
+    assert memory.recall(b"dcid-a", client, 0.0) is None  # new: decrypt, answer
+    memory.remember(b"dcid-a", client, b"retry-a", 0.0)
+    assert memory.recall(b"dcid-a", client, 0.2) == b""  # just sent: nothing again
+    assert memory.recall(b"dcid-a", client, 0.6) == b"retry-a"
+    assert memory.recall(b"dcid-a", client, 0.8) == b""
+    assert memory.recall(b"dcid-a", ("10.0.0.2", 4433), 0.8) is None  # another address
+    memory.remember(b"dcid-b", client, b"retry-b", 1.0)
+    memory.remember(b"dcid-c", client, b"retry-c", 1.0)  # over the bound: the oldest goes
+    assert len(memory) == 2 and memory.recall(b"dcid-a", client, 2.0) is None
+    assert memory.recall(b"dcid-b", client, 6.5) is None  # forgotten after ttl
+
+
+async def test_a_retransmitted_first_initial_draws_no_new_retry(certs: CertFiles) -> None:
+    """While the Retry is on its way a client resends its first Initial: that costs no
+    decryption and no new token, and draws no second Retry."""
+    async with quic_pair(certs, admission=AdmissionSettings(retry=True)) as pair:
+        server = pair.server
+        peer = ("127.0.0.1", server.local_address[1])
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as marker,
+        ):
+            sock.bind(("127.0.0.4", 0))
+            marker.bind(("127.0.0.5", 0))
+            before = server.retries_sent  # the pair's own client had one
+            datagram = _first_datagram(_client(), peer)
+            for _ in range(3):  # no checkpoint in between: one receive batch
+                sock.sendto(datagram, peer)
+            marker.sendto(_first_datagram(_client(), peer), peer)
+            # the marker's Retry is the last
+            await _eventually(lambda: server.retries_sent == before + 2)
+            sock.setblocking(False)
+            answers = []
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    answers.append(sock.recv(2048))
+        assert len(answers) == 1
+        header = pull_quic_header(Buffer(data=answers[0]), host_cid_length=8)
+        assert header.packet_type == QuicPacketType.RETRY
+        assert server.admission.retries_repeated == 0

@@ -207,6 +207,10 @@ class WaitingRoom(Generic[T]):
     def __contains__(self, key: bytes) -> bool:
         return key in self._places
 
+    def gave_up(self, key: bytes) -> bool:
+        """Whether the attempt ``key`` was given up (its retransmissions are dropped)."""
+        return key in self._given_up
+
     def wait(self, key: bytes, item: T, source: str, now: float) -> bool:
         """Queue ``item`` from ``source`` (or refresh the place ``key`` holds); False when
         the room is full or ``source`` holds ``per_source`` places already."""
@@ -249,6 +253,49 @@ class WaitingRoom(Generic[T]):
         return item
 
 
+class RetryMemory:
+    """The Retry sent for each recent first Initial, by its destination CID and address.
+
+    A client retransmits its first Initial while our Retry is on its way (in a storm the
+    receive queue delays everything); such a retransmission needs neither decryption
+    nor a new token, at most the same Retry again, at most every ``resend_after``
+    seconds. Bounded: ``limit`` entries, each forgotten ``ttl`` seconds after its Retry.
+    """
+
+    def __init__(self, limit: int = 4096, ttl: float = 5.0, resend_after: float = 0.5) -> None:
+        self.limit = limit
+        self.ttl = ttl
+        self.resend_after = resend_after
+        self._sent: OrderedDict[bytes, tuple[Any, bytes, float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    def remember(self, dcid: bytes, addr: Any, packet: bytes, now: float) -> None:
+        self._prune(now)
+        if len(self._sent) >= self.limit:
+            self._sent.popitem(last=False)
+        self._sent[dcid] = (addr, packet, now, now)
+
+    def recall(self, dcid: bytes, addr: Any, now: float) -> bytes | None:
+        """None when no Retry went to this first Initial (from this address) lately; else
+        the Retry to send again, or b"" when it went too recently to repeat."""
+        self._prune(now)
+        entry = self._sent.get(dcid)
+        if entry is None or entry[0] != addr:
+            return None
+        _, packet, first, last = entry
+        if now - last < self.resend_after:
+            return b""
+        self._sent[dcid] = (addr, packet, first, now)
+        return packet
+
+    def _prune(self, now: float) -> None:
+        sent = self._sent
+        while sent and now - next(iter(sent.values()))[2] > self.ttl:
+            sent.popitem(last=False)
+
+
 class Admission:
     """The state behind admission decisions: handshakes in progress, per source and in
     total, the rate of new Initials, Retry tokens, and counters of what was refused."""
@@ -271,6 +318,9 @@ class Admission:
         )
         #: Handshakes started from the waiting room.
         self.admitted_after_wait = 0
+        self.recent_retries = RetryMemory()
+        #: Retries sent again for a retransmitted first Initial (not counted as sent).
+        self.retries_repeated = 0
         self._last_initial = now
         self._settled = True
         self._released_at = -RELEASE_INTERVAL

@@ -206,8 +206,17 @@ class QuicServer:
             conn = self._routes.get(header.destination_cid)
             if conn is not None:  # a retransmitted Initial of one admitted just now
                 conn.datagram_received(data, addr, now)
-            elif header.destination_cid not in waiting:
-                # (a waiting client's retransmission is not even decrypted)
+            elif header.destination_cid in waiting:
+                pass  # a waiting client's retransmission: it keeps its place
+            elif waiting.gave_up(header.destination_cid):
+                self.admission.drop("busy", now)  # no need to decrypt it again
+            elif (
+                retry := self.admission.recent_retries.recall(header.destination_cid, addr, now)
+            ) is not None:
+                if retry:  # a first Initial retransmitted: the same Retry, not a new one
+                    self.admission.retries_repeated += 1
+                    self._send_now(retry, addr)
+            else:
                 may_create = admitted < share and not waiting
                 admitted += self._new_connection(data, addr, header, now, may_create)
         self.admission.log.flush(now)
@@ -261,16 +270,15 @@ class QuicServer:
         elif admission.retry_required(now):
             scid = os.urandom(self._cid_length)
             token = admission.create_token(addr, header.destination_cid, scid, now)
-            self._send_now(
-                encode_quic_retry(
-                    version=version,
-                    source_cid=scid,
-                    destination_cid=header.source_cid,
-                    original_destination_cid=header.destination_cid,
-                    retry_token=token,
-                ),
-                addr,
+            retry = encode_quic_retry(
+                version=version,
+                source_cid=scid,
+                destination_cid=header.source_cid,
+                original_destination_cid=header.destination_cid,
+                retry_token=token,
             )
+            admission.recent_retries.remember(header.destination_cid, addr, retry, now)
+            self._send_now(retry, addr)
             admission.retry_sent(now)
             return False
         source = source_key(addr)
