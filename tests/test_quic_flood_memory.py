@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import math
 import os
 import re
+import weakref
 
 import trio
+import trio.testing
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.packet import pull_quic_header
 from prometheus_client import CollectorRegistry, generate_latest
@@ -14,6 +18,7 @@ from reverse_http.devcerts import CertFiles
 from reverse_http.proxy.quic_metrics import watch_agent_server
 from reverse_http.quic import AdmissionSettings
 from reverse_http.quic.admission import QUIET_AFTER_LOAD, RELEASE_INTERVAL, Admission
+from reverse_http.quic.driver import Driver
 from reverse_http.quic.initial import cached_keys, forget_keys, keep_keys, opens_handshake
 from reverse_http.quic.trim import release_free_memory, resident_bytes
 from tests.quic_helpers import quic_pair
@@ -121,3 +126,36 @@ def test_resident_bytes_is_this_processs_rss() -> None:
         status = dict(line.split(":", 1) for line in f)
     kib = int(status["VmRSS"].split()[0])
     assert abs(rss / 1024 - kib) < 4096  # the same figure, give or take what moved between
+
+
+class _Due:
+    """What the driver needs of a connection: a deadline and a service call."""
+
+    def __init__(self) -> None:
+        self._timer_at = math.inf
+        self.serviced = trio.Event()
+
+    def _service(self, now: float) -> None:
+        self.serviced.set()
+
+
+async def test_the_driver_keeps_no_connection_it_serviced(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A flood's half-open connections end at their handshake timeout; the driver's task
+    held the last one it serviced (its TLS state, its packet spaces) until the next
+    deadline came, which on a quiet proxy may be never."""
+    driver = Driver(lambda datagrams: None)
+    conn = _Due()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(driver.run)
+        driver.add(conn)  # type: ignore[arg-type]
+        driver.schedule(conn, trio.current_time() + 1.0)  # type: ignore[arg-type]
+        await conn.serviced.wait()
+        driver.remove(conn)  # type: ignore[arg-type]
+        gone = weakref.ref(conn)
+        del conn
+        await trio.sleep(60)  # the driver sleeps: nothing is due
+        gc.collect()
+        assert gone() is None
+        nursery.cancel_scope.cancel()

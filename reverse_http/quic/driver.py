@@ -115,10 +115,15 @@ class Driver:
                     await self._wake.wait()
                 self._sleeping_until = math.inf
             self._wake = trio.Event()
-            now = trio.current_time()
-            heap = self._heap
-            while heap and heap[0][0] <= now:
-                at, _, conn = heapq.heappop(heap)
-                if conn._timer_at == at:
-                    conn._timer_at = math.nan  # due: the next schedule() always pushes
-                    self._dirty[conn] = None
+            self._take_due(trio.current_time())
+
+    def _take_due(self, now: float) -> None:
+        """Mark the connections whose deadline passed for the next flush. A method of
+        its own: a local of :meth:`run` would keep the last one (a dead half-open
+        handshake's TLS state and packet spaces) alive while the driver sleeps."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, _, conn = heapq.heappop(heap)
+            if conn._timer_at == at:
+                conn._timer_at = math.nan  # due: the next schedule() always pushes
+                self._dirty[conn] = None
