@@ -97,16 +97,18 @@ async def test_a_live_server_drops_a_floods_cached_keys_when_it_is_over(
             while server.retries_sent < 100 or server.initials_refused < 100:
                 await trio.sleep(0.01)
         assert cached_keys() == 0  # answered with Retries: no keys kept (there were 100)
+        assert len(server.admission.recent_retries) >= 100
         # One dropped by a limit (its client resends under the same CID) keeps its keys.
         data = initial_with(CLIENT_HELLO, dcid=os.urandom(8))
         header = pull_quic_header(Buffer(data=data), host_cid_length=8)
-        server.admission = Admission(AdmissionSettings(retry_initial_rate=1e9), 0.0)
+        server.admission.settings = AdmissionSettings(retry_initial_rate=1e9)
         now = trio.current_time()
         assert not server._new_connection(data, ("127.0.0.1", 9), header, now, may_create=False)
         assert server.initials_dropped["busy"] == 1 and cached_keys() == 1
         assert not server.release_after_load(now)  # the flood just ended
         assert server.release_after_load(now + QUIET_AFTER_LOAD + 0.1)
         assert cached_keys() == 0
+        assert len(server.admission.recent_retries) == 0  # nothing pruned them: no Initials
         assert server.memory_releases == 1
         sock.close()
         # what the proxy's metrics endpoint shows of it
@@ -159,3 +161,17 @@ async def test_the_driver_keeps_no_connection_it_serviced(
         gc.collect()
         assert gone() is None
         nursery.cancel_scope.cancel()
+
+
+def test_the_end_of_an_episode_leaves_fresh_admission_tables() -> None:
+    """Remembered Retries and given-up attempts are pruned only as new Initials come; once
+    the load is over none come, and a flood's 4096 Retries stayed resident."""
+    adm = Admission(AdmissionSettings(), now=0.0)
+    for i in range(5000):
+        adm.recent_retries.remember(i.to_bytes(8, "big"), ("127.0.0.1", i), bytes(100), 1.0)
+    adm.initial_seen(1.0)
+    assert len(adm.recent_retries) == 4096
+    assert adm.load_is_over(1.0 + QUIET_AFTER_LOAD)
+    adm.forget_episode()
+    assert len(adm.recent_retries) == 0
+    assert adm.recent_retries.recall((1).to_bytes(8, "big"), ("127.0.0.1", 1), 7.0) is None

@@ -211,6 +211,11 @@ class WaitingRoom(Generic[T]):
         """Whether the attempt ``key`` was given up (its retransmissions are dropped)."""
         return key in self._given_up
 
+    def forget_given_up(self) -> None:
+        """A fresh table of given-up attempts (a load episode is over; see
+        Admission.forget_episode)."""
+        self._given_up = OrderedDict()
+
     def wait(self, key: bytes, item: T, source: str, now: float) -> bool:
         """Queue ``item`` from ``source`` (or refresh the place ``key`` holds); False when
         the room is full or ``source`` holds ``per_source`` places already."""
@@ -270,6 +275,10 @@ class RetryMemory:
 
     def __len__(self) -> int:
         return len(self._sent)
+
+    def clear(self) -> None:
+        """Forget every Retry, with a fresh table (an emptied dict keeps its grown one)."""
+        self._sent = OrderedDict()
 
     def remember(self, dcid: bytes, addr: Any, packet: bytes, now: float) -> None:
         self._prune(now)
@@ -344,6 +353,15 @@ class Admission:
         self._settled = True
         self._released_at = now
         return True
+
+    def forget_episode(self) -> None:
+        """Fresh tables for what a load episode filled, once it is over (load_is_over):
+        nothing prunes them without new Initials, and an emptied dict keeps its grown
+        table. A flood of real Initials left 4096 remembered Retries (~0.4 KiB each, all
+        expired by then) resident for good."""
+        self.recent_retries.clear()
+        self.waiting.forget_given_up()
+        self._per_source = dict(self._per_source)
 
     def initial_seen(self, now: float) -> None:
         """A new connection's Initial decrypted (counted towards the Initial rate)."""

@@ -423,11 +423,12 @@ class QuicServer:
 
     def release_after_load(self, now: float) -> bool:
         """Once a flood or a reconnect storm is over (Admission.load_is_over), drop the
-        Initial keys it left cached and return the heap's free pages to the OS, so RSS
-        falls back (issue 11); True when it did."""
+        Initial keys and the admission state (remembered Retries) it left and return the
+        heap's free pages to the OS, so RSS falls back (issue 11); True when it did."""
         if not self.admission.load_is_over(now):
             return False
         before = resident_bytes()
+        self.admission.forget_episode()
         keys = forget_keys()
         trimmed = release_free_memory()
         after = resident_bytes()
