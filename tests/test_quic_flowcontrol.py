@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import trio
 import trio.testing
+from aioquic.quic.packet_builder import QuicDeliveryState
 
 from reverse_http.devcerts import CertFiles
 from reverse_http.quic import TransportSettings
@@ -84,3 +85,71 @@ async def test_one_stream_over_a_long_path_fills_it_only_with_a_grown_window(
     # 512 KiB per 50 ms round trip is at most 10.5 MB/s; the grown window does better
     assert fixed_s >= size / (512 * KIB / 0.05) * 0.9
     assert tuned_s < fixed_s / 2, (tuned_s, fixed_s)
+
+
+async def test_stream_credit_goes_out_after_a_quarter_window_read(certs: CertFiles) -> None:
+    """The peer may always send three quarters of a window ahead (quic-go's threshold):
+    at half, a long path's sender in slow start hit the limit at every doubling."""
+    async with linked(certs, TransportSettings()) as (link, client):
+        server = await link.server_conn()
+        mine = await client.open_stream()
+        await mine.send_all(b"go")
+        theirs = await server.accept_stream()
+        await theirs.send_all(b"x")
+        assert await mine.receive_some() == b"x"  # one byte consumed
+        quic, sid = client.quic, mine.stream_id
+        quarter = quic._stream_window(sid) // 4
+        assert quic.consumed(sid, quarter - 2) is False
+        assert quic.consumed(sid, 1) is True  # a quarter of the window read
+
+
+async def _blocked_writer_after_ack_past_gap(
+    certs: CertFiles, buffer_max: int
+) -> tuple[bool, int, int]:
+    """A writer blocked on a full send buffer (64 KiB, nothing acknowledged: the link is
+    cut), then the peer acknowledges everything past the first 16 KiB (a lost packet at
+    the start). Whether the writer went on; the bytes held and counted against it."""
+    t = TransportSettings(stream_send_buffer=64 * KIB, stream_send_buffer_max=buffer_max)
+    async with linked(certs, t) as (link, client):
+        server = await link.server_conn()
+        mine = await client.open_stream()
+        await mine.send_all(b"go")
+        theirs = await server.accept_stream()
+        await theirs.receive_some()
+        link.up = False
+        done = trio.Event()
+
+        async def write() -> None:
+            await theirs.send_all(b"x" * 96 * KIB)
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            await trio.testing.wait_all_tasks_blocked()
+            quic = server.quic
+            assert quic.stream_unacked(theirs.stream_id) == 64 * KIB
+            assert not done.is_set()
+            aio = quic._streams[theirs.stream_id]
+            quic._on_stream_delivery(QuicDeliveryState.ACKED, aio, 16 * KIB, 64 * KIB, False)
+            await trio.testing.wait_all_tasks_blocked()
+            went_on = done.is_set()
+            held, counted = quic.stream_unacked(theirs.stream_id), theirs.unacked
+            nursery.cancel_scope.cancel()
+        return went_on, held, counted
+
+
+async def test_data_acknowledged_past_a_gap_frees_the_writer_up_to_the_memory_bound(
+    certs: CertFiles,
+) -> None:
+    """While a lost packet is repaired (about two round trips), everything sent past it
+    stays buffered: counted against the send buffer, it stopped a long link's writer
+    after every loss. Acknowledged bytes count only as far as the buffer would outgrow
+    ``stream_send_buffer_max``."""
+    went_on, held, counted = await _blocked_writer_after_ack_past_gap(certs, 1024 * KIB)
+    assert went_on  # woken by the acknowledgement, though it freed no memory
+    assert held == 96 * KIB  # the gap still holds everything behind it
+    assert counted == held - 48 * KIB  # only what the peer has not acknowledged
+    went_on, held, counted = await _blocked_writer_after_ack_past_gap(certs, 80 * KIB)
+    assert not went_on  # 64 KiB held of an 80 KiB bound: still half the buffer counts
+    assert held == 64 * KIB
+    assert counted == 48 * KIB
