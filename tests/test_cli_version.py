@@ -65,8 +65,8 @@ def test_unknown_version_flag_is_one_line() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--log.level=bogus", "version"], "--log.level: 'bogus' is not one of trace,"),
-        (["--log.format=xml", "auth", "key", "private"], "--log.format: 'xml' is not one of"),
+        (["--log.level=bogus", "version"], "version: --log.level: 'bogus' is not one of trace,"),
+        (["--log.format=xml", "auth", "key", "private"], "auth: --log.format: 'xml' is not one"),
     ],
 )
 def test_log_flags_before_a_command_that_does_not_log_are_checked(
@@ -76,7 +76,7 @@ def test_log_flags_before_a_command_that_does_not_log_are_checked(
     result = CliRunner().invoke(app, args, prog_name="reverse-http")
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert result.stderr.startswith(f"reverse-http: {message}")
+    assert result.stderr.startswith(f"reverse-http {message}")
 
 
 def test_commit_of_a_git_checkout_is_shown() -> None:

@@ -428,14 +428,18 @@ def _root(
     """HTTP reverse tunnel."""
     # As with Kong, the daemons' log flags may come before the command; one given
     # after the command wins, and env/file values apply only when neither is given.
-    # Checked here, as Kong checks them, even for commands that do not log.
+    # The daemons check them with their other flags; for the commands that do not log
+    # they are checked here, as Kong checks them on every command.
+    command = ctx.invoked_subcommand
     for flag, value, choices in (
         ("log.level", log_level, options.LOG_LEVELS),
         ("log.format", log_format, options.LOG_FORMATS),
     ):
-        if value is not None and value not in choices:
+        if value is not None and value not in choices and command not in options.COMMANDS:
             allowed = ", ".join(choices)
-            raise CliError("reverse-http", f"--{flag}: {value!r} is not one of {allowed}")
+            raise CliError(
+                f"reverse-http {command}", f"--{flag}: {value!r} is not one of {allowed}"
+            )
     ctx.meta[_ROOT_LOG_KEY] = {"log.level": log_level, "log.format": log_format}
 
 
