@@ -198,7 +198,7 @@ def _http_proxy_flags(default_listen: str) -> tuple[Flag, ...]:
         Flag("http-proxy.tls.enable", "Serve the HTTP proxy over TLS.", False, kind="bool"),
         _duration_flag(
             "http-proxy.tls.refresh",
-            "Interval for re-reading the HTTP proxy TLS files (0: only on SIGHUP).",
+            "Interval for re-reading the HTTP proxy TLS files (0 or less: only on SIGHUP).",
             "0s",
         ),
         _file_flag("http-proxy.tls.file.key", "HTTP proxy TLS key file."),
@@ -230,7 +230,11 @@ _MEMCACHED_FLAGS: Final = (
         "Memcached server address(es), comma-separated.",
         "localhost:11211",
     ),
-    _duration_flag("store.memcached.timeout", "Memcached dial timeout.", "1s"),
+    _duration_flag(
+        "store.memcached.timeout",
+        "Memcached dial timeout (0 or less: 500 ms, as in the Go reference).",
+        "1s",
+    ),
 )
 
 #: QUIC transport settings, the same on the proxy's agent server and on the agent.
@@ -317,7 +321,7 @@ _PROXY_ONLY: Final = (
     Flag("agent-server.listen-address", "Agent server listen address (UDP).", ":4242"),
     _duration_flag(
         "agent-server.tls.refresh",
-        "Interval for re-reading the agent server TLS files (0: only on SIGHUP).",
+        "Interval for re-reading the agent server TLS files (0 or less: only on SIGHUP).",
         "0s",
     ),
     _file_flag(
