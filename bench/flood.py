@@ -27,8 +27,8 @@ VmRSS before, peak and 10 s after the flood, proxy CPU, datagrams the generator
 sent, and the proxy's own counters (Retries sent, Initials dropped by reason,
 handshakes in progress). Targets (issue 11): >= 99% of requests succeed, a new agent
 connects within 5 s, RSS grows <= 64 MiB and falls back (10 s after the flood, within
-4 MiB of before: the proxy drops the Initial keys a flood left cached and trims the C
-heap 5 s after the last new connection's Initial; the "release" line shows the
+4 MiB of before: the proxy drops what a flood left, such as remembered Retries, and
+trims the C heap 5 s after the last new connection's Initial; the "release" line shows the
 proxy's ``quic_memory_releases_total`` and ``quic_memory_released_bytes_total`` at the
 end of the cooldown). The machine's load
 (``uptime``) is printed: other work on the same cores changes every number.
