@@ -37,7 +37,7 @@ from typer.core import TyperCommand, TyperGroup
 from ..errors import ConfigError
 from ..logs import log_fields, setup_logging
 from ..systemd import Notifier
-from . import coercion, options, version_text
+from . import options, version_text
 from .auth_cmd import LOG_FORMAT_OPTION, LOG_LEVEL_OPTION, auth_app
 
 __all__ = [
@@ -327,6 +327,16 @@ class LbCommand(DaemonCommand):
     flag_table = options.LB_FLAGS
 
 
+def _install_lazy_conversion(command: TyperGroup, ctx: typer.Context) -> None:
+    """Before any option is converted: no pydantic for string options (cli.coercion).
+    A typer without the internals it uses keeps its own (slower to start) conversion."""
+    try:
+        from . import coercion
+    except ImportError:
+        return
+    coercion.install(command, ctx)
+
+
 class RootGroup(TyperGroup):
     """The top-level group: usage errors (unknown command, bad global flag) on one line."""
 
@@ -345,7 +355,7 @@ class RootGroup(TyperGroup):
             raise SystemExit(EXIT_CRASH) from None
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
-        coercion.install(self, ctx)  # before any option is converted: no pydantic for strings
+        _install_lazy_conversion(self, ctx)
         try:
             return super().parse_args(ctx, args)
         except NoArgsIsHelpError:
