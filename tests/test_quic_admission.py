@@ -16,8 +16,10 @@ from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from prometheus_client import CollectorRegistry
 
 from reverse_http.devcerts import CertFiles
+from reverse_http.proxy.quic_metrics import watch_agent_server
 from reverse_http.quic import DEFAULT_ALPN, AdmissionSettings, TransportSettings, connect
 from reverse_http.quic.admission import (
     Admission,
@@ -380,6 +382,14 @@ async def test_a_validated_client_beyond_the_limit_waits_for_the_freed_slot(
         assert server.admission.admitted_after_wait == 1
         assert server.initials_dropped["global_limit"] == 0
         assert len(server.admission.waiting) == 0
+        registry = CollectorRegistry()
+        watch_agent_server(registry, server)
+        assert (
+            registry.get_sample_value("reverse_http_quic_handshakes_admitted_after_wait_total")
+            == 1.0
+        )
+        assert registry.get_sample_value("reverse_http_quic_handshakes_waiting") == 0.0
+        assert registry.get_sample_value("reverse_http_quic_handshake_waits_expired_total") == 0
         holder_sock.close()
 
 

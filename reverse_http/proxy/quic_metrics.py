@@ -19,7 +19,9 @@ from ..quic.admission import DROP_REASONS
 
 class AgentServerCollector:
     """``quic_retries_sent_total``, ``quic_initials_dropped_total{reason}``,
-    ``quic_handshakes_pending``, ``quic_stateless_resets_sent_total``,
+    ``quic_handshakes_pending``, ``quic_handshakes_waiting``,
+    ``quic_handshakes_admitted_after_wait_total``, ``quic_handshake_waits_expired_total``,
+    ``quic_stateless_resets_sent_total``,
     ``quic_udp_send_errors_total{reason}``, ``quic_memory_releases_total`` and
     ``quic_memory_released_bytes_total``."""
 
@@ -51,6 +53,22 @@ class AgentServerCollector:
             "Agent connections in handshake right now.",
             value=s.handshakes_pending,
         )
+        waiting = GaugeMetricFamily(
+            PREFIX + "quic_handshakes_waiting",
+            "Address-validated agent Initials waiting for a handshake slot right now.",
+            value=s.handshakes_waiting,
+        )
+        admitted = CounterMetricFamily(
+            PREFIX + "quic_handshakes_admitted_after_wait",
+            "Agent handshakes started from the waiting room, in arrival order.",
+        )
+        admitted.add_metric([], s.handshakes_admitted_after_wait)
+        expired = CounterMetricFamily(
+            PREFIX + "quic_handshake_waits_expired",
+            "Waiting agent Initials given up because they waited too long (the agent's "
+            "own handshake timeout would have ended them).",
+        )
+        expired.add_metric([], s.handshake_waits_expired)
         endpoint = s.endpoint
         send_errors = CounterMetricFamily(
             PREFIX + "quic_udp_send_errors",
@@ -71,7 +89,8 @@ class AgentServerCollector:
             "Resident bytes those releases gave back to the operating system.",
         )
         released.add_metric([], s.memory_released_bytes)
-        yield from (retries, dropped, resets, pending, send_errors, releases, released)
+        yield from (retries, dropped, resets, pending, waiting, admitted, expired)
+        yield from (send_errors, releases, released)
 
 
 def watch_agent_server(registry: CollectorRegistry, server: QuicServer) -> None:

@@ -131,6 +131,20 @@ class QuicServer:
         return self.admission.pending
 
     @property
+    def handshakes_waiting(self) -> int:
+        """Address-validated Initials waiting for a handshake slot right now."""
+        return len(self.admission.waiting)
+
+    @property
+    def handshakes_admitted_after_wait(self) -> int:
+        return self.admission.admitted_after_wait
+
+    @property
+    def handshake_waits_expired(self) -> int:
+        """Waiting places given up (waited longer than ``max_wait``)."""
+        return self.admission.waiting.expired
+
+    @property
     def local_address(self) -> Any:
         return self.endpoint.local_address
 
