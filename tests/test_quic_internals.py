@@ -147,6 +147,35 @@ def test_a_server_forgets_its_handshake_secrets_and_still_serves(tmp_path: Path)
     assert b"".join(got) == b"ping"
 
 
+def test_a_confirmed_connection_keeps_crypto_state_only_for_1rtt(tmp_path: Path) -> None:
+    """The Initial and Handshake CRYPTO streams are dropped on both sides once the
+    handshake is confirmed; data and a close still go through afterwards."""
+    from aioquic.quic import events
+    from aioquic.tls import Epoch
+
+    client, server = _handshaken_pair(tmp_path)
+    for conn in (client, server):
+        assert conn._handshake_confirmed
+        assert set(conn._crypto_streams) == {Epoch.ONE_RTT}
+        assert set(conn._crypto_buffers) == {Epoch.ONE_RTT}
+    sid = client.get_next_available_stream_id()
+    client.send_stream_data(sid, b"ping", end_stream=True)
+    for data, _addr in client.datagrams_to_send(1.0):
+        server.receive_datagram(data, ("127.0.0.1", 5000), 1.0)
+    server.send_stream_data(sid, b"pong", end_stream=True)
+    for data, _addr in server.datagrams_to_send(1.0):
+        client.receive_datagram(data, ("127.0.0.1", 4242), 1.0)
+    server.close(error_code=0, reason_phrase="bye")
+    for data, _addr in server.datagrams_to_send(1.1):
+        client.receive_datagram(data, ("127.0.0.1", 4242), 1.1)
+    got = []
+    while (event := client.next_event()) is not None:
+        if isinstance(event, events.StreamDataReceived):
+            got.append(event.data)
+    assert b"".join(got) == b"pong"
+    assert client.close_event is not None and client.close_event.reason_phrase == "bye"
+
+
 def test_a_handshake_in_progress_keeps_its_secrets() -> None:
     from aioquic import tls
 

@@ -660,15 +660,20 @@ class TunnelQuicConnection(QuicConnection):
 
     def _confirm_handshake(self) -> None:
         """An idle agent is mostly its connection's memory: the three 16 KiB buffers for
-        handshake flights are empty from here on, and only 1-RTT CRYPTO can still come."""
+        handshake flights are empty from here on, and only 1-RTT CRYPTO can still come.
+
+        The Initial and Handshake CRYPTO streams (about 1 KiB each) go too: both epochs'
+        keys are discarded, so their packets are dropped before any frame is read and
+        nothing is written in them; aioquic pushes TLS output per ``_crypto_buffers``
+        key into ``_crypto_streams``, so both keep only the 1-RTT epoch.
+        """
         super()._confirm_handshake()
         # a server's context writes nothing after the handshake (it refuses every message)
         spent = release_spent_server_tls(self.tls)
         self._crypto_buffers = {
-            Epoch.INITIAL: Buffer(capacity=0),
-            Epoch.HANDSHAKE: Buffer(capacity=0),
             Epoch.ONE_RTT: Buffer(capacity=0 if spent else _POST_HANDSHAKE_CRYPTO),
         }
+        self._crypto_streams = {Epoch.ONE_RTT: self._crypto_streams[Epoch.ONE_RTT]}
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         super().send_stream_data(stream_id, data, end_stream)
