@@ -87,8 +87,11 @@ def test_a_moved_tls_handshake_secret_is_named(monkeypatch: pytest.MonkeyPatch, 
         protocol.check_aioquic()
 
 
-def _handshaken_pair(tmp_path: Path) -> tuple[protocol.TunnelQuicConnection, ...]:
-    """A client and a server connection that completed their handshake in memory."""
+def _handshaken_pair(
+    tmp_path: Path, sent: list[bytes] | None = None
+) -> tuple[protocol.TunnelQuicConnection, ...]:
+    """A client and a server connection that completed their handshake in memory;
+    ``sent`` collects the client's datagrams."""
     from aioquic.buffer import Buffer
     from aioquic.quic.packet import pull_quic_header
 
@@ -119,6 +122,8 @@ def _handshaken_pair(tmp_path: Path) -> tuple[protocol.TunnelQuicConnection, ...
     for _ in range(10):
         for data, _addr in pending:
             server.receive_datagram(data, ("127.0.0.1", 5000), now)
+            if sent is not None:
+                sent.append(data)
         for data, _addr in server.datagrams_to_send(now):
             client.receive_datagram(data, ("127.0.0.1", 4242), now)
         now += 0.001
@@ -153,15 +158,24 @@ def test_a_confirmed_connection_keeps_crypto_state_only_for_1rtt(tmp_path: Path)
     from aioquic.quic import events
     from aioquic.tls import Epoch
 
-    client, server = _handshaken_pair(tmp_path)
+    handshake: list[bytes] = []
+    client, server = _handshaken_pair(tmp_path, handshake)
     for conn in (client, server):
         assert conn._handshake_confirmed
         assert set(conn._crypto_streams) == {Epoch.ONE_RTT}
         assert set(conn._crypto_buffers) == {Epoch.ONE_RTT}
+        assert conn._loss.spaces == [conn._spaces[Epoch.ONE_RTT]]
+        assert conn._spaces[Epoch.INITIAL] is protocol._SPENT_SPACE
+        assert conn._spaces[Epoch.HANDSHAKE] is protocol._SPENT_SPACE
+    # late copies of the client's Initial and Handshake packets are dropped unread
+    for data in handshake:
+        server.receive_datagram(data, ("127.0.0.1", 5000), 0.5)
+    assert server._loss.spaces == [server._spaces[Epoch.ONE_RTT]]
     sid = client.get_next_available_stream_id()
     client.send_stream_data(sid, b"ping", end_stream=True)
     for data, _addr in client.datagrams_to_send(1.0):
         server.receive_datagram(data, ("127.0.0.1", 5000), 1.0)
+    assert server.close_event is None
     server.send_stream_data(sid, b"pong", end_stream=True)
     for data, _addr in server.datagrams_to_send(1.0):
         client.receive_datagram(data, ("127.0.0.1", 4242), 1.0)

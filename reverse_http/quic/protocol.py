@@ -134,6 +134,18 @@ ACTIVE_CONNECTION_ID_LIMIT = 2
 _POST_HANDSHAKE_CRYPTO = 1024
 
 
+def _spent_space() -> QuicPacketSpace:
+    space = QuicPacketSpace()
+    space.discarded = True
+    return space
+
+
+#: Stands in for every confirmed connection's Initial and Handshake packet spaces. A
+#: packet of a discarded epoch only has ``expected_packet_number`` read before its
+#: decryption fails for want of keys; nothing is sent, acknowledged or timed there.
+_SPENT_SPACE = _spent_space()
+
+
 class AioquicIncompatible(ImportError):
     """The installed aioquic does not have the internals reverse-http relies on."""
 
@@ -262,7 +274,7 @@ def check_aioquic() -> None:
     recovery_names = set(QuicPacketRecovery.__init__.__code__.co_names)
     missing += [
         f"QuicPacketRecovery.{name}"
-        for name in ("_cc", "_pacer", "_rtt_smoothed")
+        for name in ("_cc", "_pacer", "_rtt_smoothed", "spaces")
         if name not in recovery_names
     ]
     # path MTU discovery tells the pacer and the controllers the datagram size in use
@@ -662,10 +674,12 @@ class TunnelQuicConnection(QuicConnection):
         """An idle agent is mostly its connection's memory: the three 16 KiB buffers for
         handshake flights are empty from here on, and only 1-RTT CRYPTO can still come.
 
-        The Initial and Handshake CRYPTO streams (about 1 KiB each) go too: both epochs'
-        keys are discarded, so their packets are dropped before any frame is read and
-        nothing is written in them; aioquic pushes TLS output per ``_crypto_buffers``
-        key into ``_crypto_streams``, so both keep only the 1-RTT epoch.
+        The Initial and Handshake CRYPTO streams and packet spaces (2-3 KiB each) go
+        too: both epochs' keys are discarded, so their packets are dropped before any
+        frame is read and nothing is written, sent or timed in them. aioquic pushes TLS
+        output per ``_crypto_buffers`` key into ``_crypto_streams``, so both keep only
+        the 1-RTT epoch; the spaces become one shared discarded space, out of the loss
+        detector's list.
         """
         super()._confirm_handshake()
         # a server's context writes nothing after the handshake (it refuses every message)
@@ -674,6 +688,8 @@ class TunnelQuicConnection(QuicConnection):
             Epoch.ONE_RTT: Buffer(capacity=0 if spent else _POST_HANDSHAKE_CRYPTO),
         }
         self._crypto_streams = {Epoch.ONE_RTT: self._crypto_streams[Epoch.ONE_RTT]}
+        self._spaces[Epoch.INITIAL] = self._spaces[Epoch.HANDSHAKE] = _SPENT_SPACE
+        self._loss.spaces = [self._spaces[Epoch.ONE_RTT]]
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         super().send_stream_data(stream_id, data, end_stream)
