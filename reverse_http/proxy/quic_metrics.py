@@ -30,11 +30,11 @@ class AgentServerCollector:
 
     def collect(self) -> Iterator[Metric]:
         s = self._server
-        retries = CounterMetricFamily(
-            PREFIX + "quic_retries_sent",
+        yield _counter(
+            "quic_retries_sent",
             "Retry packets sent to new agent connections (address validation under load).",
+            s.retries_sent,
         )
-        retries.add_metric([], s.retries_sent)
         dropped = CounterMetricFamily(
             PREFIX + "quic_initials_dropped",
             "Initials of new agent connections dropped without keeping state, by reason.",
@@ -43,32 +43,33 @@ class AgentServerCollector:
         counts = s.initials_dropped
         for reason in DROP_REASONS:
             dropped.add_metric([reason], counts.get(reason, 0))
-        resets = CounterMetricFamily(
-            PREFIX + "quic_stateless_resets_sent",
+        yield dropped
+        yield _counter(
+            "quic_stateless_resets_sent",
             "Stateless resets sent for packets of connections this proxy does not know.",
+            s.resets_sent,
         )
-        resets.add_metric([], s.resets_sent)
-        pending = GaugeMetricFamily(
+        yield GaugeMetricFamily(
             PREFIX + "quic_handshakes_pending",
             "Agent connections in handshake right now.",
             value=s.handshakes_pending,
         )
-        waiting = GaugeMetricFamily(
+        yield GaugeMetricFamily(
             PREFIX + "quic_handshakes_waiting",
             "Address-validated agent Initials waiting for a handshake slot right now.",
             value=s.handshakes_waiting,
         )
-        admitted = CounterMetricFamily(
-            PREFIX + "quic_handshakes_admitted_after_wait",
+        yield _counter(
+            "quic_handshakes_admitted_after_wait",
             "Agent handshakes started from the waiting room, in arrival order.",
+            s.handshakes_admitted_after_wait,
         )
-        admitted.add_metric([], s.handshakes_admitted_after_wait)
-        expired = CounterMetricFamily(
-            PREFIX + "quic_handshake_waits_expired",
+        yield _counter(
+            "quic_handshake_waits_expired",
             "Waiting agent Initials given up because they waited too long (the agent's "
             "own handshake timeout would have ended them).",
+            s.handshake_waits_expired,
         )
-        expired.add_metric([], s.handshake_waits_expired)
         endpoint = s.endpoint
         send_errors = CounterMetricFamily(
             PREFIX + "quic_udp_send_errors",
@@ -78,19 +79,23 @@ class AgentServerCollector:
         )
         send_errors.add_metric(["too_big"], endpoint.too_big_errors)
         send_errors.add_metric(["other"], endpoint.send_errors - endpoint.too_big_errors)
-        releases = CounterMetricFamily(
-            PREFIX + "quic_memory_releases",
+        yield send_errors
+        yield _counter(
+            "quic_memory_releases",
             "Times the agent server released what a load episode left (cached Initial "
             "keys, the C heap's free pages), 5 s after the last new connection's Initial.",
+            s.memory_releases,
         )
-        releases.add_metric([], s.memory_releases)
-        released = CounterMetricFamily(
-            PREFIX + "quic_memory_released_bytes",
+        yield _counter(
+            "quic_memory_released_bytes",
             "Resident bytes those releases gave back to the operating system.",
+            s.memory_released_bytes,
         )
-        released.add_metric([], s.memory_released_bytes)
-        yield from (retries, dropped, resets, pending, waiting, admitted, expired)
-        yield from (send_errors, releases, released)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    """An unlabelled counter (``<name>_total``) read from the server at scrape time."""
+    return CounterMetricFamily(PREFIX + name, documentation, value=value)
 
 
 def watch_agent_server(registry: CollectorRegistry, server: QuicServer) -> None:
