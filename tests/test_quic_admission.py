@@ -408,6 +408,32 @@ def test_a_retransmitted_first_initial_gets_the_same_retry_at_a_bounded_rate() -
     assert memory.recall(b"dcid-b", client, 6.5) is None  # forgotten after ttl
 
 
+def test_a_retry_remembered_again_is_the_newest_and_the_older_ones_still_expire() -> None:
+    """The same first Initial from another address (NAT rebinding, or a spoofed copy)
+    draws a new Retry, remembered again: it moves to the end of the table, so pruning,
+    which stops at the first unexpired entry, does not keep the older ones past ttl."""
+    memory = RetryMemory(limit=10, ttl=5.0, resend_after=0.5)
+    client, rebound = ("10.0.0.1", 4433), ("10.0.0.1", 5544)
+    memory.remember(b"dcid-a", client, b"retry-a", 0.0)
+    memory.remember(b"dcid-b", client, b"retry-b", 1.0)
+    memory.remember(b"dcid-a", rebound, b"retry-a2", 4.0)
+    assert memory.recall(b"dcid-b", client, 6.5) is None  # 5.5 s after its Retry
+    assert len(memory) == 1
+    assert memory.recall(b"dcid-a", rebound, 6.5) == b"retry-a2"
+    assert memory.recall(b"dcid-a", client, 6.5) is None  # the new address replaced it
+
+
+def test_a_retry_remembered_again_in_a_full_memory_evicts_nothing() -> None:
+    memory = RetryMemory(limit=2, ttl=5.0, resend_after=0.5)
+    client, rebound = ("10.0.0.1", 4433), ("10.0.0.1", 5544)
+    memory.remember(b"dcid-a", client, b"retry-a", 0.0)
+    memory.remember(b"dcid-b", client, b"retry-b", 0.0)
+    memory.remember(b"dcid-b", rebound, b"retry-b2", 1.0)  # an entry replaced, none added
+    assert len(memory) == 2
+    assert memory.recall(b"dcid-a", client, 1.0) == b"retry-a"
+    assert memory.recall(b"dcid-b", rebound, 1.0) == b""  # sent just now
+
+
 async def test_a_retransmitted_first_initial_draws_no_new_retry(certs: CertFiles) -> None:
     """While the Retry is on its way a client resends its first Initial: that costs no
     decryption and no new token, and draws no second Retry."""

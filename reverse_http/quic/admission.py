@@ -281,10 +281,14 @@ class RetryMemory:
         self._sent = OrderedDict()
 
     def remember(self, dcid: bytes, addr: Any, packet: bytes, now: float) -> None:
+        """Remember the Retry just sent; a CID remembered again (another address) moves
+        to the end, so the table stays in Retry order for :meth:`_prune`, and replaces
+        its entry without evicting another."""
         self._prune(now)
-        if len(self._sent) >= self.limit:
-            self._sent.popitem(last=False)
-        self._sent[dcid] = (addr, packet, now, now)
+        sent = self._sent
+        if sent.pop(dcid, None) is None and len(sent) >= self.limit:
+            sent.popitem(last=False)
+        sent[dcid] = (addr, packet, now, now)
 
     def recall(self, dcid: bytes, addr: Any, now: float) -> bytes | None:
         """None when no Retry went to this first Initial (from this address) lately; else
