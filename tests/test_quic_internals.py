@@ -39,15 +39,18 @@ def test_a_pacer_without_its_datagram_size_is_named(monkeypatch: pytest.MonkeyPa
         protocol.check_aioquic()
 
 
-def test_a_moved_stream_internal_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("name", ["_buffer_start", "_acked"])
+def test_a_moved_stream_internal_is_named(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """``_acked`` (data acknowledged past a gap) sizes a stream's writer room: renamed,
+    stream_acked_ahead would fail on every ack past a loss."""
     original = QuicStreamSender.__init__
 
-    def without_buffer_start(self: QuicStreamSender, *args: object, **kwargs: object) -> None:
+    def without_it(self: QuicStreamSender, *args: object, **kwargs: object) -> None:
         original(self, *args, **kwargs)  # type: ignore[arg-type]
-        del self._buffer_start
+        delattr(self, name)
 
-    monkeypatch.setattr(QuicStreamSender, "__init__", without_buffer_start)
-    with pytest.raises(protocol.AioquicIncompatible, match=r"QuicStreamSender\._buffer_start"):
+    monkeypatch.setattr(QuicStreamSender, "__init__", without_it)
+    with pytest.raises(protocol.AioquicIncompatible, match=rf"QuicStreamSender\.{name}"):
         protocol.check_aioquic()
 
 

@@ -303,6 +303,7 @@ def check_aioquic() -> None:
         missing.append("tls.State.SERVER_POST_HANDSHAKE")
     stream = AioStream(stream_id=0, max_stream_data_local=1, max_stream_data_remote=1)
     for attr in (
+        "_acked",
         "_buffer_start",
         "_buffer_stop",
         "_pending",
