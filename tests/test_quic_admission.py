@@ -462,3 +462,37 @@ async def test_a_retransmitted_first_initial_draws_no_new_retry(certs: CertFiles
         header = pull_quic_header(Buffer(data=answers[0]), host_cid_length=8)
         assert header.packet_type == QuicPacketType.RETRY
         assert server.admission.retries_repeated == 0
+
+
+async def test_a_server_going_away_starts_no_handshake_for_those_waiting(
+    certs: CertFiles,
+) -> None:
+    """Cancelled (an error elsewhere in the proxy, a test's end), each handshake in
+    progress ends and frees its slot: that must not start the waiting clients'
+    handshakes, one after the other, each ending at once and freeing the slot again."""
+    from reverse_http.quic import serve_quic
+    from reverse_http.quic.connection import Connection
+    from tests.quic_helpers import server_settings
+
+    async def handler(conn: Connection) -> None:
+        await conn.wait_closed()
+
+    settings = server_settings(certs, admission=AdmissionSettings(max_pending_handshakes=1))
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_quic, handler, "127.0.0.1", 0, settings)
+        peer = ("127.0.0.1", server.local_address[1])
+        now = trio.current_time()
+        data = _first_datagram(_client(), peer)
+        header = pull_quic_header(Buffer(data=data), host_cid_length=8)
+        assert server._new_connection(data, ("127.0.0.1", 9), header, now)  # the only slot
+        for i in range(20):  # waiting for it (address-validated clients, in real life)
+            data = _first_datagram(_client(), peer)
+            header = pull_quic_header(Buffer(data=data), host_cid_length=8)
+            addr = ("127.0.0.1", 1000 + i)
+            place = (data, addr, header, header.destination_cid, None, "127.0.0.1")
+            assert server.admission.waiting.wait(header.destination_cid, place, "127.0.0.1", now)
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.handshakes_pending == 1
+        nursery.cancel_scope.cancel()
+    assert server.handshakes_admitted_after_wait == 0
+    assert server.handshakes_pending == 0

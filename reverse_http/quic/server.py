@@ -7,6 +7,7 @@ Nursery tree of :func:`serve_quic`::
     │                            every connection it fed once per batch)
     ├── endpoint backlog writer (only busy while the socket buffer is full)
     ├── driver                  (one deadline heap for all connections' timers)
+    ├── admit loop              (a freed handshake slot to the longest-waiting client)
     └── per connection: _connection_lifetime
         └── handler(conn)       (cancelled when the connection ends)
 """
@@ -95,6 +96,9 @@ class QuicServer:
         self.admission = Admission(settings.admission, now)
         #: The source (see admission.source_key) of each connection still in handshake.
         self._handshake_sources: dict[Connection, str] = {}
+        #: Handshake slots freed since the waiting clients were last admitted.
+        self._slots_freed = 0
+        self._slot_freed = trio.Event()
         self._accepting = True
         self.connections: set[Connection] = set()
         self._spawn: Callable[[Connection], None] | None = None
@@ -359,7 +363,20 @@ class QuicServer:
         if source is not None:
             self.admission.finished(source)
             # The freed slot goes to the longest-waiting client now, not at the next batch.
-            if self.admission.waiting and self._admit_waiting(1, trio.current_time()):
+            if self.admission.waiting:
+                self._slots_freed += 1
+                self._slot_freed.set()
+
+    async def _admit_loop(self) -> None:
+        """Give each freed handshake slot to the longest-waiting client. Not done by the
+        task whose handshake ended: it may end because the server is being cancelled,
+        and each handshake started then ended at once and started the next waiting one
+        (the whole waiting room's, TLS flights sent, while the server went away)."""
+        while True:
+            await self._slot_freed.wait()
+            self._slot_freed = trio.Event()
+            freed, self._slots_freed = self._slots_freed, 0
+            if self._admit_waiting(freed, trio.current_time()):
                 self.driver.flush()
 
     def _create_connection(self, odcid: bytes, retry_scid: bytes | None, addr: Any) -> Connection:
@@ -427,6 +444,7 @@ class QuicServer:
         async with trio.open_nursery() as nursery:
             self._spawn = lambda conn: nursery.start_soon(self._connection_lifetime, conn, handler)
             nursery.start_soon(self.driver.run)
+            nursery.start_soon(self._admit_loop)
             nursery.start_soon(self._release_loop)
             await self.endpoint.run(self.dispatch, self._after_batch)
 
