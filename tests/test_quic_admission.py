@@ -496,3 +496,39 @@ async def test_a_server_going_away_starts_no_handshake_for_those_waiting(
         nursery.cancel_scope.cancel()
     assert server.handshakes_admitted_after_wait == 0
     assert server.handshakes_pending == 0
+
+
+async def test_an_initial_that_crashes_its_connection_costs_only_that_connection(
+    certs: CertFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New connections' Initials are handled at the end of their receive batch, outside
+    the endpoint's per-datagram guard: a failure there (a bug, ours or aioquic's, on some
+    ClientHello) ended the receive loop, and with it every agent's connection."""
+    from reverse_http.quic.protocol import TunnelQuicConnection
+
+    async with quic_pair(certs) as pair:
+        server = pair.server
+        peer = ("127.0.0.1", server.local_address[1])
+        poisoned = _first_datagram(_client(), peer)
+        crashed: list[bytes] = []
+        receive = TunnelQuicConnection.receive_datagram
+
+        def receive_datagram(self: TunnelQuicConnection, data: bytes, *args: object) -> None:
+            if data == poisoned:
+                crashed.append(data)
+                raise RuntimeError("a bug")
+            receive(self, data, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(TunnelQuicConnection, "receive_datagram", receive_datagram)
+        sock = await _udp()
+        await sock.sendto(poisoned, peer)
+        await _eventually(lambda: crashed and len(server.connections) == 1)
+        assert server.handshakes_pending == 0  # its slot is free again
+        # the established client still works, and a new one connects
+        stream = await pair.client.open_stream()
+        await stream.send_all(b"ping")
+        other = await connect(
+            pair.nursery, "127.0.0.1", peer[1], TransportSettings(), client_tls(certs)
+        )
+        assert other.handshake_complete
+        sock.close()
