@@ -118,6 +118,24 @@ def test_tokens_are_bound_to_address_connection_ids_and_time() -> None:
     assert other.validate_token(ADDR, scid, token, now=101.0) is None
 
 
+def test_tokens_parse_no_address_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token is created and validated per client in a reconnect storm: aioquic's
+    handler parsed the address with ipaddress (and built the token in a Buffer) each
+    time, a tenth of the proxy's CPU in one. IPv6 addresses are bound too."""
+    import ipaddress
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("ipaddress used")
+
+    monkeypatch.setattr(ipaddress, "ip_address", refuse)
+    adm = Admission(AdmissionSettings(), now=100.0)
+    odcid, scid = os.urandom(8), os.urandom(8)
+    for addr in (ADDR, ("2001:db8::1", 4433, 0, 0)):
+        token = adm.create_token(addr, odcid, scid, now=100.0)
+        assert adm.validate_token(addr, scid, token, now=101.0) == odcid
+    assert adm.validate_token(("2001:db8::2", 4433, 0, 0), scid, token, now=101.0) is None
+
+
 async def test_attack_logs_are_one_line_per_interval(
     mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import trio
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.crypto import CryptoContext, CryptoPair
 from aioquic.quic.packet import (
     QuicFrameType,
     QuicPacketType,
@@ -18,13 +21,15 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.tls import CipherSuite
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reverse_http.devcerts import CertFiles
-from reverse_http.quic import TransportSettings, connect
-from reverse_http.quic.initial import forget_keys, keep_keys, opens_handshake
-from tests.quic_helpers import client_tls, echo_streams, quic_pair
+from reverse_http.quic import AdmissionSettings, QuicServer, TransportSettings, connect
+from reverse_http.quic.initial import forget_keys, keep_keys, opens_handshake, take_keys
+from reverse_http.quic.settings import client_configuration
+from tests.quic_helpers import client_tls, echo_streams, quic_pair, server_settings
 
 DCID = bytes(range(8))
 SCID = bytes(range(8, 16))
@@ -144,22 +149,182 @@ def test_padding_before_the_crypto_frame_is_skipped() -> None:
     assert not _has_crypto_frame(bytes(1100) + b"\x1c\x00\x00\x00")  # CONNECTION_CLOSE
 
 
+def _key_setups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every packet-protection key set up from now on (one HKDF secret, its key, IV and
+    header-protection key, two OpenSSL cipher contexts), by QUIC version, while
+    ``_COUNTING`` is on."""
+    setups: list[int] = []
+    real = CryptoContext.setup
+
+    def counting(
+        self: CryptoContext, *, cipher_suite: CipherSuite, secret: bytes, version: int
+    ) -> None:
+        if _COUNTING:
+            setups.append(version)
+        real(self, cipher_suite=cipher_suite, secret=secret, version=version)
+
+    monkeypatch.setattr(CryptoContext, "setup", counting)
+    return setups
+
+
+#: Whether _key_setups counts (the server's work, not the in-memory client's).
+_COUNTING = False
+
+
+@contextmanager
+def _counting() -> Iterator[None]:
+    global _COUNTING
+    _COUNTING = True
+    try:
+        yield
+    finally:
+        _COUNTING = False
+
+
 def test_a_retransmitted_initial_reuses_its_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     """Deriving Initial keys is most of the check's cost (about 0.2 ms); a client whose
-    handshake was not admitted yet retransmits under the same CID."""
+    handshake was not admitted yet retransmits under the same CID. The check needs only
+    the client's direction of them."""
     data = client_hello_datagram()
-    setups = []
-    real = CryptoPair.setup_initial
+    setups = _key_setups(monkeypatch)
+    forget_keys()
+    with _counting():
+        assert opens_handshake(data, 8)
+        dcid = pull_quic_header(Buffer(data=data), host_cid_length=8).destination_cid
+        assert keep_keys(dcid, QuicProtocolVersion.VERSION_1)  # the server dropped it: busy
+        assert all(opens_handshake(data, 8) for _ in range(4))
+    assert setups == [QuicProtocolVersion.VERSION_1]  # derived once, then taken from the cache
+    forget_keys()
 
-    def counting(self: CryptoPair, *args: object, **kwargs: object) -> None:
-        setups.append(1)
-        real(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(CryptoPair, "setup_initial", counting)
+@pytest.mark.parametrize("version", [QuicProtocolVersion.VERSION_1, QuicProtocolVersion.VERSION_2])
+def test_keys_taken_for_a_connection_are_aioquics_server_initial_keys(version: int) -> None:
+    """What a connection gets from take_keys protects exactly as the pair aioquic
+    derives for a server, and still reads the client's Initial; it leaves the cache."""
+    config = QuicConfiguration(is_client=True, alpn_protocols=["x"])
+    config.supported_versions = [version]
+    client = QuicConnection(configuration=config)
+    client.connect(("127.0.0.1", 4242), now=0.0)
+    data = client.datagrams_to_send(now=0.0)[0][0]
+    header = pull_quic_header(Buffer(data=data), host_cid_length=8)
     forget_keys()
     assert opens_handshake(data, 8)
-    dcid = pull_quic_header(Buffer(data=data), host_cid_length=8).destination_cid
-    assert keep_keys(dcid, QuicProtocolVersion.VERSION_1)  # the server dropped it: busy
-    assert all(opens_handshake(data, 8) for _ in range(4))
-    assert len(setups) == 1  # derived once, then taken from the cache
-    forget_keys()
+    taken = take_keys(header.destination_cid, version)
+    assert taken is not None and taken.send.is_valid()
+    assert take_keys(header.destination_cid, version) is None  # taken once
+    reference = CryptoPair()
+    reference.setup_initial(cid=header.destination_cid, is_client=False, version=version)
+    plain, payload = b"\xc0\x00\x00\x00\x01" + bytes(18), bytes(range(200))
+    assert taken.encrypt_packet(plain, payload, 7) == reference.encrypt_packet(plain, payload, 7)
+    _, got, _ = taken.decrypt_packet(data[: header.packet_length], _encrypted_offset(data), 0)
+    assert (
+        got == reference.decrypt_packet(data[: header.packet_length], _encrypted_offset(data), 0)[1]
+    )
+
+
+def _encrypted_offset(data: bytes) -> int:
+    buf = Buffer(data=data)
+    pull_quic_header(buf, host_cid_length=8)
+    return buf.tell()
+
+
+class _Endpoint:
+    """Collects what the server sends (no socket)."""
+
+    local_address = ("127.0.0.1", 4433)
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, object]] = []
+
+    def send_nowait(self, datagrams: list[tuple[bytes, object]]) -> None:
+        self.sent += datagrams
+
+
+def _to_server(server: QuicServer, client: QuicConnection, addr: tuple[str, int]) -> None:
+    """The client's datagrams as one receive batch of the server (the server's work
+    counted by _key_setups)."""
+    datagrams = client.datagrams_to_send(now=trio.current_time())
+    with _counting():
+        for data, _ in datagrams:
+            server.dispatch(data, addr)
+        server._after_batch()
+
+
+def _to_clients(server: QuicServer, clients: dict[tuple[str, int], QuicConnection]) -> None:
+    endpoint = server.endpoint
+    assert isinstance(endpoint, _Endpoint)
+    sent, endpoint.sent = endpoint.sent, []
+    for data, addr in sent:
+        clients[addr].receive_datagram(data, ("127.0.0.1", 4433), now=trio.current_time())  # type: ignore[index]
+    for client in clients.values():
+        while client.next_event() is not None:
+            pass
+
+
+async def _handshake_through(
+    server: QuicServer, client: QuicConnection, addr: tuple[str, int]
+) -> None:
+    """Datagrams between ``client`` and ``server`` until the handshake is complete."""
+    for _ in range(10):
+        _to_server(server, client, addr)
+        _to_clients(server, {addr: client})
+    assert client._handshake_complete  # type: ignore[attr-defined]
+    assert [c.handshake_complete for c in server.connections] == [True]
+
+
+def _storm_server(certs: CertFiles, **admission: Any) -> QuicServer:
+    settings = server_settings(certs, admission=AdmissionSettings(retry=True, **admission))
+    server = QuicServer(settings, _Endpoint())  # type: ignore[arg-type]
+    server._spawn = server.connections.add
+    return server
+
+
+def _client(certs: CertFiles, version: int = QuicProtocolVersion.VERSION_1) -> QuicConnection:
+    config = client_configuration(TransportSettings(), client_tls(certs), "localhost")
+    config.supported_versions = [version]
+    client = QuicConnection(configuration=config)
+    client.connect(("127.0.0.1", 4433), now=trio.current_time())
+    return client
+
+
+@pytest.mark.parametrize("version", [QuicProtocolVersion.VERSION_1, QuicProtocolVersion.VERSION_2])
+async def test_a_retried_handshake_sets_up_each_key_once(
+    certs: CertFiles, monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    """A storm's handshake: the first Initial draws a Retry, the second (with the token)
+    opens the connection. Each check derives the client's Initial key only; the
+    connection takes the second check's and adds its own direction, and derives none
+    for the QUIC version it does not use. Then two Handshake and two 1-RTT keys: 7 key
+    setups, 12 before (both directions for each check, v1 and v2 for the connection)."""
+    server = _storm_server(certs)
+    setups = _key_setups(monkeypatch)
+    await _handshake_through(server, _client(certs, version), ("127.0.0.1", 50000))
+    assert server.retries_sent == 1
+    assert setups == [version] * 7
+
+
+async def test_a_connection_admitted_after_waiting_derives_its_own_keys(
+    certs: CertFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting Initials keep no keys (9 KiB each): one admitted later derives both
+    directions of its version's Initial keys once more, and only those."""
+    server = _storm_server(certs, max_pending_handshakes=1)
+    setups = _key_setups(monkeypatch)
+    first, second = _client(certs), _client(certs)
+    clients = {("127.0.0.1", 50001): first, ("127.0.0.1", 50002): second}
+    for _ in range(2):  # ClientHellos and their Retries; then the second waits for the first
+        for addr, client in clients.items():
+            _to_server(server, client, addr)
+        _to_clients(server, clients)
+    assert server.handshakes_waiting == 1
+    (conn,) = server.connections
+    del clients[("127.0.0.1", 50001)]
+    forget_keys()  # in a storm, other Initials were checked since: no keys of its are left
+    setups.clear()
+    with _counting():
+        server._handshake_over(conn)  # as if its handshake failed: the waiting one starts
+        server._admit_waiting(1, trio.current_time())
+    assert server.handshakes_admitted_after_wait == 1
+    server.connections.discard(conn)
+    await _handshake_through(server, second, ("127.0.0.1", 50002))
+    assert setups == [QuicProtocolVersion.VERSION_1] * 6

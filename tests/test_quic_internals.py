@@ -200,3 +200,26 @@ def test_a_handshake_in_progress_keeps_its_secrets() -> None:
     ctx.key_schedule = object()  # type: ignore[assignment]
     assert protocol.release_spent_server_tls(ctx) is False
     assert ctx.key_schedule is not None
+
+
+def test_a_server_connection_derives_initial_keys_for_its_version_only(tmp_path: Path) -> None:
+    """aioquic derived v1 and v2 Initial keys for every connection; ours derives its own
+    version's, and still tells the client every version it supports."""
+    from aioquic.quic.packet import QuicProtocolVersion
+
+    client, server = _handshaken_pair(tmp_path)
+    assert list(server._cryptos_initial) == [QuicProtocolVersion.VERSION_1]
+    info = client._remote_version_information
+    assert info is not None
+    assert info.available_versions == server._configuration.supported_versions
+    assert len(info.available_versions) == 2
+
+
+def test_a_changed_server_initialize_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = QuicConnection._initialize.__code__
+    names = tuple(n if n != "supported_versions" else "_renamed" for n in code.co_names)
+    monkeypatch.setattr(QuicConnection._initialize, "__code__", code.replace(co_names=names))
+    with pytest.raises(
+        protocol.AioquicIncompatible, match=r"QuicConnection\._initialize\.supported_versions"
+    ):
+        protocol.check_aioquic()

@@ -15,8 +15,19 @@ from collections import OrderedDict
 
 from aioquic._crypto import CryptoError
 from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
-from aioquic.quic.crypto import CryptoPair
-from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_quic_header
+from aioquic.quic.crypto import (
+    INITIAL_CIPHER_SUITE,
+    INITIAL_SALT_VERSION_1,
+    INITIAL_SALT_VERSION_2,
+    CryptoPair,
+)
+from aioquic.quic.packet import (
+    QuicFrameType,
+    QuicPacketType,
+    QuicProtocolVersion,
+    pull_quic_header,
+)
+from aioquic.tls import cipher_suite_hash, hkdf_expand_label, hkdf_extract
 
 _ACK_TYPES = (QuicFrameType.ACK, QuicFrameType.ACK_ECN)
 
@@ -48,12 +59,13 @@ def opens_handshake(data: bytes, cid_length: int) -> bool:
 
 #: Initial keys of destination CIDs whose Initial decrypted but was dropped by a limit
 #: (see keep_keys): such a client retransmits under the same CID, and deriving the keys
-#: (HKDF, two cipher objects) is most of what checking an Initial costs. Nothing else is
-#: kept: each pair holds four OpenSSL cipher contexts and a dozen Python objects (about
-#: 9 KiB), and a flood of Initials under fresh CIDs (each answered with a Retry, after
-#: which the client uses another CID) filled the cache for good: 1024 pairs, ~7 MiB of
-#: C heap and ~2.6 MiB of pymalloc arenas that objects allocated meanwhile kept from
-#: being returned, even after the cache was dropped.
+#: (HKDF, cipher objects) is most of what checking an Initial costs. Nothing else is
+#: kept: a full pair held four OpenSSL cipher contexts and a dozen Python objects (about
+#: 9 KiB; a checked one now has the client's direction only, see _setup_initial), and a
+#: flood of Initials under fresh CIDs (each answered with a Retry, after which the
+#: client uses another CID) filled the cache for good: 1024 pairs, ~7 MiB of C heap and
+#: ~2.6 MiB of pymalloc arenas that objects allocated meanwhile kept from being
+#: returned, even after the cache was dropped.
 _KEYS: OrderedDict[tuple[bytes, int], CryptoPair] = OrderedDict()
 KEY_CACHE_SIZE = 1024
 #: The keys of the last Initial that decrypted, for keep_keys.
@@ -66,8 +78,30 @@ def _initial_keys(key: tuple[bytes, int]) -> CryptoPair:
         _KEYS.move_to_end(key)
         return pair
     pair = CryptoPair()
-    pair.setup_initial(cid=key[0], is_client=False, version=key[1])
+    _setup_initial(pair, key, send=False)
     return pair
+
+
+_HASH = cipher_suite_hash(INITIAL_CIPHER_SUITE)
+
+
+def _setup_initial(pair: CryptoPair, key: tuple[bytes, int], send: bool) -> None:
+    """One direction of a server's Initial keys (what ``CryptoPair.setup_initial`` does
+    for both): checking an Initial needs only the client's, and most checked Initials
+    are answered with a Retry or dropped, so the server's own are derived only for the
+    connection that uses them (see take_keys). Half of each check's HKDF and cipher
+    contexts."""
+    cid, version = key
+    salt = (
+        INITIAL_SALT_VERSION_2
+        if version == QuicProtocolVersion.VERSION_2
+        else INITIAL_SALT_VERSION_1
+    )
+    initial_secret = hkdf_extract(_HASH, salt, cid)
+    label = b"server in" if send else b"client in"
+    secret = hkdf_expand_label(_HASH, initial_secret, label, b"", _HASH.digest_size)
+    ctx = pair.send if send else pair.recv
+    ctx.setup(cipher_suite=INITIAL_CIPHER_SUITE, secret=secret, version=version)
 
 
 def keep_keys(dcid: bytes, version: int) -> bool:
@@ -86,6 +120,22 @@ def keep_keys(dcid: bytes, version: int) -> bool:
     if len(_KEYS) > KEY_CACHE_SIZE:
         _KEYS.popitem(last=False)
     return True
+
+
+def take_keys(dcid: bytes, version: int) -> CryptoPair | None:
+    """The server-side Initial keys of ``dcid`` if they were derived lately (the last
+    Initial that decrypted, or cached by :func:`keep_keys`), completed with the
+    server's direction, for the connection this CID opens: it then derives none
+    itself. They leave the cache (the connection tears them down when it discards its
+    Initial keys)."""
+    global _last
+    key = (bytes(dcid), version)
+    pair = _KEYS.pop(key, None)
+    if _last is not None and _last[0] == key:
+        pair, _last = _last[1], None
+    if pair is not None and not pair.send.is_valid():
+        _setup_initial(pair, key, send=True)
+    return pair
 
 
 def cached_keys() -> int:

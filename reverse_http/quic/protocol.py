@@ -27,6 +27,7 @@ What changes against stock aioquic (still sans-IO: no clock, no sockets):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +50,7 @@ from aioquic.quic.connection import (
     QuicReceiveContext,
     stream_is_client_initiated,
 )
-from aioquic.quic.crypto import CryptoContext, NoCallback
+from aioquic.quic.crypto import CryptoContext, CryptoPair, NoCallback
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import (
     QuicDeliveryState,
@@ -159,6 +160,7 @@ _CONNECTION_ATTRIBUTES = (
     "_cryptos",
     "_crypto_buffers",
     "_crypto_streams",
+    "_cryptos_initial",
     "_handshake_complete",
     "_handshake_confirmed",
     "_handshake_done_pending",
@@ -190,6 +192,7 @@ _CONNECTION_ATTRIBUTES = (
     "_streams_blocked_pending",
     "_streams_blocked_uni",
     "_streams_queue",
+    "_version",
     "_datagrams_pending",
     "_events",
     _FRAME_HANDLERS,
@@ -271,6 +274,13 @@ def check_aioquic() -> None:
         for name in _CONNECTION_METHODS
         if not callable(getattr(QuicConnection, name, None))
     ]
+    # a server derives only the Initial keys of its connection's version (_initialize)
+    initialize_names = set(QuicConnection._initialize.__code__.co_names)
+    missing += [
+        f"QuicConnection._initialize.{name}"
+        for name in ("_cryptos_initial", "supported_versions", "_serialize_transport_parameters")
+        if name not in initialize_names
+    ]
     recovery_names = set(QuicPacketRecovery.__init__.__code__.co_names)
     missing += [
         f"QuicPacketRecovery.{name}"
@@ -346,6 +356,43 @@ def check_aioquic() -> None:
 check_aioquic()
 
 
+class _InitialKeys(dict[int, CryptoPair]):
+    """A server connection's Initial keys by QUIC version, derived when first used.
+
+    aioquic derives them for every supported version (v1 and v2) when a connection
+    starts, though a connection keeps one version unless the client asks for the other
+    (compatible version negotiation); and the server has already derived its version's
+    keys to check the Initial (:mod:`.initial`). Each pair is two HKDF derivations and
+    four OpenSSL cipher contexts: half of a reconnect storm's key derivations.
+    """
+
+    def __init__(self, cid: bytes, given: dict[int, CryptoPair]) -> None:
+        super().__init__(given)
+        self._cid = cid
+
+    def __missing__(self, version: int) -> CryptoPair:
+        pair = CryptoPair()
+        pair.setup_initial(cid=self._cid, is_client=False, version=version)
+        self[version] = pair
+        return pair
+
+
+#: The configuration a server connection's _initialize runs with: no versions to derive
+#: Initial keys for (see _InitialKeys), one copy per configuration in use.
+_VERSIONLESS: dict[int, tuple[QuicConfiguration, QuicConfiguration]] = {}
+
+
+def _versionless(cfg: QuicConfiguration) -> QuicConfiguration:
+    cached = _VERSIONLESS.get(id(cfg))
+    if cached is not None and cached[0] is cfg:
+        return cached[1]
+    copy = dataclasses.replace(cfg, supported_versions=[])
+    if len(_VERSIONLESS) > 8:  # configurations replaced by TLS reloads
+        _VERSIONLESS.clear()
+    _VERSIONLESS[id(cfg)] = (cfg, copy)
+    return copy
+
+
 class _NoQueue(list[AioStream]):
     """Stands in for aioquic's per-connection stream walk list, which we replace."""
 
@@ -366,8 +413,14 @@ class TunnelQuicConnection(QuicConnection):
         stateless_reset_key: bytes | None = None,
         max_datagram_size_ceiling: int | None = None,
         stream_receive_window_max: int | None = None,
+        initial_keys: CryptoPair | None = None,
         **kwargs: Any,
     ) -> None:
+        #: A server's Initial keys for its first packet's version, derived already by
+        #: the caller to check that packet (see _initialize).
+        self._rh_initial_keys = initial_keys
+        #: While a server's _initialize runs: its CID and the Initial keys it was given.
+        self._rh_lazy_initial: tuple[bytes, dict[int, CryptoPair]] | None = None
         super().__init__(**kwargs)
         #: Path MTU discovery from the configured (base) size up to the ceiling; without
         #: a ceiling the configured size is used throughout.
@@ -635,7 +688,10 @@ class TunnelQuicConnection(QuicConnection):
         return probe is not None
 
     def _initialize(self, peer_cid: bytes) -> None:
-        super()._initialize(peer_cid)
+        if self._is_client:
+            super()._initialize(peer_cid)
+        else:
+            self._initialize_server(peer_cid)
         if self._rh_request_client_cert:
             self.tls._request_client_certificate = True
         if self._rh_client_check is not None and not self._is_client:
@@ -650,6 +706,39 @@ class TunnelQuicConnection(QuicConnection):
             for pair in self._cryptos.values():
                 for ctx in (pair.recv, pair.send):
                     ctx._setup_cb = ctx._teardown_cb = NoCallback
+
+    def _initialize_server(self, peer_cid: bytes) -> None:
+        """aioquic's _initialize without deriving Initial keys for every supported
+        version up front (_InitialKeys): it runs with a configuration listing none, and
+        gets the keys of its version (handed in, or derived) when it looks them up.
+        The transport parameters, which list the versions, are then made again."""
+        given, version = self._rh_initial_keys, self._version
+        self._rh_initial_keys = None
+        assert version is not None  # set from the first Initial before _initialize
+        self._rh_lazy_initial = (peer_cid, {} if given is None else {version: given})
+        cfg = self._configuration
+        self._configuration = _versionless(cfg)
+        try:
+            super()._initialize(peer_cid)
+        finally:
+            self._configuration = cfg
+            self._rh_lazy_initial = None
+        self.tls.handshake_extensions = [
+            (tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS, self._serialize_transport_parameters())
+        ]
+
+    @property
+    def _cryptos_initial(self) -> dict[int, CryptoPair]:
+        return self._rh_cryptos_initial
+
+    @_cryptos_initial.setter
+    def _cryptos_initial(self, value: dict[int, CryptoPair]) -> None:
+        # aioquic assigns it in __init__ and fills it in _initialize (here: lazily)
+        lazy = self._rh_lazy_initial
+        if lazy is not None:
+            cid, given = lazy
+            value = _InitialKeys(cid, {**value, **given})
+        self._rh_cryptos_initial = value
 
     def _hook_client_certificate_check(self, check: ClientCertCheck) -> None:
         """Verify the client's certificate in the handshake, as a TLS server does: a refusal

@@ -22,6 +22,7 @@ from typing import Any
 import trio
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import (
     QuicPacketType,
     encode_quic_retry,
@@ -33,7 +34,7 @@ from .admission import Admission, TokenBucket, source_key
 from .connection import Connection, ConnectionError
 from .driver import Driver
 from .endpoint import UdpEndpoint
-from .initial import forget_keys, keep_keys, opens_handshake
+from .initial import forget_keys, keep_keys, opens_handshake, take_keys
 from .protocol import TunnelQuicConnection, encode_invalid_token_close
 from .reset import MIN_RESET_SIZE, derive_reset_key, encode_reset, reset_token
 from .settings import (
@@ -365,7 +366,8 @@ class QuicServer:
         now: float,
     ) -> None:
         admission = self.admission
-        conn = self._create_connection(odcid, retry_scid, addr)
+        keys = take_keys(header.destination_cid, header.version)
+        conn = self._create_connection(odcid, retry_scid, addr, keys)
         self._route(header.destination_cid, conn)
         self._route(conn.host_cid, conn)
         admission.started(source)
@@ -395,7 +397,14 @@ class QuicServer:
             if self._admit_waiting(freed, trio.current_time()):
                 self.driver.flush()
 
-    def _create_connection(self, odcid: bytes, retry_scid: bytes | None, addr: Any) -> Connection:
+    def _create_connection(
+        self,
+        odcid: bytes,
+        retry_scid: bytes | None,
+        addr: Any,
+        initial_keys: CryptoPair | None = None,
+    ) -> Connection:
+        """``initial_keys``: the ones its first Initial was checked with (not derived again)."""
         t = self.settings.transport
         quic = TunnelQuicConnection(
             configuration=self._configuration,
@@ -409,6 +418,7 @@ class QuicServer:
             stream_receive_window_max=t.stream_receive_window_limit,
             client_certificate_check=self._client_verifier,
             stateless_reset_key=self._reset_key,
+            initial_keys=initial_keys,
         )
         conn: Connection
 
