@@ -266,3 +266,52 @@ def test_without_a_command_first_the_whole_command_line_answers(args: list[str])
     from reverse_http.cli.main import _app_for, app
 
     assert _app_for(args) is app
+
+
+def test_a_typer_whose_internals_differ_keeps_its_own_conversion_everywhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``install`` builds every converter before setting any: one that raises (another
+    typer's ``RuntimeParam`` signature) leaves every option to typer, and the command
+    still parses its options."""
+    from typer._click.core import Context
+    from typer.core import TyperGroup, _TyperParameter
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from reverse_http.cli import coercion
+    from reverse_http.cli.main import app
+
+    real = coercion.lazy_conversion
+    calls = 0
+
+    def breaks_on_the_third(param: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise TypeError("RuntimeParam.__init__() got an unexpected keyword argument")
+        return real(param)
+
+    root = get_command(app)
+    ctx = Context(root, info_name="reverse-http")  # make_context would install already
+
+    def converters(command: Any) -> list[Any]:
+        found = [
+            getattr(param, "_runtime_param", None)
+            for param in [*command.params, command.get_help_option(ctx)]
+            if isinstance(param, _TyperParameter)
+        ]
+        if isinstance(command, TyperGroup):
+            for sub in command.commands.values():
+                found += converters(sub)
+        return found
+
+    before = converters(root)
+    assert before.count(None) > 3
+    monkeypatch.setattr(coercion, "lazy_conversion", breaks_on_the_third)
+    coercion.install(root, ctx)
+    assert calls == 3
+    assert converters(root) == before
+    result = CliRunner().invoke(app, ["--log.level", "warn", "version"], prog_name="reverse-http")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip()

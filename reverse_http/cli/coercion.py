@@ -16,6 +16,7 @@ It relies on typer's ``_TyperParameter`` internals; where those differ (another 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -73,12 +74,26 @@ def lazy_conversion(param: _TyperParameter) -> LazyConversion | None:
 
 def install(command: Command, ctx: Context) -> None:
     """Give every option of ``command`` and its sub-commands (their ``--help`` too) a
-    :class:`LazyConversion`; ``ctx`` is the root context (it names the help options)."""
+    :class:`LazyConversion`; ``ctx`` is the root context (it names the help options).
+
+    All converters are built before any is set: a typer whose internals differ in a
+    way that raises here (another ``RuntimeParam`` signature) keeps its own conversion
+    for every option, never a mix, and the command still runs.
+    """
+    try:
+        planned = list(_plan(command, ctx))
+    except Exception:  # any mismatch with typer's internals: change nothing
+        return
+    for param, converter in planned:
+        param._runtime_param = converter
+
+
+def _plan(command: Command, ctx: Context) -> Iterator[tuple[_TyperParameter, LazyConversion]]:
     for param in [*command.params, command.get_help_option(ctx)]:
         if isinstance(param, _TyperParameter) and getattr(param, "_runtime_param", 0) is None:
             converter = lazy_conversion(param)
             if converter is not None:
-                param._runtime_param = converter
+                yield param, converter
     if isinstance(command, TyperGroup):
         for sub in command.commands.values():
-            install(sub, ctx)
+            yield from _plan(sub, ctx)
