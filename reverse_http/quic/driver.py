@@ -42,6 +42,8 @@ class Driver:
         self._flushing = False
         self._wake = trio.Event()
         self._sleeping_until = math.inf
+        #: The least receive hold the connections serviced since ``take_hold`` allow.
+        self._hold = math.inf
         self.connections: set[Connection] = set()
 
     def add(self, conn: Connection) -> None:
@@ -68,6 +70,9 @@ class Driver:
                 conn = next(iter(dirty))
                 del dirty[conn]
                 try:
+                    hold = conn.receive_hold()
+                    if hold < self._hold:
+                        self._hold = hold
                     conn._service(now)
                 except Exception:
                     # A bug costs this connection, never the endpoint's others.
@@ -75,6 +80,12 @@ class Driver:
                     conn._fail("internal error")
         finally:
             self._flushing = False
+
+    def take_hold(self) -> float:
+        """How long the endpoint may wait before reading again: the least that the
+        connections serviced since the last call allow (0 if none was serviced)."""
+        hold, self._hold = self._hold, math.inf
+        return 0.0 if hold == math.inf else hold
 
     def schedule(self, conn: Connection, at: float) -> None:
         """Service ``conn`` at ``at`` (replacing its previous deadline)."""

@@ -545,6 +545,11 @@ class TunnelQuicConnection(QuicConnection):
     def congestion_window(self) -> int:
         return int(self._loss.congestion_window)
 
+    @property
+    def smoothed_rtt(self) -> float:
+        """Seconds; 0 before the first RTT sample."""
+        return float(self._loss._rtt_smoothed)
+
     def stats(self) -> dict[str, float]:
         loss = self._loss
         return {

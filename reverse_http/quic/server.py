@@ -472,7 +472,7 @@ class QuicServer:
             nursery.start_soon(self.driver.run)
             nursery.start_soon(self._admit_loop)
             nursery.start_soon(self._release_loop)
-            await self.endpoint.run(self.dispatch, self._after_batch)
+            await self.endpoint.run(self.dispatch, self._after_batch, self.driver.take_hold)
 
     async def _release_loop(self) -> None:
         while True:
