@@ -209,6 +209,8 @@ def test_a_server_connection_derives_initial_keys_for_its_version_only(tmp_path:
 
     client, server = _handshaken_pair(tmp_path)
     assert list(server._cryptos_initial) == [QuicProtocolVersion.VERSION_1]
+    # kept for the connection's lifetime: no instance dict (0.3 KiB per idle agent)
+    assert not hasattr(server._cryptos_initial, "__dict__")
     info = client._remote_version_information
     assert info is not None
     assert info.available_versions == server._configuration.supported_versions

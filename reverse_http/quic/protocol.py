@@ -366,6 +366,8 @@ class _InitialKeys(dict[int, CryptoPair]):
     four OpenSSL cipher contexts: half of a reconnect storm's key derivations.
     """
 
+    __slots__ = ("_cid",)  # one per connection for its lifetime: no instance dict
+
     def __init__(self, cid: bytes, given: dict[int, CryptoPair]) -> None:
         super().__init__(given)
         self._cid = cid
