@@ -50,17 +50,16 @@ async def relay(
         # A QUIC stream says how much it takes without waiting: read no more than
         # that, so what a congested tunnel can't take stays in the kernel's buffer.
         send_capacity = getattr(dst, "send_capacity", None)
-        # From a TCP socket into a QUIC stream: wait until data is there, then size,
-        # read and queue it without yielding in between. Sized before the wait, 10,000
-        # tunnels woken together each read a whole chunk while the budget was still
-        # free: 600 MiB held by the agent (receive_some yields after reading).
+        # From a TCP socket into a QUIC stream: size the read by the budget, read and
+        # queue it without yielding in between, and wait for readability only when the
+        # socket has nothing. Sized before a wait, 10,000 tunnels woken together each
+        # read a whole chunk while the budget still looked free: 600 MiB held by the
+        # agent (receive_some yields after reading).
         raw = src.socket if send_capacity is not None and type(src) is trio.SocketStream else None
         data: bytes | bytearray
         try:
             while True:
                 size = CHUNK
-                if raw is not None:
-                    await trio.lowlevel.wait_readable(raw)
                 if send_capacity is not None:
                     room = send_capacity()
                     if room <= 0:  # wait only when it must: no extra task switch per chunk
@@ -73,6 +72,7 @@ async def relay(
                     try:
                         data = os.read(raw.fileno(), size)
                     except BlockingIOError:
+                        await trio.lowlevel.wait_readable(raw)
                         continue
                 else:
                     data = await src.receive_some(size)
