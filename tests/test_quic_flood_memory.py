@@ -131,11 +131,15 @@ def test_resident_bytes_is_this_processs_rss() -> None:
 
 
 class _Due:
-    """What the driver needs of a connection: a deadline and a service call."""
+    """What the driver needs of a connection: a deadline, a service call and the receive
+    hold it allows (none)."""
 
     def __init__(self) -> None:
         self._timer_at = math.inf
         self.serviced = trio.Event()
+
+    def receive_hold(self) -> float:
+        return 0.0
 
     def _service(self, now: float) -> None:
         self.serviced.set()
