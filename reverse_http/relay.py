@@ -64,9 +64,7 @@ async def relay(
                     room = send_capacity()
                     if room <= 0:  # wait only when it must: no extra task switch per chunk
                         await dst.wait_send_all_might_not_block()
-                        if raw is not None:
-                            continue  # others may have used the room up meanwhile
-                        room = send_capacity()
+                        continue  # others may have used the room up meanwhile
                     size = min(CHUNK, max(room, MIN_READ))
                 if raw is not None:
                     try:
