@@ -264,6 +264,7 @@ class _Upload:
 
     def __init__(self, wan: Wan, data: bytes) -> None:
         self.data, self.received, self.digest, self.error = data, 0, "", ""
+        self._limit, self._moved = 0, threading.Condition()
         with netns(wan.ns_b):
             self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(NAT_TIMEOUT)
@@ -299,8 +300,21 @@ class _Upload:
                 h.update(chunk)
             conn.sendall(h.hexdigest().encode())
 
+    def allow(self, limit: int) -> None:
+        """Let the uploader send the first ``limit`` bytes (it never sends more)."""
+        with self._moved:
+            self._limit = max(self._limit, min(limit, len(self.data)))
+            self._moved.notify()
+
     def _send(self) -> None:
-        self._client.sendall(self.data)
+        view, sent = memoryview(self.data), 0
+        while sent < len(self.data):
+            with self._moved:
+                if not self._moved.wait_for(lambda done=sent: self._limit > done, NAT_TIMEOUT):
+                    raise TimeoutError(f"never allowed past {sent} bytes")
+                limit = self._limit
+            self._client.sendall(view[sent:limit])
+            sent = limit
         self._client.shutdown(socket.SHUT_WR)
         answer = bytearray()
         while chunk := self._client.recv(100):
@@ -347,15 +361,19 @@ def test_nat_rebinding_mid_transfer_keeps_the_connection_and_its_streams(
         assert _recv_head(side, buf).startswith(b"HTTP/1.1 200")
         assert _keepalive_get(side, buf, wan) == tiny
 
-        # 24 MiB: still in flight at the download's second rebind, even where the
-        # upload ran ahead (a rebind stalls an upload for about 1.5 s, a download not)
-        upload = _Upload(wan, wan.blob[::-1] + wan.blob[: 8 << 20])
+        # the upload stays within 2 MiB + 1.2x the download's progress until both rebinds
+        # are done, so it is still in flight at the second however fast the link carries
+        # it (a rebind stalls an upload for about 1.5 s, a download not)
+        upload = _Upload(wan, wan.blob[::-1])
+        upload.allow(2 << 20)
         wan.start_download(NAT_TIMEOUT)
         assert wan.curl is not None
         deadline = time.monotonic() + NAT_TIMEOUT
         uploaded_at_rebind = []
         for rebinds, at in enumerate((4 << 20, 10 << 20)):  # rebind at 4 MiB, then at 10
             while not wan.out.exists() or wan.out.stat().st_size < at:
+                if wan.out.exists():
+                    upload.allow((2 << 20) + wan.out.stat().st_size * 6 // 5)
                 if wan.curl.poll() is not None:
                     _, err = wan.curl.communicate()
                     pytest.fail(
@@ -367,6 +385,7 @@ def test_nat_rebinding_mid_transfer_keeps_the_connection_and_its_streams(
                 time.sleep(0.005)  # polling the output file's size, bounded by the deadline
             wan.link.rebind()
             uploaded_at_rebind.append(upload.received)
+        upload.allow(len(upload.data))
         code, err, counters = wan.finish()
         got = wan.out.read_bytes() if wan.out.exists() else b""
         assert code == 0, (
