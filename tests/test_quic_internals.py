@@ -66,7 +66,9 @@ def test_only_the_protocol_module_reaches_into_aioquic() -> None:
     import re
 
     package = pathlib.Path(protocol.__file__).resolve().parent.parent
-    private_import = re.compile(r"from aioquic[\w.]* import[^\n]*\b_\w+")
+    private_import = re.compile(
+        r"from aioquic[\w.]* import[^\n]*\b_\w+|(from|import) aioquic(\.\w+)*\._\w+"
+    )
     private_attr = re.compile(r"\._quic\._\w+|\.tls\._\w+|\bsender\._\w+|\breceiver\._\w+")
     offenders = []
     for path in package.rglob("*.py"):

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from aioquic._crypto import CryptoError
 from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
-from aioquic.quic.crypto import (
+from aioquic.quic.crypto import (  # type: ignore[attr-defined]
     INITIAL_CIPHER_SUITE,
     INITIAL_SALT_VERSION_1,
     INITIAL_SALT_VERSION_2,
+    CryptoError,
     CryptoPair,
 )
 from aioquic.quic.packet import (
