@@ -137,11 +137,13 @@ class _Due:
     def __init__(self) -> None:
         self._timer_at = math.inf
         self.serviced = trio.Event()
+        self.serviced_at: list[float] = []
 
     def receive_hold(self) -> float:
         return 0.0
 
     def _service(self, now: float) -> None:
+        self.serviced_at.append(now)
         self.serviced.set()
 
 
@@ -164,6 +166,31 @@ async def test_the_driver_keeps_no_connection_it_serviced(
         await trio.sleep(60)  # the driver sleeps: nothing is due
         gc.collect()
         assert gone() is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_driver_keeps_no_removed_connection_until_its_old_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A connection removed before its deadline (a half-open handshake given up, its
+    idle timer 30 s away) is freed at once: the deadline heap held it until then."""
+    driver = Driver(lambda datagrams: None)
+    conn, other = _Due(), _Due()
+    t0 = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(driver.run)
+        driver.add(conn)  # type: ignore[arg-type]
+        driver.add(other)  # type: ignore[arg-type]
+        driver.schedule(conn, t0 + 30.0)  # type: ignore[arg-type]
+        driver.schedule(other, t0 + 1.0)  # type: ignore[arg-type]
+        await trio.sleep(0.5)
+        driver.remove(conn)  # type: ignore[arg-type]
+        gone = weakref.ref(conn)
+        del conn
+        gc.collect()
+        assert gone() is None
+        await other.serviced.wait()  # the other connection's deadline still works
+        assert other.serviced_at == [t0 + 1.0]
         nursery.cancel_scope.cancel()
 
 

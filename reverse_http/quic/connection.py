@@ -96,6 +96,7 @@ RECEIVE_HOLD_MIN = 0.0005
 class Connection:
     #: A proxy holds thousands of these: no per-instance __dict__.
     __slots__ = (
+        "__weakref__",  # the driver's deadline heap refers to connections weakly
         "_accept_recv",
         "_accept_send",
         "_budget_waiters",

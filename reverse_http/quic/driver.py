@@ -14,6 +14,7 @@ import heapq
 import itertools
 import logging
 import math
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,10 @@ class Driver:
     def __init__(self, send: SendNowait) -> None:
         #: Never blocks: the endpoint queues what the socket does not take at once.
         self.send = send
-        self._heap: list[tuple[float, int, Connection]] = []
+        #: Entries refer weakly: a removed connection's old deadline must not keep its
+        #: TLS state and packet spaces alive until that deadline comes (up to the idle
+        #: timeout after a flood of half-open handshakes).
+        self._heap: list[tuple[float, int, weakref.ref[Connection]]] = []
         self._order = itertools.count()
         self._dirty: dict[Connection, None] = {}
         self._flushing = False
@@ -94,7 +98,7 @@ class Driver:
         conn._timer_at = at
         if at == math.inf:
             return
-        heapq.heappush(self._heap, (at, next(self._order), conn))
+        heapq.heappush(self._heap, (at, next(self._order), weakref.ref(conn)))
         if at < self._sleeping_until:
             self._wake.set()
         if len(self._heap) > _COMPACT_FACTOR * len(self.connections) + 64:
@@ -102,15 +106,21 @@ class Driver:
 
     def _compact(self) -> None:
         self._heap = [
-            (c._timer_at, next(self._order), c) for c in self.connections if c._timer_at < math.inf
+            (c._timer_at, next(self._order), weakref.ref(c))
+            for c in self.connections
+            if c._timer_at < math.inf
         ]
         heapq.heapify(self._heap)
 
     def _next_deadline(self) -> float:
         heap = self._heap
-        while heap and heap[0][2]._timer_at != heap[0][0]:
-            heapq.heappop(heap)  # superseded by a later schedule()
-        return heap[0][0] if heap else math.inf
+        while heap:
+            at, _, ref = heap[0]
+            conn = ref()
+            if conn is not None and conn._timer_at == at:
+                return at
+            heapq.heappop(heap)  # superseded by a later schedule(), or removed
+        return math.inf
 
     def pending_deadlines(self) -> int:
         return len(self._heap)
@@ -134,7 +144,8 @@ class Driver:
         handshake's TLS state and packet spaces) alive while the driver sleeps."""
         heap = self._heap
         while heap and heap[0][0] <= now:
-            at, _, conn = heapq.heappop(heap)
-            if conn._timer_at == at:
+            at, _, ref = heapq.heappop(heap)
+            conn = ref()
+            if conn is not None and conn._timer_at == at:
                 conn._timer_at = math.nan  # due: the next schedule() always pushes
                 self._dirty[conn] = None
