@@ -114,6 +114,7 @@ class Result:
     mbps: float = float("nan")
     cpu_s: float = float("nan")
     cpu_s_per_mib: float = float("nan")
+    link_mbit: float = 0.0  # the row's rate limit (0: none)
     drops: dict[str, int] = field(default_factory=dict)
     queue_peak_kib: float = 0.0
     new_request: str = ""
@@ -410,7 +411,7 @@ def make_ssh_key(directory: Path) -> Path:
 
 def run_one(row: Row, kind: str, env: Env, scale: float) -> Result:
     size = row.size(scale)
-    res = Result(kind=kind, row=row.label(), size=size)
+    res = Result(kind=kind, row=row.label(), size=size, link_mbit=row.spec.rate_mbit)
     stamp = f"{kind}-{time.monotonic_ns()}"
     (env.workdir / "logs").mkdir(exist_ok=True)
     log = env.workdir / "logs" / f"{stamp}-linkemu.log"
@@ -523,6 +524,8 @@ def print_table(results: list[Result], kinds: list[str]) -> None:
             extra = []
             if not r.ok:
                 extra.append(f"{r.code}, {r.got / MIB:.1f} of {r.size / MIB:.0f} MiB")
+            if r.ok and r.link_mbit:
+                extra.append(f"{r.mbps * 8 / r.link_mbit:.0%} of the link rate")
             if r.new_request:
                 extra.append(f"new request during the outage: {r.new_request}")
             if r.drops:
