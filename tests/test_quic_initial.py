@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from reverse_http.devcerts import CertFiles
 from reverse_http.quic import AdmissionSettings, QuicServer, TransportSettings, connect
+from reverse_http.quic.connection import State
 from reverse_http.quic.initial import forget_keys, keep_keys, opens_handshake, take_keys
 from reverse_http.quic.settings import client_configuration
 from tests.quic_helpers import client_tls, echo_streams, quic_pair, server_settings
@@ -328,3 +329,46 @@ async def test_a_connection_admitted_after_waiting_derives_its_own_keys(
     server.connections.discard(conn)
     await _handshake_through(server, second, ("127.0.0.1", 50002))
     assert setups == [QuicProtocolVersion.VERSION_1] * 6
+
+
+async def test_discarded_initial_keys_stay_discarded_for_the_other_version(
+    certs: CertFiles,
+) -> None:
+    """Once the handshake discarded the Initial keys, an Initial under the connection's
+    first CID is dropped in either QUIC version: Initial keys follow from a CID seen in
+    clear, so one accepted then lets an on-path sender close the connection (here with
+    a CONNECTION_CLOSE). The version the connection did not use must not get fresh
+    keys derived lazily at that point (aioquic derived both up front and tore both down)."""
+    settings = server_settings(certs, admission=AdmissionSettings(retry=False))
+    server = QuicServer(settings, _Endpoint())  # type: ignore[arg-type]
+    server._spawn = server.connections.add
+    client = _client(certs)
+    addr = ("127.0.0.1", 50003)
+    first = client.datagrams_to_send(now=trio.current_time())
+    dcid = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=8).destination_cid
+    for data, _ in first:
+        server.dispatch(data, addr)
+    server._after_batch()
+    _to_clients(server, {addr: client})
+    await _handshake_through(server, client, addr)
+    (conn,) = server.connections
+    for version in (QuicProtocolVersion.VERSION_2, QuicProtocolVersion.VERSION_1):
+        pair = CryptoPair()
+        pair.setup_initial(cid=dcid, is_client=True, version=version)
+        builder = QuicPacketBuilder(
+            host_cid=SCID,
+            peer_cid=dcid,
+            version=version,
+            is_client=True,
+            max_datagram_size=1200,
+            packet_number=9,
+        )
+        builder.start_packet(QuicPacketType.INITIAL, pair)
+        buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=1000)
+        for value in (0x0A, 0, 0):  # PROTOCOL_VIOLATION, frame type 0, no reason
+            buf.push_uint_var(value)
+        buf.push_bytes(bytes(1000 - 3))  # PADDING up to a full-sized datagram
+        (forged,), _ = builder.flush()
+        server.dispatch(forged, addr)
+        server._after_batch()
+        assert conn.state is State.OPEN, version

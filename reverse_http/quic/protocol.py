@@ -374,7 +374,11 @@ class _InitialKeys(dict[int, CryptoPair]):
 
     def __missing__(self, version: int) -> CryptoPair:
         pair = CryptoPair()
-        pair.setup_initial(cid=self._cid, is_client=False, version=version)
+        # Once the Initial keys are discarded (torn down), the other version gets none
+        # either: keys derived then would accept a forged Initial (from the CID seen in
+        # clear) carrying e.g. CONNECTION_CLOSE. A pair never set up drops it.
+        if all(known.recv.is_valid() for known in self.values()):
+            pair.setup_initial(cid=self._cid, is_client=False, version=version)
         self[version] = pair
         return pair
 
