@@ -372,3 +372,21 @@ async def test_discarded_initial_keys_stay_discarded_for_the_other_version(
         server.dispatch(forged, addr)
         server._after_batch()
         assert conn.state is State.OPEN, version
+
+
+async def test_the_waiting_metrics_count_no_place_past_its_wait(
+    certs: CertFiles, mock_clock: trio.testing.MockClock
+) -> None:
+    """handshakes_waiting is a gauge of clients waiting now: a place that waited past
+    max_wait is given up (its client's own timeout ends it) whether or not a datagram
+    came since to prune it, and counted in handshake_waits_expired."""
+    server = _storm_server(certs, max_pending_handshakes=1)
+    first, second = _client(certs), _client(certs)
+    clients = {("127.0.0.1", 50001): first, ("127.0.0.1", 50002): second}
+    for _ in range(2):  # ClientHellos and their Retries; then the second waits for the first
+        for addr, client in clients.items():
+            _to_server(server, client, addr)
+        _to_clients(server, clients)
+    assert (server.handshakes_waiting, server.handshake_waits_expired) == (1, 0)
+    mock_clock.jump(server.settings.admission.max_wait + 0.1)  # nothing comes meanwhile
+    assert (server.handshakes_waiting, server.handshake_waits_expired) == (0, 1)

@@ -233,6 +233,14 @@ class WaitingRoom(Generic[T]):
 
     def peek(self, now: float) -> T | None:
         """The longest-waiting item still in time (those ahead of it are given up)."""
+        self.expire(now)
+        places = self._places
+        return next(iter(places.values()))[0] if places else None
+
+    def expire(self, now: float) -> None:
+        """Give up the places that waited past ``max_wait`` (places are in arrival
+        order: they are the first ones), also when no datagram came to admit any:
+        the waiting gauge counts clients waiting now."""
         places = self._places
         given_up = self._given_up
         while given_up:
@@ -241,13 +249,12 @@ class WaitingRoom(Generic[T]):
                 break
             given_up.popitem(last=False)
         while places:
-            key, (item, arrived, _) = next(iter(places.items()))
+            key, (_, arrived, _) = next(iter(places.items()))
             if now - arrived <= self.max_wait:
-                return item
+                return
             self.pop()
             given_up[key] = now
             self.expired += 1
-        return None
 
     def pop(self) -> T:
         """Remove the head (what :meth:`peek` returned)."""

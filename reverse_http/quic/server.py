@@ -138,6 +138,7 @@ class QuicServer:
     @property
     def handshakes_waiting(self) -> int:
         """Address-validated Initials waiting for a handshake slot right now."""
+        self.admission.waiting.expire(trio.current_time())
         return len(self.admission.waiting)
 
     @property
@@ -147,6 +148,7 @@ class QuicServer:
     @property
     def handshake_waits_expired(self) -> int:
         """Waiting places given up (waited longer than ``max_wait``)."""
+        self.admission.waiting.expire(trio.current_time())
         return self.admission.waiting.expired
 
     @property
