@@ -40,7 +40,8 @@ class RelayStats:
 async def relay(
     a: trio.abc.Stream, b: trio.abc.Stream, stats: RelayStats | None = None
 ) -> RelayStats:
-    """Relay until both directions saw EOF, or either broke (then both are aborted)."""
+    """Relay until both directions saw EOF, or either broke or the relay is cancelled
+    (then both are aborted)."""
     stats = stats or RelayStats()
     closed_by_us: set[int] = set()
 
@@ -95,9 +96,17 @@ async def relay(
                 stats.error = f"{direction}: {exc or type(exc).__name__}"
             scope.cancel()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump, a, b, True, nursery.cancel_scope)
-        nursery.start_soon(pump, b, a, False, nursery.cancel_scope)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, a, b, True, nursery.cancel_scope)
+            nursery.start_soon(pump, b, a, False, nursery.cancel_scope)
+    except BaseException:
+        # Cancelled from outside (the agent cancels its tunnels when its connection is
+        # lost): what was in flight is truncated, so the closes that follow are aborts
+        # (a direction that already ended cleanly stays ended on a QUIC stream).
+        abort(a)
+        abort(b)
+        raise
     if stats.error is not None:
         abort(a)
         abort(b)
