@@ -236,10 +236,28 @@ def test_quic_transport_flags_reach_both_daemons(captured: Captured) -> None:
     assert captured.configs[3].transport.max_datagram_size == 1280
 
 
+def test_initial_congestion_window_flag_env_and_file(captured: Captured, tmp_path: Path) -> None:
+    """The flag, its environment variable and a config-file key reach the settings the
+    controllers are made from (tests/test_quic_congestion.py follows them from there)."""
+    ok(["proxy"])
+    ok(["proxy", "--quic.initial-congestion-window=20"])
+    ok(AGENT_OK, env={"REVERSE_HTTP_QUIC_INITIAL_CONGESTION_WINDOW": "12"})
+    path = write(tmp_path / "conf.yaml", {"quic": {"initial-congestion-window": "40"}})
+    ok([*AGENT_OK, "--config", str(path)])
+    windows = [c.transport.initial_congestion_window for c in captured.configs]
+    assert windows == [32, 20, 12, 40]
+
+
 def test_bad_quic_transport_flags_are_named(captured: Captured) -> None:
     fails(["proxy", "--quic.max-datagram-size=1100"], "--quic.max-datagram-size", "between 1200")
     fails([*AGENT_OK, "--quic.udp-buffer-size=lots"], "--quic.udp-buffer-size", "invalid size")
     fails(["proxy", "--quic.congestion-control=bbr9"], "--quic.congestion-control")
+    for bad, why in (("1", "between 2 and 1000"), ("ten", "invalid number"), ("-3", "invalid")):
+        fails(
+            [*AGENT_OK, f"--quic.initial-congestion-window={bad}"],
+            "--quic.initial-congestion-window",
+            why,
+        )
     fails(
         [*AGENT_OK, "--quic.stream-receive-window=32MiB"],
         "--quic.connection-receive-window must be at least --quic.stream-receive-window",

@@ -1,21 +1,33 @@
 """Congestion control: a whole flight lost at once (a NAT rebinding, an outage) halves
-the window as RFC 9438 says, instead of collapsing it to two packets."""
+the window as RFC 9438 says, instead of collapsing it to two packets; every controller
+starts (and Cubic restarts after idle) at the configured initial window."""
 
 from __future__ import annotations
 
+import pytest
+from aioquic.quic.congestion.base import QuicCongestionControl, create_congestion_control
 from aioquic.quic.congestion.cubic import CubicCongestionControl
+from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.packet import QuicPacketType
 from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.tls import Epoch
 
-from reverse_http.quic.congestion import CUBIC, WindowCubicCongestionControl, algorithm_name
+from reverse_http.quic.congestion import (
+    CappedRenoCongestionControl,
+    WindowCubicCongestionControl,
+    WindowRenoCongestionControl,
+    algorithm_name,
+)
+from reverse_http.quic.settings import ClientTls, TransportSettings, client_configuration
 
 MDS = 1452
 
 
-def flight(cc: CubicCongestionControl, count: int, sent_at: float) -> list[QuicSentPacket]:
+def flight(
+    cc: QuicCongestionControl, count: int, sent_at: float, first: int = 0
+) -> list[QuicSentPacket]:
     packets = []
-    for n in range(count):
+    for n in range(first, first + count):
         packet = QuicSentPacket(
             epoch=Epoch.ONE_RTT,
             in_flight=True,
@@ -58,6 +70,90 @@ def test_losses_within_one_recovery_period_reduce_once() -> None:
     assert cc.congestion_window == reduced
 
 
-def test_cubic_means_ours() -> None:
-    assert algorithm_name("cubic", 0) == CUBIC
-    assert algorithm_name("reno", 0) == "reno"
+def test_each_algorithm_is_ours_at_its_initial_window() -> None:
+    made = {
+        name: create_congestion_control(algorithm_name(name, 64 * MDS, 32), max_datagram_size=MDS)
+        for name in ("cubic", "reno", "capped-reno")
+    }
+    assert type(made["cubic"]) is WindowCubicCongestionControl
+    assert type(made["reno"]) is WindowRenoCongestionControl
+    assert type(made["capped-reno"]) is CappedRenoCongestionControl
+    assert {cc.congestion_window for cc in made.values()} == {32 * MDS}
+    assert algorithm_name("cubic", 0, 32) == algorithm_name("cubic", 1, 32)  # cap: reno only
+    assert algorithm_name("cubic", 0, 32) != algorithm_name("cubic", 0, 20)
+    assert algorithm_name("bbr", 0, 32) == "bbr"  # unknown: left to aioquic to refuse
+
+
+@pytest.mark.parametrize("name", ["cubic", "reno", "capped-reno"])
+def test_the_transport_setting_reaches_the_controller(name: str) -> None:
+    """The setting travels in the aioquic configuration a connection is made from."""
+    settings = TransportSettings(congestion_control=name, initial_congestion_window=20)
+    cfg = client_configuration(settings, ClientTls(insecure_skip_verify=True), "example.test")
+    cc = create_congestion_control(cfg.congestion_control_algorithm, max_datagram_size=1200)
+    assert cc.congestion_window == 20 * 1200
+    assert TransportSettings().initial_congestion_window == 32  # quic-go's default
+
+
+def test_initial_window_out_of_range_is_refused() -> None:
+    for packets in (1, 1001):
+        with pytest.raises(ValueError, match="initial congestion window"):
+            TransportSettings(initial_congestion_window=packets)
+
+
+def slow_start_and_loss(cc: QuicCongestionControl) -> tuple[int, int]:
+    """The window after one flight acknowledged in slow start, then after a loss."""
+    start = cc.congestion_window
+    packets = flight(cc, 10, sent_at=1.0)
+    for packet in packets:
+        cc.on_packet_acked(now=1.2, packet=packet)
+    grown = cc.congestion_window - start
+    lost = flight(cc, 10, sent_at=1.3, first=10)
+    cc.on_packets_lost(now=1.5, packets=lost[:1])
+    return grown, cc.congestion_window
+
+
+@pytest.mark.parametrize(
+    ("ours", "reference"),
+    [
+        # the window-based loss reduction above, from aioquic's 10-packet start
+        (WindowCubicCongestionControl, WindowCubicCongestionControl),
+        (WindowRenoCongestionControl, RenoCongestionControl),
+    ],
+)
+def test_growth_and_loss_reaction_are_unchanged(
+    ours: type[QuicCongestionControl], reference: type[QuicCongestionControl]
+) -> None:
+    """Only the start differs: one byte of window per byte acked in slow start, and a
+    loss reduces the window by the algorithm's factor, as from the same window with
+    aioquic's initial window."""
+    cc = ours(max_datagram_size=MDS, initial_window=32)  # type: ignore[call-arg]
+    assert cc.congestion_window == 32 * MDS
+    before = reference(max_datagram_size=MDS)
+    assert before.congestion_window == 10 * MDS  # RFC 9002's, aioquic's
+    before.congestion_window = 32 * MDS
+    grown, after_loss = slow_start_and_loss(cc)
+    assert grown == 10 * MDS
+    assert (grown, after_loss) == slow_start_and_loss(before)
+    factor = 0.7 if ours is WindowCubicCongestionControl else 0.5
+    assert after_loss == int(42 * MDS * factor)
+
+
+def test_cubic_restarts_at_the_initial_window_after_idle() -> None:
+    cc = WindowCubicCongestionControl(max_datagram_size=MDS, initial_window=32)
+    packets = flight(cc, 10, sent_at=1.0)
+    for packet in packets:
+        cc.on_packet_acked(now=1.2, packet=packet)
+    cc.congestion_window = 400 * MDS
+    flight(cc, 1, sent_at=1.0 + 2.5, first=10)  # 2.5 s after the last acknowledged send
+    assert cc.congestion_window == 32 * MDS
+    assert cc.ssthresh is None  # slow start again
+
+
+def test_persistent_congestion_still_collapses_to_the_minimum() -> None:
+    """RFC 9002 7.6.2: persistent congestion means the minimum window, not the initial."""
+    for cc in (
+        WindowCubicCongestionControl(max_datagram_size=MDS, initial_window=32),
+        WindowRenoCongestionControl(max_datagram_size=MDS, initial_window=32),
+    ):
+        cc.on_persistent_congestion()
+        assert cc.congestion_window == 2 * MDS

@@ -597,6 +597,9 @@ def proxy(
     quic_max_congestion_window: Annotated[
         str, _proxy_opt("quic.max-congestion-window")
     ] = "1048576",
+    quic_initial_congestion_window: Annotated[
+        str, _proxy_opt("quic.initial-congestion-window")
+    ] = "32",
     quic_stream_receive_window: Annotated[str, _proxy_opt("quic.stream-receive-window")] = "524288",
     quic_max_stream_receive_window: Annotated[
         str, _proxy_opt("quic.max-stream-receive-window")
@@ -686,6 +689,9 @@ def agent(
     quic_max_congestion_window: Annotated[
         str, _agent_opt("quic.max-congestion-window")
     ] = "1048576",
+    quic_initial_congestion_window: Annotated[
+        str, _agent_opt("quic.initial-congestion-window")
+    ] = "32",
     quic_stream_receive_window: Annotated[str, _agent_opt("quic.stream-receive-window")] = "524288",
     quic_max_stream_receive_window: Annotated[
         str, _agent_opt("quic.max-stream-receive-window")

@@ -61,6 +61,7 @@ from ..errors import ConfigError
 from ..quic.pmtu import DEFAULT_MAX_DATAGRAM_SIZE
 from ..quic.settings import (
     CONGESTION_CONTROLS,
+    INITIAL_WINDOW_RANGE,
     AdmissionSettings,
     ClientTls,
     ServerTls,
@@ -265,6 +266,13 @@ _QUIC_FLAGS: Final = (
         "Window cap of capped-reno; must exceed the path's bandwidth-delay product.",
         str(TransportSettings.congestion_window_cap),
         metavar="BYTES",
+    ),
+    Flag(
+        "quic.initial-congestion-window",
+        "Packets the congestion window starts at, and restarts at after 2 s idle"
+        " (quic-go's 32; RFC 9002: 10). Lower it only for paths with tiny buffers.",
+        str(TransportSettings.initial_congestion_window),
+        metavar="PACKETS",
     ),
     Flag(
         "quic.stream-receive-window",
@@ -904,6 +912,9 @@ def _transport(v: _Values) -> TransportSettings:
             pmtu_discovery=v.boolean("quic.pmtu-discovery"),
             congestion_control=v.choice("quic.congestion-control"),
             congestion_window_cap=v.size("quic.max-congestion-window", 16 * 1452, 2**30),
+            initial_congestion_window=v.count(
+                "quic.initial-congestion-window", *INITIAL_WINDOW_RANGE
+            ),
             stream_receive_window=stream_window,
             stream_receive_window_max=stream_max,
             connection_receive_window=connection_window,
@@ -1026,6 +1037,15 @@ class _Values:
         if not low <= value <= high:
             raise ConfigError(f"--{name}: {_q(text)} must be between {low} and {high} bytes")
         return value
+
+    def count(self, name: str, low: int, high: int) -> int:
+        """A whole number from ``low`` to ``high`` (packets, say)."""
+        text = (self.string(name) or "").strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 9:
+            raise ConfigError(f"--{name}: invalid number {_q(text)}")
+        if not low <= int(text) <= high:
+            raise ConfigError(f"--{name}: {_q(text)} must be between {low} and {high}")
+        return int(text)
 
     def duration(
         self,

@@ -291,6 +291,13 @@ def check_aioquic() -> None:
     for cls in (QuicPacketPacer, RenoCongestionControl, CubicCongestionControl):
         if "_max_datagram_size" not in cls.__init__.__code__.co_names:
             missing.append(f"{cls.__name__}._max_datagram_size")
+    # our initial window (congestion): Cubic's reset() sets the window and _W_max, at
+    # start and after an idle period, and is overridden to start at ours
+    for fn in (CubicCongestionControl.__init__, CubicCongestionControl.on_packet_sent):
+        if "reset" not in fn.__code__.co_names:
+            missing.append(f"CubicCongestionControl.{fn.__name__}.reset")
+    if "_W_max" not in CubicCongestionControl.reset.__code__.co_names:
+        missing.append("CubicCongestionControl.reset._W_max")
     dispatch_names = set(tls.Context._handle_reassembled_message.__code__.co_names)
     missing += [
         f"tls.Context.{name}"

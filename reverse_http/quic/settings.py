@@ -22,6 +22,9 @@ from .pmtu import BASE_DATAGRAM_SIZE, DEFAULT_MAX_DATAGRAM_SIZE
 CAPPED_RENO = "capped-reno"
 #: What ``TransportSettings.congestion_control`` may name (aioquic ships cubic and reno).
 CONGESTION_CONTROLS = ("cubic", "reno", CAPPED_RENO)
+#: The initial congestion window in packets, and its bounds.
+DEFAULT_INITIAL_WINDOW = 32
+INITIAL_WINDOW_RANGE = (2, 1000)
 
 if TYPE_CHECKING:
     # aioquic (its TLS stack pulls in cryptography and service_identity) is imported where a
@@ -67,6 +70,10 @@ class TransportSettings:
     congestion_control: str = "cubic"
     #: Upper bound of the congestion window for ``capped-reno``; must exceed the path's BDP.
     congestion_window_cap: int = 1024 * 1024
+    #: Packets the congestion window starts at, and restarts at after an idle period
+    #: (quic-go's 32; RFC 9002 and aioquic: 10, which costs a long path a round trip
+    #: and a half of slow start). Lower it for paths with very small buffers.
+    initial_congestion_window: int = DEFAULT_INITIAL_WINDOW
     #: Datagrams sent back to back before pacing applies (aioquic: 16).
     pacing_burst_packets: int = 64
     #: A stream's first receive window; it doubles, up to ``stream_receive_window_max``,
@@ -106,6 +113,9 @@ class TransportSettings:
     def __post_init__(self) -> None:
         if not 1200 <= self.max_datagram_size <= 16000:
             raise ValueError("max datagram size must be between 1200 and 16000 bytes")
+        low, high = INITIAL_WINDOW_RANGE
+        if not low <= self.initial_congestion_window <= high:
+            raise ValueError(f"initial congestion window must be {low}-{high} packets")
         if self.keepalive_interval <= 0:
             raise ValueError("keepalive interval must be positive")
         if self.liveness_timeout < 0 or self.idle_timeout <= 0:
@@ -202,7 +212,9 @@ def _base_configuration(t: TransportSettings, *, is_client: bool) -> QuicConfigu
         is_client=is_client,
         alpn_protocols=list(t.alpn),
         max_datagram_size=BASE_DATAGRAM_SIZE if t.pmtu_discovery else t.max_datagram_size,
-        congestion_control_algorithm=algorithm_name(t.congestion_control, t.congestion_window_cap),
+        congestion_control_algorithm=algorithm_name(
+            t.congestion_control, t.congestion_window_cap, t.initial_congestion_window
+        ),
         idle_timeout=t.idle_timeout,
         max_data=t.connection_receive_window,
         max_stream_data=t.stream_receive_window,
