@@ -262,3 +262,26 @@ def test_aioquic_warnings_are_rate_limited_at_the_default_level(
     for _ in range(50):
         logging.getLogger("quic").warning("again")
     assert stream.getvalue().count("again") == 50
+
+
+def test_the_quic_layers_crash_reports_are_rate_limited_at_every_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A datagram, Initial or connection whose handling raises costs only itself; if some
+    input triggers that, its sender must not write a traceback per packet."""
+    from reverse_http import logs
+    from reverse_http.quic import driver, endpoint, server
+
+    names = {m.crash_log.name for m in (driver, endpoint, server)}
+    assert names == {logs.CRASH_LOGGER}
+    now = [100.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+    for level in ("info", "debug"):
+        stream = configure(level=level)
+        for i in range(300):
+            try:
+                raise ValueError(f"bad ClientHello {i}")
+            except ValueError:
+                server.crash_log.exception("an Initial from %s crashed its handling", i)
+        assert stream.getvalue().count("crashed its handling") == logs.RateLimit().burst
+        now[0] += 10.0

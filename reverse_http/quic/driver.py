@@ -23,7 +23,9 @@ import trio
 if TYPE_CHECKING:
     from .connection import Connection
 
-log = logging.getLogger(__name__)
+#: Handling that raised (a bug costing one datagram or connection); rate-limited by
+#: ``reverse_http.logs`` so that no sender can write the log at packet rate.
+crash_log = logging.getLogger("reverse_http.quic.crash")
 
 Address = Any
 #: Sends without blocking; returns the sizes refused as too big for the path, if any.
@@ -80,7 +82,7 @@ class Driver:
                     conn._service(now)
                 except Exception:
                     # A bug costs this connection, never the endpoint's others.
-                    log.exception("servicing %r failed; aborting it", conn)
+                    crash_log.exception("servicing %r failed; aborting it", conn)
                     conn._fail("internal error")
         finally:
             self._flushing = False

@@ -22,6 +22,9 @@ from typing import Any
 import trio
 
 log = logging.getLogger(__name__)
+#: Handling that raised (a bug costing one datagram or connection); rate-limited by
+#: ``reverse_http.logs`` so that no sender can write the log at packet rate.
+crash_log = logging.getLogger("reverse_http.quic.crash")
 
 Dispatch = Callable[[bytes, Any], None]
 
@@ -190,7 +193,7 @@ class UdpEndpoint:
                 try:
                     dispatch(data, peer if peer is not None else addr)
                 except Exception:
-                    log.exception("dropping a datagram that crashed its handler")
+                    crash_log.exception("dropping a datagram that crashed its handler")
             if not count:
                 continue  # nothing came during a hold: wait for readability
             if after_batch is not None:

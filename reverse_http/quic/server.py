@@ -47,6 +47,9 @@ from .settings import (
 from .trim import release_free_memory, resident_bytes
 
 log = logging.getLogger(__name__)
+#: Handling that raised (a bug costing one datagram or connection); rate-limited by
+#: ``reverse_http.logs`` so that no sender can write the log at packet rate.
+crash_log = logging.getLogger("reverse_http.quic.crash")
 
 
 def _log_handshake_failure(conn: Connection, exc: ConnectionError) -> None:
@@ -251,7 +254,7 @@ class QuicServer:
         bug, ours or aioquic's, on some ClientHello. Out of reach of the endpoint's
         per-datagram guard, it would end the receive loop and every agent's connection;
         it costs the connection that Initial opened or reached, if any."""
-        log.exception("an Initial from %s crashed its handling; dropped", addr)
+        crash_log.exception("an Initial from %s crashed its handling; dropped", addr)
         conn = self._routes.get(header.destination_cid)
         if conn is not None:
             conn._fail("internal error")
