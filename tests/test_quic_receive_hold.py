@@ -14,9 +14,15 @@ import trio.testing
 
 from reverse_http.devcerts import CertFiles
 from reverse_http.quic import TransportSettings
-from reverse_http.quic.connection import RECEIVE_HOLD_MAX, RECEIVE_HOLD_MIN
+from reverse_http.quic.connection import (
+    RECEIVE_HOLD_MAX,
+    RECEIVE_HOLD_MIN_RTT,
+    RECEIVE_HOLD_RTT_FRACTION,
+    receive_hold_for,
+)
 from reverse_http.quic.driver import Driver
 from reverse_http.quic.endpoint import DENSE_GAP, NO_HOLD_PERIOD, ReceiveHold, UdpEndpoint
+from reverse_http.quic.protocol import ACK_DELAY
 from tests.quic_memory import linked
 
 HOLD = 0.002
@@ -89,7 +95,7 @@ async def test_driver_takes_the_least_hold_of_the_connections_serviced() -> None
 async def test_a_connection_allows_a_hold_only_on_a_long_path(
     certs: CertFiles, autojump_clock: trio.testing.MockClock
 ) -> None:
-    for one_way, expected in ((0.1, RECEIVE_HOLD_MAX), (0.0005, 0.0)):
+    for one_way, expected in ((0.15, RECEIVE_HOLD_MAX), (0.0005, 0.0)):
         async with linked(certs, TransportSettings()) as (link, client):
             link.delay = one_way
             assert client.receive_hold() == 0.0  # no wait during the handshake
@@ -101,7 +107,21 @@ async def test_a_connection_allows_a_hold_only_on_a_long_path(
                 await trio.sleep(4 * one_way + 0.05)
             assert client.receive_hold() == expected
             assert server.receive_hold() == expected
-            assert RECEIVE_HOLD_MIN < RECEIVE_HOLD_MAX
+
+
+def test_the_hold_scales_with_the_rtt_between_a_floor_and_a_cap() -> None:
+    # a short path (LAN, same region) is never held: the wait would be latency
+    assert receive_hold_for(0.002) == 0.0
+    assert receive_hold_for(RECEIVE_HOLD_MIN_RTT - 0.001) == 0.0
+    # from the floor on, a fixed fraction of the RTT: 50 ms -> ~3 ms
+    assert receive_hold_for(0.05) == 0.05 * RECEIVE_HOLD_RTT_FRACTION
+    assert 0.002 < receive_hold_for(0.05) < RECEIVE_HOLD_MAX
+    # a 200 ms path takes the cap: at 20 Mbit/s ~20 datagrams per wake-up, not ~3
+    assert receive_hold_for(0.2) == RECEIVE_HOLD_MAX
+    assert RECEIVE_HOLD_MAX / (1400 * 8 / 20e6) > 15
+    assert receive_hold_for(2.0) == RECEIVE_HOLD_MAX
+    # the hold must stay small next to the ACK delay the peer allows for
+    assert RECEIVE_HOLD_MAX < ACK_DELAY
 
 
 async def test_the_receive_loop_reads_dense_datagrams_several_per_batch(
