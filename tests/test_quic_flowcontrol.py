@@ -109,7 +109,10 @@ async def _blocked_writer_after_ack_past_gap(
     """A writer blocked on a full send buffer (64 KiB, nothing acknowledged: the link is
     cut), then the peer acknowledges everything past the first 16 KiB (a lost packet at
     the start). Whether the writer went on; the bytes held and counted against it."""
-    t = TransportSettings(stream_send_buffer=64 * KIB, stream_send_buffer_max=buffer_max)
+    # 10 packets: the buffer follows twice the window, which from 32 packets starts past 64 KiB
+    t = TransportSettings(
+        stream_send_buffer=64 * KIB, stream_send_buffer_max=buffer_max, initial_congestion_window=10
+    )
     async with linked(certs, t) as (link, client):
         server = await link.server_conn()
         mine = await client.open_stream()

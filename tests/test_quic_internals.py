@@ -28,6 +28,28 @@ def test_a_moved_connection_internal_is_named(monkeypatch: pytest.MonkeyPatch, n
         protocol.check_aioquic()
 
 
+@pytest.mark.parametrize(
+    ("method", "name", "named"),
+    [
+        ("reset", "_W_max", r"CubicCongestionControl\.reset\._W_max"),
+        ("on_packet_sent", "reset", r"CubicCongestionControl\.on_packet_sent\.reset"),
+    ],
+)
+def test_a_cubic_restart_that_moved_is_named(
+    monkeypatch: pytest.MonkeyPatch, method: str, name: str, named: str
+) -> None:
+    """Our initial window overrides Cubic's reset(): if aioquic stopped calling it after an
+    idle period, or reset() stopped setting _W_max, ours would silently not apply."""
+    from aioquic.quic.congestion.cubic import CubicCongestionControl
+
+    function = getattr(CubicCongestionControl, method)
+    code = function.__code__
+    names = tuple(n if n != name else "_renamed" for n in code.co_names)
+    monkeypatch.setattr(function, "__code__", code.replace(co_names=names))
+    with pytest.raises(protocol.AioquicIncompatible, match=named):
+        protocol.check_aioquic()
+
+
 def test_a_pacer_without_its_datagram_size_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     """Path MTU discovery sets it; renamed, the assignment would silently do nothing."""
     from aioquic.quic.recovery import QuicPacketPacer
