@@ -13,7 +13,10 @@ from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.tls import Epoch
 
 from reverse_http.quic.congestion import (
+    SLOW_START_PACING_GAIN,
+    BurstPacer,
     CappedRenoCongestionControl,
+    ObservedCongestionControl,
     WindowCubicCongestionControl,
     WindowRenoCongestionControl,
     algorithm_name,
@@ -157,3 +160,40 @@ def test_persistent_congestion_still_collapses_to_the_minimum() -> None:
     ):
         cc.on_persistent_congestion()
         assert cc.congestion_window == 2 * MDS
+
+
+def test_the_pacer_runs_at_twice_the_window_in_slow_start_only() -> None:
+    slow_start = [True]
+    pacer = BurstPacer(max_datagram_size=MDS, burst_packets=64, in_slow_start=lambda: slow_start[0])
+    pacer.update_rate(64 * MDS, 0.2)
+    fast = pacer.packet_time
+    slow_start[0] = False
+    pacer.update_rate(64 * MDS, 0.2)
+    assert pacer.packet_time == pytest.approx(0.2 / 64)  # aioquic's: cwnd per RTT
+    assert fast == pytest.approx(pacer.packet_time / SLOW_START_PACING_GAIN)
+    plain = BurstPacer(max_datagram_size=MDS, burst_packets=64)
+    plain.update_rate(64 * MDS, 0.2)
+    assert plain.packet_time == pacer.packet_time
+
+
+def test_a_connection_paces_by_its_own_controllers_slow_start() -> None:
+    from reverse_http.quic.protocol import TunnelQuicConnection
+
+    cfg = client_configuration(
+        TransportSettings(), ClientTls(insecure_skip_verify=True), "example.test"
+    )
+    conn = TunnelQuicConnection(
+        configuration=cfg, stream_receive_window=1 << 20, max_concurrent_streams=16
+    )
+    observed = conn._loss._cc
+    assert isinstance(observed, ObservedCongestionControl)
+    assert observed.in_slow_start()
+    observed.inner.ssthresh = observed.congestion_window
+    assert not observed.in_slow_start()
+    pacer = conn._loss._pacer
+    assert isinstance(pacer, BurstPacer)
+    pacer.update_rate(observed.congestion_window, 0.2)
+    after = pacer.packet_time
+    observed.inner.ssthresh = None
+    pacer.update_rate(observed.congestion_window, 0.2)
+    assert pacer.packet_time == pytest.approx(after / SLOW_START_PACING_GAIN)

@@ -113,19 +113,37 @@ def algorithm_name(name: str, cap: int, initial_window: int = K_INITIAL_WINDOW) 
 register_congestion_control(NAME, _factory(NAME, CappedRenoCongestionControl.cap, K_INITIAL_WINDOW))
 
 
+#: The pacer sends this much faster than the window per round trip while in slow start
+#: (Linux TCP's default ratio, ``tcp_pacing_ss_ratio``). At 1x, a paced sender in slow
+#: start lags its own window; at 2x, the queue grows while the window is still small, so
+#: aioquic's delay-based slow-start exit fires before the bottleneck queue overflows:
+#: 9 MiB over 200 ms / 20 Mbit/s, 200-226 drops at 1x, 9-56 at 2x, the same 1.92 MB/s.
+SLOW_START_PACING_GAIN = 2.0
+
+
 class BurstPacer(QuicPacketPacer):
-    """aioquic's pacer with a configurable burst size.
+    """aioquic's pacer with a configurable burst size, and faster in slow start.
 
     Stock bursts are 16 datagrams, so each wake-up of the connection task moves
     at most 16 packets; larger bursts amortise the per-wake-up cost of trio and
-    epoll. The pacing rate itself (cwnd / RTT) is unchanged.
+    epoll. The pacing rate is aioquic's (cwnd / RTT), except in slow start
+    (``SLOW_START_PACING_GAIN``).
     """
 
-    def __init__(self, *, max_datagram_size: int, burst_packets: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_datagram_size: int,
+        burst_packets: int,
+        in_slow_start: Callable[[], bool] | None = None,
+    ) -> None:
         super().__init__(max_datagram_size=max_datagram_size)
         self._burst = burst_packets
+        self._in_slow_start = in_slow_start
 
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        if self._in_slow_start is not None and self._in_slow_start():
+            congestion_window = int(congestion_window * SLOW_START_PACING_GAIN)
         super().update_rate(congestion_window, smoothed_rtt)
         rate = congestion_window / max(smoothed_rtt, 1e-6)
         mds = self._max_datagram_size
@@ -174,6 +192,11 @@ class ObservedCongestionControl:
     @property
     def inner(self) -> QuicCongestionControl:
         return self._inner
+
+    def in_slow_start(self) -> bool:
+        """As aioquic's controllers decide it: no threshold yet, or the window below it."""
+        inner = self._inner
+        return inner.ssthresh is None or inner.congestion_window < inner.ssthresh
 
     def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
         self._observer.packet_acked(packet.packet_number, packet.sent_bytes, now)

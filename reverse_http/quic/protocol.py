@@ -453,7 +453,8 @@ class TunnelQuicConnection(QuicConnection):
         #: The time of the last packet received or ``datagrams_to_send`` (for events that
         #: come without one: expired packets, the application's reads).
         self._rh_now = 0.0
-        self._loss._cc = ObservedCongestionControl(self._loss._cc, self)  # type: ignore[assignment]
+        observed = ObservedCongestionControl(self._loss._cc, self)
+        self._loss._cc = observed  # type: ignore[assignment]
         self._rh_reset_key = None if self._is_client else stateless_reset_key
         self._derive_reset_tokens()
         setattr(self, _FRAME_HANDLERS, _FrameHandlers(self, getattr(self, _FRAME_HANDLERS)))
@@ -476,7 +477,9 @@ class TunnelQuicConnection(QuicConnection):
         limit = self._local_max_streams_bidi
         limit.value = limit.sent = max_concurrent_streams
         self._loss._pacer = BurstPacer(
-            max_datagram_size=self._max_datagram_size, burst_packets=pacing_burst_packets
+            max_datagram_size=self._max_datagram_size,
+            burst_packets=pacing_burst_packets,
+            in_slow_start=observed.in_slow_start,
         )
         self._streams_queue = _NoQueue()
         #: Round-robin send queues (dicts keep insertion order): new streams first.
