@@ -84,14 +84,16 @@ HANDSHAKE_CAP_FACTOR = 3
 #: Budget waiters woken per service at most; their sends bring the next services.
 WAKE_BATCH = 64
 
-#: An open connection lets its endpoint wait this fraction of the smoothed RTT before
+#: An open connection lets its endpoint wait a fraction of the smoothed RTT before
 #: reading the socket again, so that paced datagrams are read and acknowledged several
 #: per wake-up (see ``endpoint.ReceiveHold``), at most RECEIVE_HOLD_MAX; none on a path
-#: under RECEIVE_HOLD_MIN_RTT, where the wait would cost latency for little gain. RTT/16
-#: (12 ms on a 200 ms path: ~20 datagrams per wake-up at 20 Mbit/s) halved the CPU per
-#: byte there against RTT/64 capped at 2 ms (~3 per wake-up); the cap stays well under
-#: ACK_DELAY, and the wait is part of the RTT the sender measures.
-RECEIVE_HOLD_RTT_FRACTION = 1 / 16
+#: under RECEIVE_HOLD_MIN_RTT, where the wait would cost latency for little gain. The
+#: fraction grows with the RTT (RECEIVE_HOLD_FRACTION_PER_S per second of it): RTT/64
+#: at 50 ms, as before (RTT/16 there gained no measurable CPU, only latency), and
+#: RTT/16 at 200 ms (12 ms: ~20 datagrams per wake-up at 20 Mbit/s, not ~3), which
+#: halved the CPU per byte there. The cap stays well under ACK_DELAY; the wait is part
+#: of the RTT the sender measures.
+RECEIVE_HOLD_FRACTION_PER_S = 1 / 3.2
 RECEIVE_HOLD_MAX = 0.012
 RECEIVE_HOLD_MIN_RTT = 0.032
 
@@ -100,7 +102,8 @@ def receive_hold_for(smoothed_rtt: float) -> float:
     """The receive hold an open connection with this smoothed RTT allows (seconds)."""
     if smoothed_rtt < RECEIVE_HOLD_MIN_RTT:
         return 0.0
-    return min(smoothed_rtt * RECEIVE_HOLD_RTT_FRACTION, RECEIVE_HOLD_MAX)
+    fraction = smoothed_rtt * RECEIVE_HOLD_FRACTION_PER_S
+    return min(smoothed_rtt * fraction, RECEIVE_HOLD_MAX)
 
 
 class Connection:
