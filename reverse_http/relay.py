@@ -96,20 +96,20 @@ async def relay(
                 stats.error = f"{direction}: {exc or type(exc).__name__}"
             scope.cancel()
 
+    clean = False
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump, a, b, True, nursery.cancel_scope)
             nursery.start_soon(pump, b, a, False, nursery.cancel_scope)
-    except BaseException:
-        # Cancelled from outside (the agent cancels its tunnels when its connection is
-        # lost): what was in flight is truncated, so the closes that follow are aborts
-        # (a direction that already ended cleanly stays ended on a QUIC stream).
-        abort(a)
-        abort(b)
-        raise
-    if stats.error is not None:
-        abort(a)
-        abort(b)
+        clean = stats.error is None
+    finally:
+        if not clean:
+            # Broken, or cancelled from outside (the agent cancels its tunnels when its
+            # connection is lost): what was in flight is truncated, so the closes that
+            # follow are aborts (a direction that already ended cleanly stays ended on
+            # a QUIC stream).
+            abort(a)
+            abort(b)
     return stats
 
 

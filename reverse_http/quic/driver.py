@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import math
 import weakref
 from collections.abc import Callable
@@ -20,12 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .endpoint import crash_log
+
 if TYPE_CHECKING:
     from .connection import Connection
 
-#: Handling that raised (a bug costing one datagram or connection); rate-limited by
-#: ``reverse_http.logs`` so that no sender can write the log at packet rate.
-crash_log = logging.getLogger("reverse_http.quic.crash")
 
 Address = Any
 #: Sends without blocking; returns the sizes refused as too big for the path, if any.

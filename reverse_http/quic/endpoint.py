@@ -22,7 +22,8 @@ from typing import Any
 import trio
 
 log = logging.getLogger(__name__)
-#: Handling that raised (a bug costing one datagram or connection); rate-limited by
+#: Where the quic layer reports handling that raised (a bug costing one datagram or
+#: connection: here, in the driver and in the server); rate-limited by
 #: ``reverse_http.logs`` so that no sender can write the log at packet rate.
 crash_log = logging.getLogger("reverse_http.quic.crash")
 

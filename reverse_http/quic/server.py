@@ -33,7 +33,7 @@ from aioquic.quic.packet import (
 from .admission import Admission, TokenBucket, source_key
 from .connection import Connection, ConnectionError
 from .driver import Driver
-from .endpoint import UdpEndpoint
+from .endpoint import UdpEndpoint, crash_log
 from .initial import forget_keys, keep_keys, opens_handshake, take_keys
 from .protocol import TunnelQuicConnection, encode_invalid_token_close
 from .reset import MIN_RESET_SIZE, derive_reset_key, encode_reset, reset_token
@@ -47,9 +47,6 @@ from .settings import (
 from .trim import release_free_memory, resident_bytes
 
 log = logging.getLogger(__name__)
-#: Handling that raised (a bug costing one datagram or connection); rate-limited by
-#: ``reverse_http.logs`` so that no sender can write the log at packet rate.
-crash_log = logging.getLogger("reverse_http.quic.crash")
 
 
 def _log_handshake_failure(conn: Connection, exc: ConnectionError) -> None:
