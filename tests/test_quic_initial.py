@@ -304,6 +304,17 @@ async def test_a_retried_handshake_sets_up_each_key_once(
     assert setups == [version] * 7
 
 
+def _second_waits_for_first(server: Any, certs: CertFiles) -> dict[Any, Any]:
+    """Two clients' ClientHellos and their Retries, then their second Initials: with one
+    handshake slot, the second waits for the first. The clients, by address."""
+    clients = {("127.0.0.1", 50001): _client(certs), ("127.0.0.1", 50002): _client(certs)}
+    for _ in range(2):
+        for addr, client in clients.items():
+            _to_server(server, client, addr)
+        _to_clients(server, clients)
+    return clients
+
+
 async def test_a_connection_admitted_after_waiting_derives_its_own_keys(
     certs: CertFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -311,12 +322,7 @@ async def test_a_connection_admitted_after_waiting_derives_its_own_keys(
     directions of its version's Initial keys once more, and only those."""
     server = _storm_server(certs, max_pending_handshakes=1)
     setups = _key_setups(monkeypatch)
-    first, second = _client(certs), _client(certs)
-    clients = {("127.0.0.1", 50001): first, ("127.0.0.1", 50002): second}
-    for _ in range(2):  # ClientHellos and their Retries; then the second waits for the first
-        for addr, client in clients.items():
-            _to_server(server, client, addr)
-        _to_clients(server, clients)
+    clients = _second_waits_for_first(server, certs)
     assert server.handshakes_waiting == 1
     (conn,) = server.connections
     del clients[("127.0.0.1", 50001)]
@@ -327,7 +333,7 @@ async def test_a_connection_admitted_after_waiting_derives_its_own_keys(
         server._admit_waiting(1, trio.current_time())
     assert server.handshakes_admitted_after_wait == 1
     server.connections.discard(conn)
-    await _handshake_through(server, second, ("127.0.0.1", 50002))
+    await _handshake_through(server, clients[("127.0.0.1", 50002)], ("127.0.0.1", 50002))
     assert setups == [QuicProtocolVersion.VERSION_1] * 6
 
 
@@ -381,12 +387,7 @@ async def test_the_waiting_metrics_count_no_place_past_its_wait(
     max_wait is given up (its client's own timeout ends it) whether or not a datagram
     came since to prune it, and counted in handshake_waits_expired."""
     server = _storm_server(certs, max_pending_handshakes=1)
-    first, second = _client(certs), _client(certs)
-    clients = {("127.0.0.1", 50001): first, ("127.0.0.1", 50002): second}
-    for _ in range(2):  # ClientHellos and their Retries; then the second waits for the first
-        for addr, client in clients.items():
-            _to_server(server, client, addr)
-        _to_clients(server, clients)
+    _second_waits_for_first(server, certs)
     assert (server.handshakes_waiting, server.handshake_waits_expired) == (1, 0)
     mock_clock.jump(server.settings.admission.max_wait + 0.1)  # nothing comes meanwhile
     assert (server.handshakes_waiting, server.handshake_waits_expired) == (0, 1)
