@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import trio
 
 from .quic.stream import RELAY_CHUNK as CHUNK
+from .quic.stream import Sink
 
 #: The least a relay reads when the QUIC side has less room (keeps packets full).
 MIN_READ = 4096
@@ -57,6 +58,13 @@ async def relay(
         # read a whole chunk while the budget still looked free: 600 MiB held by the
         # agent (receive_some yields after reading).
         raw = src.socket if send_capacity is not None and type(src) is trio.SocketStream else None
+        # From a QUIC stream into a TCP socket: what arrives while this pump waits goes
+        # out from the connection's receive path (see QuicStream.set_sink).
+        set_sink = getattr(src, "set_sink", None)
+        if set_sink is not None and type(dst) is trio.SocketStream:
+            set_sink(_socket_sink(dst.socket, stats, up))
+        else:
+            set_sink = None
         data: bytes | bytearray
         try:
             while True:
@@ -95,6 +103,9 @@ async def relay(
                 direction = "client -> upstream" if up else "upstream -> client"
                 stats.error = f"{direction}: {exc or type(exc).__name__}"
             scope.cancel()
+        finally:
+            if set_sink is not None:
+                set_sink(None)
 
     clean = False
     try:
@@ -111,6 +122,27 @@ async def relay(
             abort(a)
             abort(b)
     return stats
+
+
+def _socket_sink(sock: trio.socket.SocketType, stats: RelayStats, up: bool) -> Sink:
+    """Write without blocking to ``sock``, counting into ``stats``; 0 when it takes
+    nothing (full, or broken: the pump's own write then meets the error)."""
+
+    def sink(data: bytes) -> int:
+        fd = sock.fileno()
+        if fd < 0:
+            return 0
+        try:
+            sent = os.write(fd, data)
+        except OSError:
+            return 0
+        if up:
+            stats.up += sent
+        else:
+            stats.down += sent
+        return sent
+
+    return sink
 
 
 def abort(stream: trio.abc.Stream) -> None:

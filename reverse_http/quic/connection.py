@@ -668,6 +668,12 @@ class Connection:
         if self._quic.consumed(stream.stream_id, nbytes):
             self._kick()
 
+    def _consumed_later(self, stream: QuicStream, nbytes: int) -> None:
+        """:meth:`_consumed` from inside a service (a stream's sink took received
+        bytes): credit that falls due goes out in the same flush, not re-entered."""
+        if self._quic.consumed(stream.stream_id, nbytes):
+            self._driver.touch(self)
+
     def _released(self, nbytes: int) -> None:
         if nbytes and self._quic.released(nbytes):
             self._kick()

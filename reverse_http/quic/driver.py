@@ -44,8 +44,8 @@ class Driver:
         self._order = itertools.count()
         self._dirty: dict[Connection, None] = {}
         self._flushing = False
-        self._wake = trio.Event()
-        self._sleeping_until = math.inf
+        #: The scope the driver sleeps in; an earlier deadline moves its deadline.
+        self._sleep: trio.CancelScope | None = None
         #: The least receive hold the connections serviced since ``take_hold`` allow.
         self._hold = math.inf
         self.connections: set[Connection] = set()
@@ -99,8 +99,12 @@ class Driver:
         if at == math.inf:
             return
         heapq.heappush(self._heap, (at, next(self._order), weakref.ref(conn)))
-        if at < self._sleeping_until:
-            self._wake.set()
+        sleep = self._sleep
+        if sleep is not None and at < sleep.deadline:
+            # Moving the deadline wakes nobody now (waking the driver task to sleep
+            # again cost a task step per request on each side: an ACK timer is earlier
+            # than the keepalive, a PTO earlier than an ACK timer).
+            sleep.deadline = at
         if len(self._heap) > _COMPACT_FACTOR * len(self.connections) + 64:
             self._compact()
 
@@ -129,13 +133,12 @@ class Driver:
         """Sleep until the earliest deadline, service what is due, repeat."""
         while True:
             self.flush()
-            deadline = self._next_deadline()
-            if not self._wake.is_set():
-                self._sleeping_until = deadline
-                with trio.move_on_at(deadline):
-                    await self._wake.wait()
-                self._sleeping_until = math.inf
-            self._wake = trio.Event()
+            with trio.CancelScope(deadline=self._next_deadline()) as sleep:
+                self._sleep = sleep
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._sleep = None
             self._take_due(trio.current_time())
 
     def _take_due(self, now: float) -> None:

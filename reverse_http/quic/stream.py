@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -28,6 +29,9 @@ UNBUDGETED_BYTES = 4096
 #: The most a relay (``reverse_http.relay``) reads for one write.
 RELAY_CHUNK = 64 * 1024
 
+#: Writes received bytes on at once without blocking; returns how many it took.
+Sink = Callable[[bytes], int]
+
 
 class QuicStream(trio.abc.HalfCloseableStream):
     def __init__(self, conn: Connection, stream_id: int, send_buffer: int) -> None:
@@ -46,6 +50,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self._sending = False
         self._readers = trio.lowlevel.ParkingLot()
         self._writers = trio.lowlevel.ParkingLot()
+        self._sink: Sink | None = None
 
     def __repr__(self) -> str:
         return f"<QuicStream {self.stream_id} of {self._conn!r}>"
@@ -64,14 +69,37 @@ class QuicStream(trio.abc.HalfCloseableStream):
     def _on_data(self, data: bytes, end_stream: bool) -> None:
         if data:
             if self._rx_error is None and not self._closed:
-                self._rx.append(data)
-                self._rx_buffered += len(data)
+                if self._sink is not None and not self._rx and self._readers:
+                    data = self._write_through(data)
+                if data:
+                    self._rx.append(data)
+                    self._rx_buffered += len(data)
             else:
                 self._conn._released(len(data))
         if end_stream:
             self._rx_eof = True
-        if self._readers:
+        if self._readers and (self._rx or end_stream):
             self._readers.unpark_all()
+
+    def set_sink(self, sink: Sink | None) -> None:
+        """Hand received bytes to ``sink`` while a reader waits with nothing queued.
+
+        For a relay into a TCP socket: the bytes go out from the receive path, with
+        no task switch to the waiting reader and back (one scheduler round per hop
+        of a request's round trip). What the sink does not take is queued as usual,
+        and the reader, woken, writes it (and sees the socket's errors). Order holds:
+        the reader waits in ``receive_some`` only after its previous write completed.
+        """
+        self._sink = sink
+
+    def _write_through(self, data: bytes) -> bytes:
+        """Offer ``data`` to the sink; what it did not take. Taken bytes count as read."""
+        assert self._sink is not None
+        taken = self._sink(data)
+        if taken:
+            self._conn._consumed_later(self, taken)
+            data = data[taken:]
+        return data
 
     def _on_reset(self, error_code: int) -> None:
         self._rx_error = f"stream reset by peer (code {error_code})"
@@ -231,19 +259,26 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+            # Parking was this call's checkpoint: once woken with data, return in the
+            # same scheduler round. A second yield cost every relayed hop (QUIC to TCP)
+            # one more round before its write: two per request round trip.
+            parked = False
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("stream was closed")
                 if self._rx:
                     data = self._take(max_bytes)
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not parked:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
                 if self._rx_error is not None:
                     raise trio.BrokenResourceError(self._rx_error)
                 if self._rx_eof:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not parked:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
                 await self._readers.park()
+                parked = True
         finally:
             self._receiving = False
 
