@@ -248,6 +248,15 @@ class ResponseHead:
     body: bytes = b""
 
 
+#: The 200s agents answer a CONNECT with (ours, and the Go reference's), whole in the
+#: first read: h11 parses each as (200, its reason, what follows), so they skip it
+#: (an h11 connection per tunnel cost ~50 us of the proxy's new-connection path).
+_PLAIN_200S = (
+    (response_bytes(200), REASONS[200]),
+    (b"HTTP/1.1 200 OK\r\n\r\n", "OK"),
+)
+
+
 async def read_response_head(
     stream: trio.abc.ReceiveStream, authority: str, max_header_bytes: int = 16384
 ) -> ResponseHead:
@@ -255,10 +264,15 @@ async def read_response_head(
 
     Raises HttpError(502) when the peer's answer is not HTTP.
     """
+    first = bytes(await stream.receive_some(65536))
+    for plain, reason in _PLAIN_200S:
+        if first.startswith(plain):
+            return ResponseHead(200, reason, first[len(plain) :])
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
     # h11 must see the request to know what the answer responds to.
     conn.send(h11.Request(method="CONNECT", target=authority, headers=[("Host", authority)]))
     conn.send(h11.EndOfMessage())
+    conn.receive_data(first)
     while True:
         try:
             event = conn.next_event()
