@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -330,7 +331,7 @@ async def test_a_connection_admitted_after_waiting_derives_its_own_keys(
     setups.clear()
     with _counting():
         server._handshake_over(conn)  # as if its handshake failed: the waiting one starts
-        server._admit_waiting(1, trio.current_time())
+        server._admit_waiting(trio.current_time(), 1)
     assert server.handshakes_admitted_after_wait == 1
     server.connections.discard(conn)
     await _handshake_through(server, clients[("127.0.0.1", 50002)], ("127.0.0.1", 50002))
@@ -391,3 +392,39 @@ async def test_the_waiting_metrics_count_no_place_past_its_wait(
     assert (server.handshakes_waiting, server.handshake_waits_expired) == (1, 0)
     mock_clock.jump(server.settings.admission.max_wait + 0.1)  # nothing comes meanwhile
     assert (server.handshakes_waiting, server.handshake_waits_expired) == (0, 1)
+
+
+async def test_a_batch_starts_at_most_its_share_of_handshakes_the_admit_loops_too(
+    certs: CertFiles,
+) -> None:
+    """A handshake start is milliseconds of CPU without reading the socket. In a
+    reconnect storm the admit loop gave every freed slot a start at once, beyond the
+    batch's share: the receive queue, full of retransmitted Initials, held back (and
+    dropped) the packets that would finish the handshakes in progress, and 128 places
+    held that long capped a 5000-agent storm at 40-120 handshakes/s. Freed slots past
+    the batch's share go to the waiting clients at the next batch, oldest first."""
+    server = _storm_server(certs, handshakes_per_batch=2, max_pending_handshakes=2)
+    clients = {("127.0.0.1", 50010 + i): _client(certs) for i in range(5)}
+
+    def one_batch() -> None:
+        now = trio.current_time()
+        for addr, client in clients.items():
+            for data, _ in client.datagrams_to_send(now=now):
+                server.dispatch(data, addr)
+        server._after_batch()
+
+    one_batch()
+    _to_clients(server, clients)
+    assert server.retries_sent == 5
+    one_batch()  # the Initials with tokens: two start, three wait
+    assert (len(server.connections), server.handshakes_waiting) == (2, 3)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server._admit_loop)
+        for conn in list(server.connections):
+            server._handshake_over(conn)  # both handshakes ended: two slots are free
+        await trio.testing.wait_all_tasks_blocked()
+        assert (len(server.connections), server.handshakes_waiting) == (2, 3)
+        server._after_batch()  # the next batch: its share goes to the longest waiting
+        assert (len(server.connections), server.handshakes_waiting) == (4, 1)
+        assert server.handshakes_admitted_after_wait == 2
+        nursery.cancel_scope.cancel()

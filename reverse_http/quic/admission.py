@@ -63,9 +63,13 @@ class AdmissionSettings:
     max_pending_handshakes: int = 128
     #: Handshakes in progress from one source (IPv4 address, IPv6 /64).
     max_pending_per_source: int = 64
-    #: New connections admitted per receive batch, after the batch's established
-    #: traffic; further Initials are dropped and the clients resend them.
-    handshakes_per_batch: int = 16
+    #: Handshakes started per receive batch (new connections after the batch's
+    #: established traffic, and waiting clients, also those the admit loop starts for
+    #: freed slots); further Initials are dropped and the clients resend them. Each
+    #: start is 2-3 ms of CPU, during which the socket is not read: in a reconnect
+    #: storm the receive queue, full of retransmitted Initials, then delays and drops
+    #: the packets that would finish the handshakes already started.
+    handshakes_per_batch: int = 8
     #: At most one attack summary per this many seconds.
     log_interval: float = 10.0
     #: Address-validated Initials (a valid Retry token) waiting for a handshake slot;
@@ -73,7 +77,7 @@ class AdmissionSettings:
     max_waiting_handshakes: int = 4096
     #: Seconds an address-validated Initial may wait for a slot; later, its client
     #: (5 s handshake timeouts are common) could not finish a handshake started now.
-    max_wait: float = 1.5
+    max_wait: float = 2.5
 
     def __post_init__(self) -> None:
         for name in (

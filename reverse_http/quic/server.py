@@ -99,6 +99,10 @@ class QuicServer:
         self._handshake_sources: dict[Connection, str] = {}
         #: Handshake slots freed since the waiting clients were last admitted.
         self._slots_freed = 0
+        #: Handshakes that may still start before the next receive batch (refilled to
+        #: handshakes_per_batch by each): the admit loop's starts count too, so the
+        #: loop reads the socket again after at most that many handshakes' CPU.
+        self._starts_left = settings.admission.handshakes_per_batch
         self._slot_freed = trio.Event()
         self._accepting = True
         self.connections: set[Connection] = set()
@@ -219,9 +223,9 @@ class QuicServer:
         service every connection the batch touched."""
         initials, self._new_initials = self._new_initials, []
         now = trio.current_time()
-        share = self.settings.admission.handshakes_per_batch
+        self._starts_left = self.settings.admission.handshakes_per_batch
         # Clients waiting for a handshake slot go first, oldest first.
-        admitted = self._admit_waiting(share, now)
+        self._admit_waiting(now)
         waiting = self.admission.waiting
         for data, addr, header in initials:
             try:
@@ -239,8 +243,8 @@ class QuicServer:
                         self.admission.retries_repeated += 1
                         self._send_now(retry, addr)
                 else:
-                    may_create = admitted < share and not waiting
-                    admitted += self._new_connection(data, addr, header, now, may_create)
+                    may_create = self._starts_left > 0 and not waiting
+                    self._starts_left -= self._new_connection(data, addr, header, now, may_create)
             except Exception:
                 self._initial_failed(header, addr)
         self.admission.log.flush(now)
@@ -331,13 +335,15 @@ class QuicServer:
         self._start_handshake(data, addr, header, odcid, retry_scid, source, now)
         return True
 
-    def _admit_waiting(self, share: int, now: float) -> int:
-        """Start up to ``share`` handshakes of waiting clients, in arrival order, while
-        the limits on handshakes in progress allow; how many were started."""
+    def _admit_waiting(self, now: float, most: int | None = None) -> int:
+        """Start handshakes of waiting clients, in arrival order, while this batch's
+        starts (and ``most``) and the limits on handshakes in progress allow; how many
+        were started."""
         admission = self.admission
         waiting = admission.waiting
         started = 0
-        while started < share and self._accepting and self._spawn is not None:
+        limit = self._starts_left if most is None else min(most, self._starts_left)
+        while started < limit and self._accepting and self._spawn is not None:
             place = waiting.peek(now)
             if place is None:
                 break
@@ -355,6 +361,7 @@ class QuicServer:
             except Exception:
                 self._initial_failed(header, addr)
             started += 1
+        self._starts_left -= started
         return started
 
     def _start_handshake(
@@ -388,15 +395,17 @@ class QuicServer:
                 self._slot_freed.set()
 
     async def _admit_loop(self) -> None:
-        """Give each freed handshake slot to the longest-waiting client. Not done by the
-        task whose handshake ended: it may end because the server is being cancelled,
-        and each handshake started then ended at once and started the next waiting one
-        (the whole waiting room's, TLS flights sent, while the server went away)."""
+        """Give each freed handshake slot to the longest-waiting client, within the
+        batch's starts (beyond them the next batch admits the waiting first). Not done
+        by the task whose handshake ended: it may end because the server is being
+        cancelled, and each handshake started then ended at once and started the next
+        waiting one (the whole waiting room's, TLS flights sent, while the server went
+        away)."""
         while True:
             await self._slot_freed.wait()
             self._slot_freed = trio.Event()
             freed, self._slots_freed = self._slots_freed, 0
-            if self._admit_waiting(freed, trio.current_time()):
+            if self._admit_waiting(trio.current_time(), freed):
                 self.driver.flush()
 
     def _create_connection(
