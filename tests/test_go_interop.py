@@ -212,26 +212,55 @@ def connect_answer(http_port: int, user: str, target: str) -> tuple[int, str]:
     return int(head.split(b" ", 2)[1]), body.decode()
 
 
-def fetch(http_port: int, user: str, password: str, url: str) -> bytes:
-    done = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "-f",
-            "-p",
-            "-x",
-            f"http://127.0.0.1:{http_port}",
-            "--proxy-user",
-            f"{user}:{password}",
-            "--max-time",
-            "20",
-            url,
-        ],
-        capture_output=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
+def fetch(
+    http_port: int, user: str, password: str, url: str, *, logs: ProcessGroup | None = None
+) -> bytes:
+    """GET ``url`` through the proxy's tunnel. On a failure the message carries curl's
+    trace (what came back after the CONNECT) and, given ``logs``, the daemons' logs."""
+    with tempfile.TemporaryDirectory(prefix="curl-") as tmp:
+        trace = Path(tmp) / "trace"
+        done = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "-f",
+                "-p",
+                "-x",
+                f"http://127.0.0.1:{http_port}",
+                "--proxy-user",
+                f"{user}:{password}",
+                "--max-time",
+                "20",
+                "--trace-ascii",
+                str(trace),
+                "--trace-time",
+                url,
+            ],
+            capture_output=True,
+            timeout=30,
+        )
+        if done.returncode != 0:
+            text = trace.read_text(errors="replace") if trace.exists() else "(no trace)"
+            daemons = ""
+            if logs is not None:
+                tunnels_ended(logs)
+                daemons = f"\n{logs.logs()}"
+            raise AssertionError(
+                f"curl exited {done.returncode}: {done.stderr.decode(errors='replace')}"
+                f"\n===== curl --trace-ascii\n{text[-6000:]}{daemons}"
+            )
     return done.stdout
+
+
+def tunnels_ended(logs: ProcessGroup, timeout: float = 5.0) -> None:
+    """Wait (with a deadline) until each Go proxy logged tunnel-done for every tunnel it
+    opened: that event says how each direction began (a failure message wants it)."""
+    deadline = time.monotonic() + timeout
+    proxies = [p for p in logs.processes if p.name.startswith("go-proxy")]
+    while time.monotonic() < deadline:
+        if all(len(p.events("tunnel")) <= len(p.events("tunnel-done")) for p in proxies):
+            return
+        time.sleep(0.05)
 
 
 # ------------------------------------------------------------------ processes
@@ -367,7 +396,7 @@ def test_go_peer_against_itself(env: Env, target: int, tmp_path: Path) -> None:
     first = env.go_agent(proxy.agent_port, "-token-file", str(agent_token))
     first.wait_event("authenticated")
     client = keys.token("client", "4711")
-    assert fetch(proxy.http_port, "4711", client, f"http://127.0.0.1:{target}/") == HELLO
+    assert fetch(proxy.http_port, "4711", client, f"http://127.0.0.1:{target}/", logs=env) == HELLO
     assert connect_status(proxy.http_port, "4711", keys.token("client", "4712"), "x:1") == 407
     second = env.go_agent(proxy.agent_port, "-token", keys.token("agent", "4711"))
     second.wait_event("authenticated")
@@ -389,7 +418,9 @@ def test_go_agent_our_proxy_noauth(env: Env, target: int) -> None:
     agent.wait_event("authenticated")
     proxy.process.wait_for("agent 4711 connected")
 
-    assert fetch(proxy.http_port, "4711", "noauth", f"http://127.0.0.1:{target}/") == HELLO
+    assert (
+        fetch(proxy.http_port, "4711", "noauth", f"http://127.0.0.1:{target}/", logs=env) == HELLO
+    )
     tunnel = agent.wait_event("tunnel", target=f"127.0.0.1:{target}")
     assert tunnel["stream"] != "0"  # stream 0 is the agent's auth stream
     # the Go agent's 403 (allow-list) and 503 (dial failure) as our proxy answers them
@@ -429,7 +460,9 @@ def test_our_agent_go_proxy_noauth(env: Env, target: int) -> None:
     our_agent_connected(agent)
     proxy.process.wait_event("agent-connected", agent="4711")
 
-    assert fetch(proxy.http_port, "4711", "noauth", f"http://127.0.0.1:{target}/") == HELLO
+    assert (
+        fetch(proxy.http_port, "4711", "noauth", f"http://127.0.0.1:{target}/", logs=env) == HELLO
+    )
     proxy.process.wait_event("tunnel-done", agent="4711")
     # our agent's 403 and 503 reach the Go proxy as non-200 answers: it says 503
     (closed_port,) = free_ports(1)
@@ -459,7 +492,7 @@ def test_jwt_go_agent_our_proxy(env: Env, target: int, keys: Keys, tmp_path: Pat
     proxy.process.wait_for("agent 4711 connected")
 
     url = f"http://127.0.0.1:{target}/"
-    assert fetch(proxy.http_port, "4711", keys.token("client", "4711"), url) == HELLO
+    assert fetch(proxy.http_port, "4711", keys.token("client", "4711"), url, logs=env) == HELLO
     dest = f"127.0.0.1:{target}"
     assert connect_status(proxy.http_port, "4711", keys.token("client", "4712"), dest) == 407
     assert connect_status(proxy.http_port, "4711", keys.token("agent", "4711"), dest) == 407
@@ -476,7 +509,7 @@ def test_jwt_our_agent_go_proxy(env: Env, target: int, keys: Keys, tmp_path: Pat
     proxy.process.wait_event("agent-connected", agent="4711")
 
     url = f"http://127.0.0.1:{target}/"
-    assert fetch(proxy.http_port, "4711", keys.token("client", "4711"), url) == HELLO
+    assert fetch(proxy.http_port, "4711", keys.token("client", "4711"), url, logs=env) == HELLO
     dest = f"127.0.0.1:{target}"
     assert connect_status(proxy.http_port, "4711", keys.token("client", "4712"), dest) == 407
     assert connect_status(proxy.http_port, "4711", keys.token("agent", "4711"), dest) == 407
@@ -550,7 +583,9 @@ def test_replacement_at_our_proxy(env: Env, target: int) -> None:
         "closing old connection",
     )
     assert go_agent.wait_exit() == 0
-    assert fetch(proxy.http_port, "4711", "noauth", f"http://127.0.0.1:{target}/") == HELLO
+    assert (
+        fetch(proxy.http_port, "4711", "noauth", f"http://127.0.0.1:{target}/", logs=env) == HELLO
+    )
     # and the other way round: a second Go agent replaces ours
     second = env.go_agent(proxy.agent_port, "-agent-id", "4711")
     second.wait_event("authenticated")
@@ -574,7 +609,9 @@ def test_replacement_at_go_proxy(env: Env, target: int) -> None:
         "closing old connection",
     )
     our_agent_connected(ours, count=2)
-    assert fetch(proxy.http_port, "4711", "noauth", f"http://127.0.0.1:{target}/") == HELLO
+    assert (
+        fetch(proxy.http_port, "4711", "noauth", f"http://127.0.0.1:{target}/", logs=env) == HELLO
+    )
 
 
 # ------------------------------------------------------------------ swarm
@@ -624,7 +661,7 @@ def test_go_swarm_reconnects_to_restarted_proxy(env: Env, target: int, tmp_path:
     )
     up = swarm_state(status, lambda s: s["connected"] == 20)
     assert (up["started"], up["ever_connected"], up["exited"]) == (20, 20, 0)
-    assert fetch(proxy.http_port, "s-7", "noauth", f"http://127.0.0.1:{target}/") == HELLO
+    assert fetch(proxy.http_port, "s-7", "noauth", f"http://127.0.0.1:{target}/", logs=env) == HELLO
     sources = set(re.findall(r"agent s-\d+ connected from (127\.16\.0\.\d+)", proxy.process.log()))
     assert len(sources) == 20, proxy.process.log()[-3000:]
     assert swarm.proc is not None
@@ -639,7 +676,7 @@ def test_go_swarm_reconnects_to_restarted_proxy(env: Env, target: int, tmp_path:
     assert back["disconnects"] == {'application close 0 "proxy server shutdown"': 20}
     first = back["first_since_mark"]
     assert first is not None and first.startswith("s-")
-    assert fetch(again.http_port, first, "noauth", f"http://127.0.0.1:{target}/") == HELLO
+    assert fetch(again.http_port, first, "noauth", f"http://127.0.0.1:{target}/", logs=env) == HELLO
 
 
 # ------------------------------------------------------------------ bulk

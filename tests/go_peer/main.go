@@ -671,8 +671,29 @@ func (p *proxy) serveClient(client *net.TCPConn) {
 		return
 	}
 	logEvent("tunnel", "agent", agentID, "target", target, "stream", stream.StreamID())
-	up, down := pipe(tcpEnd(client, reader), streamEnd(stream, agentReader))
-	logEvent("tunnel-done", "agent", agentID, "target", target, "up", up, "down", down)
+	upHead, downHead := &headReader{r: reader}, &headReader{r: agentReader}
+	up, down := pipe(tcpEnd(client, upHead), streamEnd(stream, downHead))
+	logEvent("tunnel-done", "agent", agentID, "target", target, "stream", stream.StreamID(),
+		"up", up, "down", down, "up_head", string(upHead.head), "down_head", string(downHead.head))
+}
+
+// headBytes is how much of each tunnel direction the proxy's tunnel-done event shows.
+const headBytes = 48
+
+// headReader passes reads through and keeps their first headBytes: a test whose client
+// got a garbled answer then sees which way the tunnel began (the agent's first bytes
+// after its 200, and the client's request) and so which hop garbled it.
+type headReader struct {
+	r    io.Reader
+	head []byte
+}
+
+func (h *headReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	if room := headBytes - len(h.head); room > 0 && n > 0 {
+		h.head = append(h.head, p[:min(n, room)]...)
+	}
+	return n, err
 }
 
 // openTunnel opens a stream to the agent, sends the CONNECT and waits for a 200.
