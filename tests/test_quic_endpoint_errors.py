@@ -127,3 +127,34 @@ def test_a_split_batch_that_meets_a_full_buffer_keeps_the_rest_in_the_backlog() 
     refused = endpoint.send_nowait([(b"z" * 1400, PEER)] * 2 + [(b"w" * 1000, PEER)])
     assert refused == [1400, 1400]
     assert [(len(p), seg) for p, _, seg in endpoint._backlog] == [(1000, 1400)]
+
+
+class NoGsoFillingBuffer(PathSocket):
+    """A kernel without GSO (EIO for UDP_SEGMENT) whose buffer takes ``room`` singles."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__(mtu=1500, error=errno.EIO)
+        self.room = room
+
+    def sendmsg(self, buffers: list[bytes], cmsg: list[Any], _flags: int, _addr: Any) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def sendto(self, data: bytes, _addr: Any) -> int:
+        if self.room == 0:
+            raise BlockingIOError
+        self.room -= 1
+        self.delivered.append(data[0])
+        return len(data)
+
+
+def test_a_batch_without_gso_that_meets_a_full_buffer_keeps_the_refused_datagram() -> None:
+    sock = NoGsoFillingBuffer(room=2)
+    endpoint = UdpEndpoint(sock, gso=True)  # type: ignore[arg-type]
+    datagrams = [(bytes([n]) * 1200, PEER) for n in range(5)]
+    endpoint.send_nowait(datagrams)
+    assert sock.delivered == [0, 1]
+    assert not endpoint._gso
+    # the one the full buffer refused (2) waits in the backlog with those after it
+    waiting = [p for p, _, _ in endpoint._backlog]
+    assert [p[0] for p in waiting] == [2]
+    assert waiting[0] == bytes([2]) * 1200 + bytes([3]) * 1200 + bytes([4]) * 1200

@@ -279,7 +279,7 @@ class UdpEndpoint:
                 self._gso = False
                 for k in range(0, len(data), segment):
                     if not self._try_send(data[k : k + segment], addr):
-                        self._backlog.append((data[k + segment :], addr, segment))
+                        self._backlog.append((data[k:], addr, segment))
                         self._backlog_ready.set()
                         return True
                 return True
