@@ -137,6 +137,7 @@ class Connection:
         "_send_lwm",
         "_settings",
         "_settled",
+        "_sink_pending",
         "_stream_send_limit",
         "_streams",
         "_terminated",
@@ -169,6 +170,8 @@ class Connection:
         #: Closed by the application, still known to aioquic (awaiting acknowledgement).
         self._closing_streams: set[int] = set()
         self._discarded: list[int] = []
+        #: Streams whose received bytes go to their sink at the end of this dispatch.
+        self._sink_pending: list[QuicStream] = []
         #: Writers waiting for their own stream's data to be acknowledged.
         self._want_write: set[QuicStream] = set()
         #: Writers waiting for the connection's send budget, oldest first.
@@ -549,6 +552,10 @@ class Connection:
                 self._on_handshake(event)
             elif isinstance(event, events.ConnectionTerminated):
                 self._terminate(self._terminated_info(event))
+        if self._sink_pending:
+            pending, self._sink_pending = self._sink_pending, []
+            for stream in pending:
+                stream._drain_to_sink()
         if self._discarded:
             self._forget_discarded()
         close_event = quic.close_event
@@ -667,6 +674,9 @@ class Connection:
     def _consumed(self, stream: QuicStream, nbytes: int) -> None:
         if self._quic.consumed(stream.stream_id, nbytes):
             self._kick()
+
+    def _sink_later(self, stream: QuicStream) -> None:
+        self._sink_pending.append(stream)
 
     def _consumed_later(self, stream: QuicStream, nbytes: int) -> None:
         """:meth:`_consumed` from inside a service (a stream's sink took received

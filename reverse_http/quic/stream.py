@@ -51,6 +51,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self._readers = trio.lowlevel.ParkingLot()
         self._writers = trio.lowlevel.ParkingLot()
         self._sink: Sink | None = None
+        self._sink_queued = False
 
     def __repr__(self) -> str:
         return f"<QuicStream {self.stream_id} of {self._conn!r}>"
@@ -69,37 +70,50 @@ class QuicStream(trio.abc.HalfCloseableStream):
     def _on_data(self, data: bytes, end_stream: bool) -> None:
         if data:
             if self._rx_error is None and not self._closed:
-                if self._sink is not None and not self._rx and self._readers:
-                    data = self._write_through(data)
-                if data:
-                    self._rx.append(data)
-                    self._rx_buffered += len(data)
+                self._rx.append(data)
+                self._rx_buffered += len(data)
             else:
                 self._conn._released(len(data))
         if end_stream:
             self._rx_eof = True
-        if self._readers and (self._rx or end_stream):
-            self._readers.unpark_all()
+        if self._readers:
+            if self._sink is not None and self._rx and not self._sink_queued:
+                # Written once the connection dispatched this batch: one write per
+                # stream per batch, as the woken reader's receive_some would do.
+                self._sink_queued = True
+                self._conn._sink_later(self)
+            elif not self._sink_queued:
+                self._readers.unpark_all()
 
     def set_sink(self, sink: Sink | None) -> None:
         """Hand received bytes to ``sink`` while a reader waits with nothing queued.
 
         For a relay into a TCP socket: the bytes go out from the receive path, with
         no task switch to the waiting reader and back (one scheduler round per hop
-        of a request's round trip). What the sink does not take is queued as usual,
-        and the reader, woken, writes it (and sees the socket's errors). Order holds:
-        the reader waits in ``receive_some`` only after its previous write completed.
+        of a request's round trip). What the sink does not take stays queued, and the
+        reader, woken, writes it (and sees the socket's errors). Order holds: the
+        reader waits in ``receive_some`` only after its previous write completed.
         """
         self._sink = sink
 
-    def _write_through(self, data: bytes) -> bytes:
-        """Offer ``data`` to the sink; what it did not take. Taken bytes count as read."""
-        assert self._sink is not None
-        taken = self._sink(data)
-        if taken:
-            self._conn._consumed_later(self, taken)
-            data = data[taken:]
-        return data
+    def _drain_to_sink(self) -> None:
+        """Offer what a batch queued to the sink (the connection calls this once per
+        dispatch); taken bytes count as read. Wake the reader for the rest or the end."""
+        self._sink_queued = False
+        rx = self._rx
+        sink = self._sink
+        if sink is not None and rx and self._readers and self._rx_error is None:
+            data = rx[0] if len(rx) == 1 else b"".join(rx)
+            rx.clear()
+            taken = sink(data)
+            if taken:
+                self._conn._consumed_later(self, taken)
+                data = data[taken:]
+            if data:
+                rx.append(data)
+            self._rx_buffered = len(data)
+        if self._readers and (rx or self._rx_eof or self._rx_error is not None):
+            self._readers.unpark_all()
 
     def _on_reset(self, error_code: int) -> None:
         self._rx_error = f"stream reset by peer (code {error_code})"
