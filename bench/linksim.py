@@ -171,14 +171,10 @@ async def download(args: argparse.Namespace) -> dict[str, Any]:
 
     def make_server(first: bytes) -> Connection:
         header = pull_quic_header(Buffer(data=first), host_cid_length=8)
-        quic = TunnelQuicConnection(
-            configuration=server_configuration(server_settings),
+        quic = TunnelQuicConnection.for_transport(
+            server_configuration(server_settings),
+            t,
             original_destination_connection_id=header.destination_cid,
-            stream_receive_window=t.stream_receive_window,
-            connection_receive_window=t.connection_receive_window,
-            max_concurrent_streams=t.max_concurrent_streams,
-            max_datagram_size_ceiling=t.pmtu_ceiling,
-            stream_receive_window_max=t.stream_receive_window_limit,
         )
         server_made.set()
         return Connection(quic, t, server_driver, CLIENT)
@@ -190,15 +186,11 @@ async def download(args: argparse.Namespace) -> dict[str, Any]:
             nursery.start_soon(task)
         nursery.start_soon(client_reader.run, from_server)
         nursery.start_soon(server_reader.run, from_client, make_server)
-        quic = TunnelQuicConnection(
-            configuration=client_configuration(
+        quic = TunnelQuicConnection.for_transport(
+            client_configuration(
                 t, ClientTls(root_ca_file=certs.ca_cert, server_name="localhost"), "localhost"
             ),
-            stream_receive_window=t.stream_receive_window,
-            connection_receive_window=t.connection_receive_window,
-            max_concurrent_streams=t.max_concurrent_streams,
-            max_datagram_size_ceiling=t.pmtu_ceiling,
-            stream_receive_window_max=t.stream_receive_window_limit,
+            t,
         )
         client = Connection(quic, t, client_driver, SERVER)
         client_reader.conn = client

@@ -104,14 +104,10 @@ class Link:
     def _make_server(self, first: bytes) -> Connection:
         header = pull_quic_header(Buffer(data=first), host_cid_length=8)
         t = self.settings.transport
-        quic = TunnelQuicConnection(
-            configuration=server_configuration(self.settings),
+        quic = TunnelQuicConnection.for_transport(
+            server_configuration(self.settings),
+            t,
             original_destination_connection_id=header.destination_cid,
-            stream_receive_window=t.stream_receive_window,
-            connection_receive_window=t.connection_receive_window,
-            max_concurrent_streams=t.max_concurrent_streams,
-            max_datagram_size_ceiling=t.pmtu_ceiling,
-            stream_receive_window_max=t.stream_receive_window_limit,
         )
         conn = Connection(quic, t, self.server_driver, CLIENT_ADDR)
         self.server_created.set()
@@ -135,13 +131,8 @@ async def linked(
     async with trio.open_nursery() as nursery:
         link = Link(nursery, certs, server_t or client_t)
         link.up = not start_cut
-        quic = TunnelQuicConnection(
-            configuration=client_configuration(client_t, client_tls(certs), "localhost"),
-            stream_receive_window=client_t.stream_receive_window,
-            connection_receive_window=client_t.connection_receive_window,
-            max_concurrent_streams=client_t.max_concurrent_streams,
-            max_datagram_size_ceiling=client_t.pmtu_ceiling,
-            stream_receive_window_max=client_t.stream_receive_window_limit,
+        quic = TunnelQuicConnection.for_transport(
+            client_configuration(client_t, client_tls(certs), "localhost"), client_t
         )
         conn = Connection(quic, client_t, link.client_driver, SERVER_ADDR)
         link.client = conn

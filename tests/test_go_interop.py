@@ -167,8 +167,14 @@ def token_file(directory: Path, name: str, token: str) -> Path:
 
 
 def curl(
-    http_port: int, user: str, password: str, url: str, *extra: str, timeout: float = 20
-) -> subprocess.CompletedProcess[str]:
+    http_port: int,
+    user: str,
+    password: str,
+    url: str,
+    *extra: str,
+    timeout: float = 20,
+    text: bool = True,
+) -> subprocess.CompletedProcess[Any]:
     return subprocess.run(
         [
             "curl",
@@ -184,7 +190,7 @@ def curl(
             url,
         ],
         capture_output=True,
-        text=True,
+        text=text,
         timeout=timeout + 10,
     )
 
@@ -219,25 +225,16 @@ def fetch(
     trace (what came back after the CONNECT) and, given ``logs``, the daemons' logs."""
     with tempfile.TemporaryDirectory(prefix="curl-") as tmp:
         trace = Path(tmp) / "trace"
-        done = subprocess.run(
-            [
-                "curl",
-                "-sS",
-                "-f",
-                "-p",
-                "-x",
-                f"http://127.0.0.1:{http_port}",
-                "--proxy-user",
-                f"{user}:{password}",
-                "--max-time",
-                "20",
-                "--trace-ascii",
-                str(trace),
-                "--trace-time",
-                url,
-            ],
-            capture_output=True,
-            timeout=30,
+        done = curl(
+            http_port,
+            user,
+            password,
+            url,
+            "-f",
+            "--trace-ascii",
+            str(trace),
+            "--trace-time",
+            text=False,
         )
         if done.returncode != 0:
             text = trace.read_text(errors="replace") if trace.exists() else "(no trace)"

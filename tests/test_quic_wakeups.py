@@ -12,11 +12,33 @@ import trio
 import trio.testing
 
 from reverse_http.devcerts import CertFiles
-from reverse_http.quic import TransportSettings
+from reverse_http.quic import Connection, TransportSettings
 from reverse_http.quic.driver import Driver
+from reverse_http.quic.stream import QuicStream, Sink
 from tests.quic_memory import settled_pair
 
 _QUIET = TransportSettings(liveness_timeout=0)
+
+
+async def _opened(client: Connection, server: Connection) -> tuple[QuicStream, QuicStream]:
+    """A stream each way, its first bytes read."""
+    stream = await client.open_stream()
+    await stream.send_all(b"open")
+    theirs = await server.accept_stream()
+    assert await theirs.receive_some(100) == b"open"
+    return stream, theirs
+
+
+def _taking_all(sunk: list[bytes]) -> Sink:
+    def sink(data: bytes) -> int:
+        sunk.append(data)
+        return len(data)
+
+    return sink
+
+
+async def _reads_only_the_end(stream: QuicStream) -> None:
+    assert await stream.receive_some(100) == b""
 
 
 class _StepCounter(trio.abc.Instrument):
@@ -90,10 +112,7 @@ async def test_a_woken_reader_returns_in_the_round_it_was_woken(
     """Parking was receive_some's checkpoint: a second yield after the wake-up delayed
     every relayed hop by a scheduler round."""
     async with settled_pair(certs, _QUIET) as (_link, client, server):
-        stream = await client.open_stream()
-        await stream.send_all(b"open")
-        theirs = await server.accept_stream()
-        assert await theirs.receive_some(100) == b"open"
+        stream, theirs = await _opened(client, server)
         counter = _StepCounter()
         got: list[bytes] = []
 
@@ -127,23 +146,11 @@ async def test_bytes_for_a_waiting_reader_go_to_the_sink_and_count_as_read(
         stream_receive_window_max=64 * 1024,
     )
     async with settled_pair(certs, t) as (_link, client, server):
-        stream = await client.open_stream()
-        await stream.send_all(b"open")
-        theirs = await server.accept_stream()
-        assert await theirs.receive_some(100) == b"open"
+        stream, theirs = await _opened(client, server)
         sunk: list[bytes] = []
-
-        def sink(data: bytes) -> int:
-            sunk.append(data)
-            return len(data)
-
-        theirs.set_sink(sink)
+        theirs.set_sink(_taking_all(sunk))
         async with trio.open_nursery() as nursery:
-
-            async def reader() -> None:
-                assert await theirs.receive_some(100) == b""  # only the end reaches it
-
-            nursery.start_soon(reader)
+            nursery.start_soon(_reads_only_the_end, theirs)
             await trio.testing.wait_all_tasks_blocked()
             payload = bytes(range(256)) * 1024  # 256 KiB: four receive windows
             await stream.send_all(payload)
@@ -156,10 +163,7 @@ async def test_what_the_sink_does_not_take_reaches_the_reader_in_order(
     certs: CertFiles, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with settled_pair(certs, _QUIET) as (_link, client, server):
-        stream = await client.open_stream()
-        await stream.send_all(b"open")
-        theirs = await server.accept_stream()
-        assert await theirs.receive_some(100) == b"open"
+        stream, theirs = await _opened(client, server)
         sunk: list[bytes] = []
 
         def sink(data: bytes) -> int:  # a socket buffer with room for 3 bytes
@@ -190,12 +194,7 @@ async def test_without_a_waiting_reader_bytes_are_queued_not_sunk(
         await stream.send_all(b"open")
         theirs = await server.accept_stream()
         sunk: list[bytes] = []
-
-        def sink(data: bytes) -> int:
-            sunk.append(data)
-            return len(data)
-
-        theirs.set_sink(sink)
+        theirs.set_sink(_taking_all(sunk))
         await stream.send_all(b"more")
         await trio.testing.wait_all_tasks_blocked()
         assert sunk == []
@@ -212,23 +211,11 @@ async def test_a_batch_of_datagrams_reaches_the_sink_in_one_write(
     """Written per packet, a bulk download cost the proxy a TCP write per 1.3 KB; the
     woken reader used to take the whole batch in one receive_some."""
     async with settled_pair(certs, _QUIET) as (link, client, server):
-        stream = await client.open_stream()
-        await stream.send_all(b"open")
-        theirs = await server.accept_stream()
-        assert await theirs.receive_some(100) == b"open"
+        stream, theirs = await _opened(client, server)
         sunk: list[bytes] = []
-
-        def sink(data: bytes) -> int:
-            sunk.append(data)
-            return len(data)
-
-        theirs.set_sink(sink)
+        theirs.set_sink(_taking_all(sunk))
         async with trio.open_nursery() as nursery:
-
-            async def reader() -> None:
-                assert await theirs.receive_some(100) == b""
-
-            nursery.start_soon(reader)
+            nursery.start_soon(_reads_only_the_end, theirs)
             await trio.testing.wait_all_tasks_blocked()
             flush = link.server_driver.flush
             monkeypatch.setattr(link.server_driver, "flush", lambda: None)  # one batch

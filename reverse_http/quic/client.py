@@ -57,15 +57,7 @@ async def _client_connection(
     configuration = client_configuration(transport, tls, host)
     endpoint = UdpEndpoint.connected(family, sockaddr, transport.socket_buffer_size)
     try:
-        quic = TunnelQuicConnection(
-            configuration=configuration,
-            stream_receive_window=transport.stream_receive_window,
-            connection_receive_window=transport.connection_receive_window,
-            max_concurrent_streams=transport.max_concurrent_streams,
-            pacing_burst_packets=transport.pacing_burst_packets,
-            max_datagram_size_ceiling=transport.pmtu_ceiling,
-            stream_receive_window_max=transport.stream_receive_window_limit,
-        )
+        quic = TunnelQuicConnection.for_transport(configuration, transport)
         driver = Driver(endpoint.send_nowait)
         conn = Connection(quic, transport, driver, sockaddr)
         quic.connect(sockaddr, now=trio.current_time())

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aioquic
 from aioquic import tls
@@ -65,6 +65,9 @@ from .congestion import BurstPacer, ObservedCongestionControl
 from .flowcontrol import WindowTuner
 from .pmtu import PathMtu, Phase
 from .reset import reset_token
+
+if TYPE_CHECKING:
+    from .settings import TransportSettings
 
 __all__ = [
     "AioStream",
@@ -508,6 +511,23 @@ class TunnelQuicConnection(QuicConnection):
         self.on_streams_available: Callable[[], None] | None = None
 
     # --- facts other modules need, without reaching into aioquic ---------------------
+
+    @classmethod
+    def for_transport(
+        cls, configuration: QuicConfiguration, transport: TransportSettings, **kwargs: Any
+    ) -> TunnelQuicConnection:
+        """A connection with ``transport``'s windows, stream limit, pacing burst and
+        path MTU ceiling; ``kwargs`` add the role's own arguments."""
+        return cls(
+            configuration=configuration,
+            stream_receive_window=transport.stream_receive_window,
+            connection_receive_window=transport.connection_receive_window,
+            max_concurrent_streams=transport.max_concurrent_streams,
+            pacing_burst_packets=transport.pacing_burst_packets,
+            max_datagram_size_ceiling=transport.pmtu_ceiling,
+            stream_receive_window_max=transport.stream_receive_window_limit,
+            **kwargs,
+        )
 
     @property
     def is_client(self) -> bool:

@@ -417,16 +417,11 @@ class QuicServer:
     ) -> Connection:
         """``initial_keys``: the ones its first Initial was checked with (not derived again)."""
         t = self.settings.transport
-        quic = TunnelQuicConnection(
-            configuration=self._configuration,
+        quic = TunnelQuicConnection.for_transport(
+            self._configuration,
+            t,
             original_destination_connection_id=odcid,
             retry_source_connection_id=retry_scid,
-            stream_receive_window=t.stream_receive_window,
-            connection_receive_window=t.connection_receive_window,
-            max_concurrent_streams=t.max_concurrent_streams,
-            pacing_burst_packets=t.pacing_burst_packets,
-            max_datagram_size_ceiling=t.pmtu_ceiling,
-            stream_receive_window_max=t.stream_receive_window_limit,
             client_certificate_check=self._client_verifier,
             stateless_reset_key=self._reset_key,
             initial_keys=initial_keys,
