@@ -37,6 +37,12 @@ class RelayStats:
     down: int = 0
     error: str | None = None
 
+    def count(self, up: bool, nbytes: int) -> None:
+        if up:
+            self.up += nbytes
+        else:
+            self.down += nbytes
+
 
 async def relay(
     a: trio.abc.Stream, b: trio.abc.Stream, stats: RelayStats | None = None
@@ -86,10 +92,7 @@ async def relay(
                 if not data:
                     break
                 await dst.send_all(data)
-                if up:
-                    stats.up += len(data)
-                else:
-                    stats.down += len(data)
+                stats.count(up, len(data))
             if isinstance(dst, trio.abc.HalfCloseableStream):
                 await dst.send_eof()
             else:
@@ -136,10 +139,7 @@ def _socket_sink(sock: trio.socket.SocketType, stats: RelayStats, up: bool) -> S
             sent = os.write(fd, data)
         except OSError:
             return 0
-        if up:
-            stats.up += sent
-        else:
-            stats.down += sent
+        stats.count(up, sent)
         return sent
 
     return sink

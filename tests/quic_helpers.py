@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -142,3 +143,20 @@ async def sha_of_stream(stream: QuicStream) -> tuple[int, str]:
         h.update(data)
         n += len(data)
     return n, h.hexdigest()
+
+
+class DueConnection:
+    """What the driver needs of a connection: a deadline, a service call and the receive
+    hold it allows (none)."""
+
+    def __init__(self) -> None:
+        self._timer_at = math.inf
+        self.serviced = trio.Event()
+        self.serviced_at: list[float] = []
+
+    def receive_hold(self) -> float:
+        return 0.0
+
+    def _service(self, now: float) -> None:
+        self.serviced_at.append(now)
+        self.serviced.set()

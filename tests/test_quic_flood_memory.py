@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import math
 import os
 import re
 import weakref
@@ -21,7 +20,7 @@ from reverse_http.quic.admission import QUIET_AFTER_LOAD, RELEASE_INTERVAL, Admi
 from reverse_http.quic.driver import Driver
 from reverse_http.quic.initial import cached_keys, forget_keys, keep_keys, opens_handshake
 from reverse_http.quic.trim import release_free_memory, resident_bytes
-from tests.quic_helpers import quic_pair
+from tests.quic_helpers import DueConnection, quic_pair
 from tests.test_quic_initial import initial_with
 
 CLIENT_HELLO = bytes([0x06, 0, 4]) + b"helo"
@@ -130,23 +129,6 @@ def test_resident_bytes_is_this_processs_rss() -> None:
     assert abs(rss / 1024 - kib) < 4096  # the same figure, give or take what moved between
 
 
-class _Due:
-    """What the driver needs of a connection: a deadline, a service call and the receive
-    hold it allows (none)."""
-
-    def __init__(self) -> None:
-        self._timer_at = math.inf
-        self.serviced = trio.Event()
-        self.serviced_at: list[float] = []
-
-    def receive_hold(self) -> float:
-        return 0.0
-
-    def _service(self, now: float) -> None:
-        self.serviced_at.append(now)
-        self.serviced.set()
-
-
 async def test_the_driver_keeps_no_connection_it_serviced(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -154,7 +136,7 @@ async def test_the_driver_keeps_no_connection_it_serviced(
     held the last one it serviced (its TLS state, its packet spaces) until the next
     deadline came, which on a quiet proxy may be never."""
     driver = Driver(lambda datagrams: None)
-    conn = _Due()
+    conn = DueConnection()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(driver.run)
         driver.add(conn)  # type: ignore[arg-type]
@@ -175,7 +157,7 @@ async def test_the_driver_keeps_no_removed_connection_until_its_old_deadline(
     """A connection removed before its deadline (a half-open handshake given up, its
     idle timer 30 s away) is freed at once: the deadline heap held it until then."""
     driver = Driver(lambda datagrams: None)
-    conn, other = _Due(), _Due()
+    conn, other = DueConnection(), DueConnection()
     t0 = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(driver.run)

@@ -5,7 +5,8 @@ never time."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -15,6 +16,7 @@ from reverse_http.devcerts import CertFiles
 from reverse_http.quic import Connection, TransportSettings
 from reverse_http.quic.driver import Driver
 from reverse_http.quic.stream import QuicStream, Sink
+from tests.quic_helpers import DueConnection
 from tests.quic_memory import settled_pair
 
 _QUIET = TransportSettings(liveness_timeout=0)
@@ -37,8 +39,19 @@ def _taking_all(sunk: list[bytes]) -> Sink:
     return sink
 
 
-async def _reads_only_the_end(stream: QuicStream) -> None:
-    assert await stream.receive_some(100) == b""
+@asynccontextmanager
+async def _sinking_until_the_end(stream: QuicStream) -> AsyncIterator[list[bytes]]:
+    """The sink takes all while a reader waits; only the end of the stream reaches it."""
+    sunk: list[bytes] = []
+    stream.set_sink(_taking_all(sunk))
+
+    async def reader() -> None:
+        assert await stream.receive_some(100) == b""
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        yield sunk
 
 
 class _StepCounter(trio.abc.Instrument):
@@ -53,29 +66,13 @@ class _StepCounter(trio.abc.Instrument):
             self.steps += 1
 
 
-class _Due:
-    """What the driver needs of a connection: a deadline, a service, a receive hold."""
-
-    def __init__(self) -> None:
-        self._timer_at = math.inf
-        self.serviced_at: list[float] = []
-        self.serviced = trio.Event()
-
-    def receive_hold(self) -> float:
-        return 0.0
-
-    def _service(self, now: float) -> None:
-        self.serviced_at.append(now)
-        self.serviced.set()
-
-
 async def test_an_earlier_deadline_does_not_wake_the_sleeping_driver(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Every request made one side's deadline earlier (an ACK timer before the keepalive,
     a PTO before an ACK timer), and the driver task was woken only to sleep again."""
     driver = Driver(lambda datagrams: None)
-    far, near = _Due(), _Due()
+    far, near = DueConnection(), DueConnection()
     counter = _StepCounter()
     t0 = trio.current_time()
 
@@ -147,11 +144,7 @@ async def test_bytes_for_a_waiting_reader_go_to_the_sink_and_count_as_read(
     )
     async with settled_pair(certs, t) as (_link, client, server):
         stream, theirs = await _opened(client, server)
-        sunk: list[bytes] = []
-        theirs.set_sink(_taking_all(sunk))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_reads_only_the_end, theirs)
-            await trio.testing.wait_all_tasks_blocked()
+        async with _sinking_until_the_end(theirs) as sunk:
             payload = bytes(range(256)) * 1024  # 256 KiB: four receive windows
             await stream.send_all(payload)
             await stream.send_eof()
@@ -212,11 +205,7 @@ async def test_a_batch_of_datagrams_reaches_the_sink_in_one_write(
     woken reader used to take the whole batch in one receive_some."""
     async with settled_pair(certs, _QUIET) as (link, client, server):
         stream, theirs = await _opened(client, server)
-        sunk: list[bytes] = []
-        theirs.set_sink(_taking_all(sunk))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_reads_only_the_end, theirs)
-            await trio.testing.wait_all_tasks_blocked()
+        async with _sinking_until_the_end(theirs) as sunk:
             flush = link.server_driver.flush
             monkeypatch.setattr(link.server_driver, "flush", lambda: None)  # one batch
             for part in (b"one ", b"two ", b"three"):
