@@ -1,6 +1,7 @@
-"""What an idle agent costs the proxy per keepalive: a padded packet (quic-go pads each
-path MTU probe, and its first keepalives each come with one) is skipped without a Python
-step per byte. Socket-free; counts interpreter steps, never time."""
+"""What an idle agent costs the proxy per keepalive: its PING is acknowledged with one
+packet built, and a padded packet (quic-go pads each path MTU probe, and its first
+keepalives each come with one) is skipped without a Python step per byte. Socket-free;
+counts packets and interpreter steps, never time."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ from types import FrameType, SimpleNamespace
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from aioquic.buffer import Buffer
+from aioquic.quic.packet_builder import QuicPacketBuilder
 
 from reverse_http.devcerts import CertFiles
 from reverse_http.quic import TransportSettings
 from reverse_http.quic.protocol import TunnelQuicConnection
 from reverse_http.quic.settings import client_configuration
 from tests.quic_helpers import client_tls
+from tests.quic_memory import settled_pair
 
 _QUIET = TransportSettings(liveness_timeout=0)
 
@@ -72,3 +77,30 @@ def test_padding_is_skipped_to_the_first_nonzero_byte(
     assert buf.tell() == end
     # aioquic's loop runs three lines per byte (over 4,000 for a probe's padding)
     assert lines[0] <= 10, lines[0]
+
+
+async def test_a_keepalive_is_acknowledged_with_one_packet_built(
+    certs: CertFiles, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with settled_pair(certs, _QUIET) as (link, client, server):
+        await trio.sleep(1)
+        started: list[int] = []
+        start_packet = QuicPacketBuilder.start_packet
+
+        def counting(builder: QuicPacketBuilder, *args: Any, **kwargs: Any) -> None:
+            if builder._is_client is False:
+                started.append(1)
+            start_packet(builder, *args, **kwargs)
+
+        monkeypatch.setattr(QuicPacketBuilder, "start_packet", counting)
+        sent = len(link.sent["s2c"])
+        for uid in range(5):
+            client.quic.send_ping(uid)
+            client._kick()
+            with trio.fail_after(1):
+                while client.quic._loss.bytes_in_flight:
+                    await trio.sleep(0.001)
+        # one ACK datagram per keepalive, each built from one packet (a second one was
+        # started and thrown away after every ACK)
+        assert len(link.sent["s2c"]) - sent == 5
+        assert len(started) == 5, started

@@ -1115,12 +1115,14 @@ class TunnelQuicConnection(QuicConnection):
             builder.start_packet(packet_type, crypto)
 
             # An ACK goes out when due, and in any packet that carries stream work.
+            after_ack = -1
             if (
                 packet_type == QuicPacketType.ONE_RTT
                 and space.ack_at is not None
                 and (ack_due or self._has_stream_work())
             ):
                 self._write_ack_frame(builder=builder, space=space, now=now)
+                after_ack = builder.remaining_buffer_space
 
             if self._handshake_complete:
                 self._write_control_frames(builder, network_path, now)
@@ -1155,6 +1157,13 @@ class TunnelQuicConnection(QuicConnection):
             if builder.packet_is_empty:
                 break
             self._loss._pacer.update_after_send(now=now)
+            if builder.remaining_buffer_space == after_ack and self._handshake_confirmed:
+                # Only the ACK: every writer had the rest of the packet and found
+                # nothing to send, and a next packet would have less room (once the
+                # handshake is confirmed, the first 1-RTT packet of a pass starts its
+                # datagram; the next would share it). An idle connection's answer to a
+                # keepalive and a receiver's ACK no longer start a packet to throw away.
+                break
 
     def _write_pmtu_probe(
         self, builder: QuicPacketBuilder, packet_type: QuicPacketType, crypto: Any
