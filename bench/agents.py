@@ -24,7 +24,10 @@ the reason.
 For every M (fresh proxy each): proxy VmRSS before the agents and with all M
 connected (KiB per agent), proxy CPU over ``--idle-window`` seconds with all M
 idle (cores per 1000 agents), and the time until the proxy's
-``reverse_http_agents_connected`` gauge shows M.
+``reverse_http_agents_connected`` gauge shows M. That window starts 3 s after all are
+up, while quic-go agents still search the path MTU (a padded probe datagram with each
+keepalive for about their first minute); ``--settle S`` adds a second window S seconds
+after all were up (settled/1000), the idle cost once that is over.
 
 Reconnect storm (M = ``--storm-agents``): SIGKILL the proxy, restart it on the same
 ports, and measure the time until all agents are connected again. Meanwhile a
@@ -422,6 +425,8 @@ class Row:
     hwm: float = float("nan")
     cores: float = float("nan")
     swarm_cores: float = float("nan")
+    #: Proxy cores over a second idle window ``--settle`` s after all were up (nan: none).
+    cores_settled: float = float("nan")
     connected_after_window: int | None = None
     exited: int = 0
     drops_connect: int = 0
@@ -436,6 +441,10 @@ class Row:
     @property
     def cores_per_1000(self) -> float:
         return self.cores / (self.m / 1000) if self.connect_s is not None else float("nan")
+
+    @property
+    def settled_per_1000(self) -> float:
+        return self.cores_settled / (self.m / 1000) if self.connect_s is not None else float("nan")
 
 
 @dataclass
@@ -496,6 +505,7 @@ def run_m(
         budget = m / args.ramp + args.connect_timeout
         timeline: list[tuple[float, int | None, float, float]] = []
         row.connect_s, row.connected = wait_connected(proxy, swarms, m, budget, timeline=timeline)
+        all_up = time.monotonic()
         row.ramp_s = max((s.get("ramp_s") or float("nan")) for s in swarms.status())
         if row.connect_s is None:
             row.notes.append(
@@ -514,6 +524,11 @@ def run_m(
         dt = time.monotonic() - t0
         row.cores = (daemon.cpu_seconds() - cpu0) / dt
         row.swarm_cores = (swarms.cpu() - swarm0) / dt
+        if args.settle > 0 and row.connect_s is not None:
+            time.sleep(max(0.0, all_up + args.settle - time.monotonic()))
+            cpu0, t0 = daemon.cpu_seconds(), time.monotonic()
+            time.sleep(args.idle_window)
+            row.cores_settled = (daemon.cpu_seconds() - cpu0) / (time.monotonic() - t0)
         row.connected_after_window = gauge(metrics)
         row.drops_idle = udp_counters().get("RcvbufErrors", 0) - drops1
         row.proxy_drops = udp_socket_drops(udp)
@@ -663,23 +678,25 @@ def fmt(v: float | int | None, spec: str) -> str:
     return format(v, spec)
 
 
-def print_rows(rows: list[Row], ramp: float, window: float) -> None:
+def print_rows(rows: list[Row], ramp: float, window: float, settle: float = 0.0) -> None:
     print()
     print(f"idle agents on one proxy (ramp {ramp:g} agents/s, idle window {window:g} s)")
+    settled = f" {'settled/1000':>12}" if settle > 0 else ""
     head = (
         f"  {'agents':>7} {'gen procs':>9} {'ramp s':>7} {'all up s':>8} {'RSS 0 MiB':>9} "
         f"{'RSS M MiB':>9} {'KiB/agent':>9} {'peak MiB':>8} {'proxy cores':>11} "
-        f"{'cores/1000':>10} {'gen cores':>9} {'up after':>8} {'loops ended':>11} "
+        f"{'cores/1000':>10}{settled} {'gen cores':>9} {'up after':>8} {'loops ended':>11} "
         f"{'UDP drops':>18}"
     )
     print(head)
     for r in rows:
         drops = f"{r.drops_connect}/{r.drops_idle}/{fmt(r.proxy_drops, 'd')}"
+        settled_cell = f"{fmt(r.settled_per_1000, '.3f'):>12} " if settle > 0 else ""
         print(
             f"  {r.m:>7} {r.procs:>9} {fmt(r.ramp_s, '.1f'):>7} {fmt(r.connect_s, '.1f'):>8} "
             f"{fmt(r.rss0 / 1024, '.1f'):>9} {fmt(r.rssm / 1024, '.1f'):>9} "
             f"{fmt(r.kib_per_agent, '.1f'):>9} {fmt(r.hwm / 1024, '.1f'):>8} "
-            f"{fmt(r.cores, '.3f'):>11} {fmt(r.cores_per_1000, '.3f'):>10} "
+            f"{fmt(r.cores, '.3f'):>11} {fmt(r.cores_per_1000, '.3f'):>10} {settled_cell}"
             f"{fmt(r.swarm_cores, '.2f'):>9} {fmt(r.connected_after_window, 'd'):>8} "
             f"{r.exited:>11} {drops:>18}"
         )
@@ -691,6 +708,12 @@ def print_rows(rows: list[Row], ramp: float, window: float) -> None:
         " UDP drops: kernel RcvbufErrors while connecting / during the idle window /"
         " on the proxy's socket over its life)"
     )
+    if settle > 0:
+        print(
+            f"  (cores/1000: the idle window right after all were up, while quic-go agents"
+            f" still probe the path MTU with their keepalives; settled/1000: a window"
+            f" {settle:g} s after all were up, once those probes are over)"
+        )
 
 
 def print_storm(s: Storm) -> None:
@@ -741,6 +764,15 @@ def main() -> None:
     parser.add_argument("--agents", type=int_list, default=[1000, 5000, 10000])
     parser.add_argument("--ramp", type=float, default=100, help="agents started per second")
     parser.add_argument("--idle-window", type=float, default=20)
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0,
+        help="also measure the proxy's CPU over a second idle window this many seconds "
+        "after all agents were up (0: none). quic-go agents probe the path MTU with "
+        "each keepalive for about their first 60 s; the first window, right after the "
+        "ramp, measures that start-up too",
+    )
     parser.add_argument(
         "--connect-timeout",
         type=float,
@@ -840,7 +872,7 @@ def main() -> None:
         if storm_alone:
             _, storm = run_m(children, workdir, certs, args.storm_agents, args, target, storm=True)
             storms += [storm] if storm else []
-        print_rows(rows, args.ramp, args.idle_window)
+        print_rows(rows, args.ramp, args.idle_window, args.settle)
         for s in storms:
             print_storm(s)
 
