@@ -17,7 +17,9 @@ Every (link, tunnel) pair gets a fresh emulator and fresh daemons, so the drop
 counters are that transfer's. Sizes follow the link rate (about 4 s of transfer
 at the link rate) and every curl has a timeout: a stalled transfer shows as its
 partial rate with ``partial`` in the table. CPU is the user+system seconds of the
-tunnel's processes (sshd's per-connection children included) per MiB moved.
+tunnel's processes (sshd's per-connection children included) per MiB moved; the notes
+under the table split it by process (proxy and agent: receiver and sender of the
+download) and give the packets the link carried each way (a_to_b: mostly ACKs).
 
 The outage row: a download on the 50 ms / 100 Mbit/s link, the link down for 10 s
 two seconds in, and a new request sent three seconds into the outage; the table
@@ -114,8 +116,12 @@ class Result:
     mbps: float = float("nan")
     cpu_s: float = float("nan")
     cpu_s_per_mib: float = float("nan")
+    #: CPU seconds per MiB of each tunnel process (proxy and agent, sshd and ssh...).
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
     link_mbit: float = 0.0  # the row's rate limit (0: none)
     drops: dict[str, int] = field(default_factory=dict)
+    #: Packets the link forwarded each way (a_to_b: curl's side to the agent's).
+    forwarded: dict[str, int] = field(default_factory=dict)
     queue_peak_kib: float = 0.0
     new_request: str = ""
     notes: list[str] = field(default_factory=list)
@@ -175,6 +181,9 @@ class Tunnel:
 
     def cpu(self) -> float:
         return tree_cpu([d.pid for d in self.daemons])
+
+    def cpu_by_process(self) -> dict[str, float]:
+        return {d.name: tree_cpu([d.pid]) for d in self.daemons}
 
     def curl_args(self, path: str) -> list[str]:
         return [*self.curl_prefix, self.base_url + path]
@@ -420,6 +429,7 @@ def run_one(row: Row, kind: str, env: Env, scale: float) -> Result:
     try:
         tunnel = start_tunnel(kind, env, stamp)
         cpu0 = tunnel.cpu()
+        each0 = tunnel.cpu_by_process()
         timeout = row.timeout(size)
         with netns(env.ns_a):
             if row.outage:
@@ -427,11 +437,13 @@ def run_one(row: Row, kind: str, env: Env, scale: float) -> Result:
             else:
                 res.code, res.got, res.seconds = curl(tunnel.curl_args(f"/bulk{size}"), timeout)
         res.cpu_s = tunnel.cpu() - cpu0
+        each = {k: v - each0[k] for k, v in tunnel.cpu_by_process().items()}
         res.ok = res.code == "200" and res.got == size
         if res.seconds == res.seconds and res.seconds > 0:
             res.mbps = res.got / res.seconds / 1e6
         if res.got:
             res.cpu_s_per_mib = res.cpu_s / (res.got / MIB)
+            res.cpu_by_process = {k: v / (res.got / MIB) for k, v in each.items()}
         if not tunnel.alive():
             res.notes.append("a tunnel process exited:\n" + "\n".join(tunnel.log_tails()))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -443,6 +455,11 @@ def run_one(row: Row, kind: str, env: Env, scale: float) -> Result:
                 env.children.stop(d)
         counters = link.stop()
         res.drops = {k: v for k, v in drops(counters).items() if v}
+        res.forwarded = {
+            side: counters[side].get("forwarded", 0)
+            for side in ("a_to_b", "b_to_a")
+            if side in counters
+        }
         res.queue_peak_kib = (
             max(counters.get(side, {}).get("queue_peak_bytes", 0) for side in ("a_to_b", "b_to_a"))
             / 1024
@@ -531,6 +548,12 @@ def print_table(results: list[Result], kinds: list[str]) -> None:
             if r.drops:
                 extra.append("drops " + ", ".join(f"{k2} {v}" for k2, v in r.drops.items()))
             extra.append(f"queue peak {r.queue_peak_kib:.0f} KiB")
+            if r.cpu_by_process:
+                each = ", ".join(f"{k2} {v:.3f}" for k2, v in r.cpu_by_process.items())
+                extra.append(f"CPU-s/MiB {each}")
+            if r.forwarded:
+                each = ", ".join(f"{k2} {v}" for k2, v in r.forwarded.items())
+                extra.append(f"packets {each}")
             print(f"  {label} / {k}: " + "; ".join(extra))
             for note in r.notes:
                 print("    " + note.replace("\n", "\n    "))
