@@ -418,7 +418,11 @@ class Connection:
         if self.is_closed:
             return
         quic = self._quic
-        if quic.has_peer_address:
+        # Only when the deadline last scheduled has come (NaN: the driver took it as due):
+        # a service for input or a write skips aioquic's timer computation. A deadline
+        # that the input brought forward into the past is scheduled below and serviced
+        # at once.
+        if not self._timer_at > now and quic.has_peer_address:
             timer = quic.get_timer()
             if timer is not None and now >= timer:
                 quic.handle_timer(now)

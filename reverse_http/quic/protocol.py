@@ -159,6 +159,7 @@ _FRAME_HANDLERS = "_QuicConnection__frame_handlers"
 #: Private QuicConnection attributes (set in __init__) used below.
 _CONNECTION_ATTRIBUTES = (
     "_close_event",
+    "_close_pending",
     "_configuration",
     "_cryptos",
     "_crypto_buffers",
@@ -187,6 +188,7 @@ _CONNECTION_ATTRIBUTES = (
     "_remote_max_data_used",
     "_remote_max_streams_bidi",
     "_remote_max_streams_uni",
+    "_remote_preferred_address",
     "_retire_connection_ids",
     "_spaces",
     "_state",
@@ -508,6 +510,8 @@ class TunnelQuicConnection(QuicConnection):
         self.last_authenticated_rx: float | None = None
         #: Streams looked at while building packets (scheduler cost, for tests).
         self.streams_visited = 0
+        #: Passes of aioquic's packet building (``_nothing_to_send`` spares most).
+        self.send_passes = 0
         #: Told (stream id) when acknowledgements free send buffer.
         self.on_stream_acked: Callable[[int], None] | None = None
         #: Told (stream id) when aioquic forgets a finished stream.
@@ -650,8 +654,49 @@ class TunnelQuicConnection(QuicConnection):
             finally:
                 self._max_datagram_size = normal
                 self._rh_probe_size = 0
+        if self._nothing_to_send(now):
+            # What a stock pass that built nothing leaves: no pacing deadline.
+            self._pacing_at = None
+            return datagrams
+        self.send_passes += 1
         datagrams += super().datagrams_to_send(now=now)
         return datagrams
+
+    def _nothing_to_send(self, now: float) -> bool:
+        """True when aioquic's ``datagrams_to_send`` would build no packet: an open,
+        confirmed connection on one validated path with no frame of any kind pending.
+
+        Every received packet is followed by a service, and after most (an ACK held
+        back for ``ACK_DELAY``) aioquic would set up a packet builder, start a
+        packet and throw it away. False whenever in doubt: the stock pass runs."""
+        if (
+            self._state != QuicConnectionState.CONNECTED
+            or not self._handshake_confirmed
+            or self._close_pending
+            or self._rh_fresh
+            or self._rh_bulk
+            or self._rh_credit_due
+            or self._ping_pending
+            or self._probe_pending
+            or self._datagrams_pending
+            or self._handshake_done_pending
+            or self._retire_connection_ids
+            or self._streams_blocked_pending
+        ):
+            return False
+        ack_at = self._spaces[Epoch.ONE_RTT].ack_at
+        if ack_at is not None and ack_at <= now:
+            return False
+        paths = self._network_paths
+        if len(paths) != 1 or not paths[0].is_validated or paths[0].remote_challenges:
+            return False
+        if self._is_client and self._remote_preferred_address is not None:
+            return False
+        if not self._crypto_streams[Epoch.ONE_RTT].sender.buffer_is_empty:
+            return False
+        if any(not cid.was_sent for cid in self._host_cids):
+            return False
+        return not self._connection_limits_due()
 
     def _may_probe(self) -> bool:
         """A probe may go out: connected, on a validated path, and no other path waits
@@ -1382,16 +1427,43 @@ class TunnelQuicConnection(QuicConnection):
                 self._quic_logger.encode_max_stream_data_frame(maximum=target, stream_id=sid)
             )
 
-    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
-        """MAX_DATA follows consumption too; MAX_STREAMS as aioquic batches it."""
+    def _update_max_data(self) -> None:
+        """MAX_DATA's value follows consumption, raised once half a window is unannounced."""
         max_data = self._local_max_data
         target = self._rh_conn_consumed + self._rh_conn_window
         if target - max_data.sent >= self._rh_conn_window // 2:
             max_data.value = max(max_data.value, target)
-        for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
-            if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
-                continue  # batch MAX_STREAMS until the peer has used up half
-            if limit.value != limit.sent:
+
+    def _limit_due(self, limit: Limit) -> bool:
+        """A connection limit frame is due (MAX_STREAMS batched until the peer has used
+        up half of the last announced credit)."""
+        if (
+            limit is not self._local_max_data
+            and limit.sent - limit.used >= limit.value - limit.sent
+        ):
+            return False
+        return bool(limit.value != limit.sent)
+
+    def _connection_limits_due(self) -> bool:
+        self._update_max_data()
+        return any(
+            self._limit_due(limit)
+            for limit in (
+                self._local_max_data,
+                self._local_max_streams_bidi,
+                self._local_max_streams_uni,
+            )
+        )
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        """MAX_DATA follows consumption too; MAX_STREAMS as aioquic batches it."""
+        self._update_max_data()
+        for limit in (
+            self._local_max_data,
+            self._local_max_streams_bidi,
+            self._local_max_streams_uni,
+        ):
+            if self._limit_due(limit):
                 buf = builder.start_frame(
                     limit.frame_type,
                     capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
