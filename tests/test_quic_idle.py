@@ -82,7 +82,7 @@ def test_padding_is_skipped_to_the_first_nonzero_byte(
 async def test_a_keepalive_is_acknowledged_with_one_packet_built(
     certs: CertFiles, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with settled_pair(certs, _QUIET) as (link, client, server):
+    async with settled_pair(certs, _QUIET) as (link, client, _server):
         await trio.sleep(1)
         started: list[int] = []
         start_packet = QuicPacketBuilder.start_packet
