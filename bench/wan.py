@@ -156,14 +156,17 @@ def tree_cpu(pids: list[int]) -> float:
 
 
 def curl(args: list[str], timeout: float) -> tuple[str, int, float]:
-    """(HTTP code or curl's error, bytes received, seconds) of one curl run."""
+    """(HTTP code or curl's error, bytes received, seconds) of one curl run. A refused
+    CONNECT shows the proxy's status with curl's exit code (56)."""
     cmd = ["curl", "-sS", "-o", "/dev/null", "-m", f"{timeout:.0f}"]
-    cmd += ["-w", "%{http_code} %{size_download} %{time_total}", *args]
+    cmd += ["-w", "%{http_code} %{size_download} %{time_total} %{http_connect}", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 15)
     parts = proc.stdout.split()
-    code, got, secs = [*parts, "000", "0", "nan"][:3]
+    code, got, secs, connect = [*parts, "000", "0", "nan", "000"][:4]
     if proc.returncode != 0:
         code = f"curl exit {proc.returncode}"
+        if connect not in ("000", "200"):
+            code = f"CONNECT answered {connect} ({code})"
     return code, int(got), float(secs)
 
 
