@@ -613,6 +613,12 @@ class Connection:
             stream = QuicStream(self, sid, self._settings.stream_send_buffer)
             self._streams[sid] = stream
             self._accept_send.send_nowait(stream)
+            # A STOP_SENDING that overtook the stream's first data had no stream to tell
+            # (its event was dropped): without this the application's writes and its
+            # close would fail on aioquic's reset sender.
+            stopped = self._quic.stopped_by_peer(sid)
+            if stopped is not None:
+                stream._on_stop_sending(stopped)
         stream._on_data(event.data, event.end_stream)
 
     # --- called by the protocol layer --------------------------------------------------------

@@ -635,6 +635,12 @@ class TunnelQuicConnection(QuicConnection):
     def open_stream_count(self) -> int:
         return len(self._streams)
 
+    def stopped_by_peer(self, stream_id: int) -> int | None:
+        """The error code our sending side of ``stream_id`` was reset with, or None; for
+        a stream the application has not seen yet, that of the peer's STOP_SENDING."""
+        stream: AioStream | None = self._streams.get(stream_id)
+        return None if stream is None else stream.sender._reset_error_code
+
     # --- sans-IO API additions ----------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
