@@ -510,8 +510,6 @@ class TunnelQuicConnection(QuicConnection):
         self.last_authenticated_rx: float | None = None
         #: Streams looked at while building packets (scheduler cost, for tests).
         self.streams_visited = 0
-        #: Passes of aioquic's packet building (``_nothing_to_send`` spares most).
-        self.send_passes = 0
         #: Told (stream id) when acknowledgements free send buffer.
         self.on_stream_acked: Callable[[int], None] | None = None
         #: Told (stream id) when aioquic forgets a finished stream.
@@ -664,7 +662,6 @@ class TunnelQuicConnection(QuicConnection):
             # What a stock pass that built nothing leaves: no pacing deadline.
             self._pacing_at = None
             return datagrams
-        self.send_passes += 1
         datagrams += super().datagrams_to_send(now=now)
         return datagrams
 
@@ -702,7 +699,7 @@ class TunnelQuicConnection(QuicConnection):
             return False
         if any(not cid.was_sent for cid in self._host_cids):
             return False
-        return not self._connection_limits_due()
+        return not self._due_connection_limits()
 
     def _may_probe(self) -> bool:
         """A probe may go out: connected, on a validated path, and no other path waits
@@ -1433,57 +1430,37 @@ class TunnelQuicConnection(QuicConnection):
                 self._quic_logger.encode_max_stream_data_frame(maximum=target, stream_id=sid)
             )
 
-    def _update_max_data(self) -> None:
-        """MAX_DATA's value follows consumption, raised once half a window is unannounced."""
+    def _due_connection_limits(self) -> list[Limit]:
+        """The connection limit frames due: MAX_DATA follows consumption (raised once
+        half a window is unannounced); MAX_STREAMS is batched as aioquic does, until
+        the peer has used up half of the last announced credit."""
         max_data = self._local_max_data
         target = self._rh_conn_consumed + self._rh_conn_window
         if target - max_data.sent >= self._rh_conn_window // 2:
             max_data.value = max(max_data.value, target)
-
-    def _limit_due(self, limit: Limit) -> bool:
-        """A connection limit frame is due (MAX_STREAMS batched until the peer has used
-        up half of the last announced credit)."""
-        if (
-            limit is not self._local_max_data
-            and limit.sent - limit.used >= limit.value - limit.sent
-        ):
-            return False
-        return bool(limit.value != limit.sent)
-
-    def _connection_limits_due(self) -> bool:
-        self._update_max_data()
-        return any(
-            self._limit_due(limit)
-            for limit in (
-                self._local_max_data,
-                self._local_max_streams_bidi,
-                self._local_max_streams_uni,
-            )
-        )
+        due = [max_data] if max_data.value != max_data.sent else []
+        for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
+            if limit.value != limit.sent and limit.sent - limit.used < limit.value - limit.sent:
+                due.append(limit)
+        return due
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
-        """MAX_DATA follows consumption too; MAX_STREAMS as aioquic batches it."""
-        self._update_max_data()
-        for limit in (
-            self._local_max_data,
-            self._local_max_streams_bidi,
-            self._local_max_streams_uni,
-        ):
-            if self._limit_due(limit):
-                buf = builder.start_frame(
-                    limit.frame_type,
-                    capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
-                    handler=self._on_connection_limit_delivery,
-                    handler_args=(limit,),
-                )
-                buf.push_uint_var(limit.value)
-                limit.sent = limit.value
-                if self._quic_logger is not None and builder.quic_logger_frames is not None:
-                    builder.quic_logger_frames.append(
-                        self._quic_logger.encode_connection_limit_frame(
-                            frame_type=limit.frame_type, maximum=limit.value
-                        )
+        """MAX_DATA and MAX_STREAMS, when due (see ``_due_connection_limits``)."""
+        for limit in self._due_connection_limits():
+            buf = builder.start_frame(
+                limit.frame_type,
+                capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
+                handler=self._on_connection_limit_delivery,
+                handler_args=(limit,),
+            )
+            buf.push_uint_var(limit.value)
+            limit.sent = limit.value
+            if self._quic_logger is not None and builder.quic_logger_frames is not None:
+                builder.quic_logger_frames.append(
+                    self._quic_logger.encode_connection_limit_frame(
+                        frame_type=limit.frame_type, maximum=limit.value
                     )
+                )
 
 
 def _has_data(stream: AioStream) -> bool:
