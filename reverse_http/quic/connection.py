@@ -133,10 +133,12 @@ class Connection:
         "_heard",
         "_is_client",
         "_last_ping",
+        "_live_for",
         "_on_cid_issued",
         "_on_cid_retired",
         "_opens",
         "_ping_uid",
+        "_probe_after",
         "_quic",
         "_refusing_streams",
         "_send_budget_exhausted",
@@ -173,6 +175,9 @@ class Connection:
         self._on_cid_issued = on_cid_issued
         self._on_cid_retired = on_cid_retired
         self._is_client = quic.is_client
+        #: Read on every service (settings' properties each cost a call and a min()).
+        self._probe_after = settings.probe_after if self._is_client else settings.server_probe_after
+        self._live_for = settings.liveness_timeout
         self.state = State.HANDSHAKE
         self._streams: dict[int, QuicStream] = {}
         #: Closed by the application, still known to aioquic (awaiting acknowledgement).
@@ -427,16 +432,19 @@ class Connection:
             if timer is not None and now >= timer:
                 quic.handle_timer(now)
         self._dispatch_events()
+        own: tuple[float, float] | None = None
         if self._close_request is not None:
             code, reason = self._close_request
             self._close_request = None
             if self.state is not State.CLOSING and quic.close_event is None:
                 quic.close(error_code=code, reason_phrase=reason)
         elif not self.is_closed:
-            self._check_liveness(now)
+            own = self._check_liveness(now)
+        state = self.state
         self._transmit(now)
         if not self.is_closed:
-            self._driver.schedule(self, self._next_deadline())
+            # The liveness check's deadlines still hold unless the state moved on.
+            self._driver.schedule(self, self._next_deadline(own if self.state is state else None))
 
     def _transmit(self, now: float) -> None:
         quic = self._quic
@@ -484,14 +492,17 @@ class Connection:
         ):
             self._drained.set()
 
-    def _next_deadline(self) -> float:
+    def _next_deadline(self, own: tuple[float, float] | None = None) -> float:
+        """The connection's next deadline; ``own``: its :meth:`_own_deadlines` when the
+        caller just computed them and nothing they depend on changed since."""
         timer = self._quic.get_timer() if self._quic.has_peer_address else None
         # A microsecond late: aioquic compares a packet's loss time with ``now`` after
         # floating-point arithmetic, and serviced exactly at the deadline it may find
         # nothing due and ask for the same deadline again (a clock that does not move
         # in between, as trio's MockClock, then spins).
         deadline = math.inf if timer is None else timer + TIMER_SLACK
-        return min(deadline, *self._own_deadlines())
+        first, live_until = self._own_deadlines() if own is None else own
+        return min(deadline, first, live_until)
 
     def silent_for(self) -> float:
         """Seconds since the last packet from the peer (or since the handshake)."""
@@ -522,19 +533,20 @@ class Connection:
         if self.state is State.CLOSING:
             return math.inf, math.inf
         last_rx = self._last_rx
-        probe_after = s.probe_after if self._is_client else s.server_probe_after
-        probe_at = max(last_rx, self._last_ping) + probe_after
-        live_until = last_rx + s.liveness_timeout if s.liveness_timeout else math.inf
+        probe_at = max(last_rx, self._last_ping) + self._probe_after
+        live_until = last_rx + self._live_for if self._live_for else math.inf
         return probe_at, live_until
 
-    def _check_liveness(self, now: float) -> None:
+    def _check_liveness(self, now: float) -> tuple[float, float] | None:
+        """Ping, or give up on, a quiet peer; returns the deadlines it checked when it
+        did neither (the service schedules them without computing them again)."""
         first, live_until = self._own_deadlines()
         if not self.handshake_complete:
             if now >= first:
                 self._quic.close(error_code=0, reason_phrase="handshake timeout")
                 self._transmit(now)
                 self._terminate(CloseInfo(0, "handshake timeout", False, "handshake-timeout"))
-            return
+            return None
         if now >= live_until:
             self._quic.close(error_code=0, reason_phrase="peer unresponsive")
             self._transmit(now)
@@ -542,11 +554,13 @@ class Connection:
             self._terminate(
                 CloseInfo(0, f"no packet from peer for {timeout:g}s", False, "liveness")
             )
-            return
+            return None
         if now >= first:
             self._ping_uid += 1
             self._quic.send_ping(self._ping_uid)
             self._last_ping = now
+            return None
+        return first, live_until
 
     def _dispatch_events(self) -> None:
         quic = self._quic

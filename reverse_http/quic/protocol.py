@@ -639,6 +639,13 @@ class TunnelQuicConnection(QuicConnection):
         stream: AioStream | None = self._streams.get(stream_id)
         return None if stream is None else stream.sender._reset_error_code
 
+    def next_event(self) -> events.QuicEvent | None:
+        """aioquic's, without raising and catching an IndexError when there is none:
+        every service asks at least twice (before and after building its datagrams),
+        and an idle connection's keepalive leaves nothing to find."""
+        queue = self._events
+        return queue.popleft() if queue else None
+
     # --- sans-IO API additions ----------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
@@ -672,10 +679,15 @@ class TunnelQuicConnection(QuicConnection):
         Every received packet is followed by a service, and after most (an ACK held
         back for ``ACK_DELAY``) aioquic would set up a packet builder, start a
         packet and throw it away. False whenever in doubt: the stock pass runs."""
+        if self._state != QuicConnectionState.CONNECTED or not self._handshake_confirmed:
+            return False
+        # First the usual answer: an ACK due now (each keepalive's, as a PING is acked
+        # at once), then everything else that may be pending.
+        ack_at = self._spaces[Epoch.ONE_RTT].ack_at
+        if ack_at is not None and ack_at <= now:
+            return False
         if (
-            self._state != QuicConnectionState.CONNECTED
-            or not self._handshake_confirmed
-            or self._close_pending
+            self._close_pending
             or self._rh_fresh
             or self._rh_bulk
             or self._rh_credit_due
@@ -686,9 +698,6 @@ class TunnelQuicConnection(QuicConnection):
             or self._retire_connection_ids
             or self._streams_blocked_pending
         ):
-            return False
-        ack_at = self._spaces[Epoch.ONE_RTT].ack_at
-        if ack_at is not None and ack_at <= now:
             return False
         paths = self._network_paths
         if len(paths) != 1 or not paths[0].is_validated or paths[0].remote_challenges:
