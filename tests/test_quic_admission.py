@@ -15,7 +15,7 @@ import trio.testing
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_quic_header
 from prometheus_client import CollectorRegistry
 
 from reverse_http.devcerts import CertFiles
@@ -552,3 +552,40 @@ async def test_an_initial_that_crashes_its_connection_costs_only_that_connection
         )
         assert other.handshake_complete
         sock.close()
+
+
+async def test_under_load_a_first_initial_gets_its_retry_without_being_decrypted(
+    certs: CertFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deriving an Initial's keys and decrypting it cost more than the Retry; under load
+    a token-less Initial is answered without either (RFC 9000 17.2.5.1), and the client
+    then connects with its token (that Initial is decrypted)."""
+    from reverse_http.quic import server as server_module
+
+    checked: list[bytes] = []
+    real = server_module.opens_handshake
+
+    def counting(data: bytes, cid_length: int) -> bool:
+        checked.append(data)
+        return real(data, cid_length)
+
+    monkeypatch.setattr(server_module, "opens_handshake", counting)
+    async with quic_pair(certs, handler=echo_streams, retry=True) as pair:
+        server = pair.server
+        assert server.retries_sent == 1 and len(checked) == 1  # the pair's client: token only
+        peer = ("127.0.0.1", server.local_address[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.6", 0))
+            sock.sendto(initial_with(bytes([0x06, 0, 4]) + b"helo", dcid=os.urandom(8)), peer)
+            await _eventually(lambda: server.retries_sent == 2)
+        assert len(checked) == 1
+        assert server.initials_refused == 0
+    checked.clear()
+    async with quic_pair(certs, handler=echo_streams) as pair:  # no load: checked, refused
+        server = pair.server
+        peer = ("127.0.0.1", server.local_address[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.6", 0))
+            sock.sendto(initial_with(bytes([QuicFrameType.PING]), dcid=os.urandom(8)), peer)
+            await _eventually(lambda: server.initials_refused == 1)
+        assert server.retries_sent == 0 and len(checked) == 2

@@ -93,9 +93,10 @@ async def test_a_live_server_drops_a_floods_cached_keys_when_it_is_over(
             await sock.sendto(initial_with(CLIENT_HELLO, dcid=os.urandom(8)), peer)
             await sock.sendto(_junk_initial(), peer)
         with trio.fail_after(5):
-            while server.retries_sent < 100 or server.initials_refused < 100:
+            while server.retries_sent < 200:  # the junk too: a Retry needs no decryption
                 await trio.sleep(0.01)
-        assert cached_keys() == 0  # answered with Retries: no keys kept (there were 100)
+        assert server.initials_refused == 0
+        assert cached_keys() == 0  # answered with Retries: no keys derived, none kept
         assert len(server.admission.recent_retries) >= 100
         # One dropped by a limit (its client resends under the same CID) keeps its keys.
         data = initial_with(CLIENT_HELLO, dcid=os.urandom(8))

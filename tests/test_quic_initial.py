@@ -294,15 +294,16 @@ async def test_a_retried_handshake_sets_up_each_key_once(
     certs: CertFiles, monkeypatch: pytest.MonkeyPatch, version: int
 ) -> None:
     """A storm's handshake: the first Initial draws a Retry, the second (with the token)
-    opens the connection. Each check derives the client's Initial key only; the
-    connection takes the second check's and adds its own direction, and derives none
-    for the QUIC version it does not use. Then two Handshake and two 1-RTT keys: 7 key
-    setups, 12 before (both directions for each check, v1 and v2 for the connection)."""
+    opens the connection. The first is answered without being decrypted; the second's
+    check derives the client's Initial key only; the connection takes it and adds its own
+    direction, and derives none for the QUIC version it does not use. Then two Handshake
+    and two 1-RTT keys: 6 key setups (12 with both directions for each check, v1 and v2
+    for the connection; 7 when the first Initial was decrypted too)."""
     server = _storm_server(certs)
     setups = _key_setups(monkeypatch)
     await _handshake_through(server, _client(certs, version), ("127.0.0.1", 50000))
     assert server.retries_sent == 1
-    assert setups == [version] * 7
+    assert setups == [version] * 6
 
 
 def _second_waits_for_first(server: Any, certs: CertFiles) -> dict[Any, Any]:
@@ -336,6 +337,40 @@ async def test_a_connection_admitted_after_waiting_derives_its_own_keys(
     server.connections.discard(conn)
     await _handshake_through(server, clients[("127.0.0.1", 50002)], ("127.0.0.1", 50002))
     assert setups == [QuicProtocolVersion.VERSION_1] * 6
+
+
+async def test_an_initial_with_a_valid_token_is_decrypted_only_when_its_handshake_starts(
+    certs: CertFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token proves the client received our Retry at its address; in a storm most such
+    Initials wait and many waits are given up, so each is decrypted only when it leaves
+    the waiting room (and one that then does not decrypt is dropped, no handshake)."""
+    from reverse_http.quic import server as server_module
+
+    checked: list[bytes] = []
+    real = server_module.opens_handshake
+    monkeypatch.setattr(
+        server_module, "opens_handshake", lambda data, n: checked.append(data) or real(data, n)
+    )
+    server = _storm_server(certs, max_pending_handshakes=1)
+    clients = _second_waits_for_first(server, certs)
+    assert server.retries_sent == 2 and server.handshakes_waiting == 1
+    assert len(checked) == 1  # the first client's token Initial, which started
+    (conn,) = server.connections
+    waiting = server.admission.waiting.peek(trio.current_time())
+    assert waiting is not None
+    data = bytearray(waiting[0])
+    data[300:320] = bytes(b ^ 0xFF for b in data[300:320])  # payload damaged, token intact
+    server.admission.waiting._places[next(iter(server.admission.waiting._places))] = (
+        (bytes(data), *waiting[1:]),
+        trio.current_time(),
+        waiting[-1],
+    )
+    server._handshake_over(conn)
+    assert server._admit_waiting(trio.current_time(), 1) == 0
+    assert len(checked) == 2 and server.initials_refused == 1
+    assert server.handshakes_pending == 0 and len(server.connections) == 1
+    del clients
 
 
 async def test_discarded_initial_keys_stay_discarded_for_the_other_version(

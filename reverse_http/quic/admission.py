@@ -1,13 +1,14 @@
 """Which new connections the agent server takes on (sans-IO: every call gets ``now``).
 
 A handshake costs the server milliseconds of CPU and a connection's memory, a
-forged Initial costs its sender one datagram. So, for an Initial that decrypted and
-carries a ClientHello (see :mod:`.initial`):
+forged Initial costs its sender one datagram. So, for a new connection's Initial:
 
 - **Retry under load.** While handshakes in progress or the rate of new Initials are
   above a threshold (or always, when configured), a client without a token gets a
-  stateless Retry: only a client that receives at its source address comes back,
-  one round trip later. Below the thresholds nobody pays that round trip.
+  stateless Retry, without its Initial being decrypted: only a client that receives
+  at its source address comes back, one round trip later. Below the thresholds
+  nobody pays that round trip, and the Initial must decrypt and carry a ClientHello
+  (see :mod:`.initial`); so must one with a valid token, when its handshake starts.
 - **Tokens** (:class:`RetryTokens`): AES-GCM under a per-process key, bound to the
   client's address and port, the original and the Retry connection IDs, valid 30 s.
 - **Limits on handshakes in progress**, per source (an IPv4 address, an IPv6 /64)
@@ -469,6 +470,7 @@ class Admission:
 
     def retry_sent(self, now: float) -> None:
         self.retries_sent += 1
+        self._busy(now)  # also for an Initial answered without decrypting it
         self.log.note("retries sent", now)
 
     def create_token(self, addr: Any, odcid: bytes, retry_scid: bytes, now: float) -> bytes:

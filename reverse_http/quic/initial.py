@@ -1,7 +1,8 @@
 """Does a new connection's first datagram really open a handshake? (sans-IO)
 
-A server keeps no state for a datagram until its Initial decrypts and carries a
-CRYPTO frame (the ClientHello). Everything else is dropped without an answer:
+A server starts no handshake for a datagram until its Initial decrypts and carries a
+CRYPTO frame (the ClientHello); under load a token-less Initial gets a stateless Retry
+without this check (see :mod:`.admission`). Everything else is dropped without an answer:
 random long-header bytes, and a client's ACK- or PING-only Initial whose ClientHello
 the server never admitted (it was dropped under load, or its half-done connection
 was given up). aioquic would create a connection for such a packet and close it

@@ -281,11 +281,8 @@ class QuicServer:
         if not self._accepting or self._spawn is None:
             return False
         admission = self.admission
-        if not opens_handshake(data, self._cid_length):
-            admission.drop("undecryptable", now)
-            return False
-        admission.initial_seen(now)
         version: int = header.version
+        cid_length = self._cid_length
         odcid: bytes = header.destination_cid
         retry_scid: bytes | None = None
         if header.token:
@@ -293,6 +290,9 @@ class QuicServer:
             # is now, and the connection must tell the client it saw that Retry.
             validated = admission.validate_token(addr, odcid, header.token, now)
             if validated is None:
+                if not opens_handshake(data, cid_length):
+                    admission.drop("undecryptable", now)  # junk: no answer
+                    return False
                 admission.drop("invalid_token", now)
                 if self._answer_budget.take(now):
                     self._send_now(
@@ -304,20 +304,25 @@ class QuicServer:
                         addr,
                     )
                 return False
+            # Its client received our Retry at this address: it is decrypted only when
+            # its handshake starts (most wait, many of those give up in a storm).
+            checked = False
             odcid, retry_scid = validated, header.destination_cid
-        elif admission.retry_required(now):
-            scid = os.urandom(self._cid_length)
-            token = admission.create_token(addr, header.destination_cid, scid, now)
-            retry = encode_quic_retry(
-                version=version,
-                source_cid=scid,
-                destination_cid=header.source_cid,
-                original_destination_cid=header.destination_cid,
-                retry_token=token,
-            )
-            admission.recent_retries.remember(header.destination_cid, addr, retry, now)
-            self._send_now(retry, addr)
-            admission.retry_sent(now)
+        else:
+            # RFC 9000 17.2.5.1: a Retry needs no processing of the Initial. Under load
+            # the Initial is not decrypted (deriving its keys and decrypting cost more
+            # than the Retry): the Retry is smaller than the datagram, keeps no state,
+            # and only a client at that address can come back with its token.
+            if admission.retry_required(now):
+                self._send_retry(header, addr, now)
+                return False
+            if not opens_handshake(data, cid_length):
+                admission.drop("undecryptable", now)
+                return False
+            checked = True
+        admission.initial_seen(now)
+        if retry_scid is None and admission.retry_required(now):  # this one tipped the rate
+            self._send_retry(header, addr, now)
             return False
         source = source_key(addr)
         refusal = admission.limit_reached(source) if may_create else "busy"
@@ -330,10 +335,29 @@ class QuicServer:
                 and admission.waiting.wait(header.destination_cid, place, source, now)
             ):
                 admission.drop(refusal, now)
-                keep_keys(header.destination_cid, version)  # for its retransmission
+                if checked:
+                    keep_keys(header.destination_cid, version)  # for its retransmission
+            return False
+        if not checked and not opens_handshake(data, cid_length):
+            admission.drop("undecryptable", now)
             return False
         self._start_handshake(data, addr, header, odcid, retry_scid, source, now)
         return True
+
+    def _send_retry(self, header: Any, addr: Any, now: float) -> None:
+        admission = self.admission
+        scid = os.urandom(self._cid_length)
+        token = admission.create_token(addr, header.destination_cid, scid, now)
+        retry = encode_quic_retry(
+            version=header.version,
+            source_cid=scid,
+            destination_cid=header.source_cid,
+            original_destination_cid=header.destination_cid,
+            retry_token=token,
+        )
+        admission.recent_retries.remember(header.destination_cid, addr, retry, now)
+        self._send_now(retry, addr)
+        admission.retry_sent(now)
 
     def _admit_waiting(self, now: float, most: int | None = None) -> int:
         """Start handshakes of waiting clients, in arrival order, while this batch's
@@ -354,6 +378,9 @@ class QuicServer:
             waiting.pop()
             if refusal is not None:  # its source's share is in progress: resend later
                 admission.drop(refusal, now)
+                continue
+            if not opens_handshake(data, self._cid_length):  # waited undecrypted
+                admission.drop("undecryptable", now)
                 continue
             admission.admitted_after_wait += 1
             try:
