@@ -20,6 +20,10 @@ partial rate with ``partial`` in the table. CPU is the user+system seconds of th
 tunnel's processes (sshd's per-connection children included) per MiB moved; the notes
 under the table split it by process (proxy and agent: receiver and sender of the
 download) and give the packets the link carried each way (a_to_b: mostly ACKs).
+The notes also give curl's time to the first byte and the rate over the second half
+of the bytes (the body read here through a pipe and timed): the link's utilisation
+once the start-up (request round trips, slow start) is over, which MB/s over the whole
+transfer cannot show on a long path (docs/wan.md).
 
 The outage row: a download on the 50 ms / 100 Mbit/s link, the link down for 10 s
 two seconds in, and a new request sent three seconds into the outage; the table
@@ -124,6 +128,10 @@ class Result:
     forwarded: dict[str, int] = field(default_factory=dict)
     queue_peak_kib: float = 0.0
     new_request: str = ""
+    #: Until the first byte of the answer (curl's time_starttransfer).
+    first_byte_s: float = float("nan")
+    #: MB/s over the second half of the bytes (after the start-up; see ``timed_curl``).
+    second_half_mbps: float = float("nan")
     notes: list[str] = field(default_factory=list)
 
 
@@ -168,6 +176,51 @@ def curl(args: list[str], timeout: float) -> tuple[str, int, float]:
         if connect not in ("000", "200"):
             code = f"CONNECT answered {connect} ({code})"
     return code, int(got), float(secs)
+
+
+@dataclass
+class Timed:
+    """One download, timed: curl's result and when the bytes arrived."""
+
+    code: str
+    got: int
+    seconds: float
+    #: curl's time_starttransfer: until the first byte of the answer (the CONNECT and
+    #: request round trips, and the server's turn).
+    first_byte_s: float
+    #: MB/s over the second half of the bytes: the link's utilisation once the start-up
+    #: (request round trips, slow start and its overshoot) is over.
+    second_half_mbps: float
+
+
+def timed_curl(args: list[str], size: int, timeout: float) -> Timed:
+    """:func:`curl` with the body read here (through a pipe) to time its progress."""
+    cmd = ["curl", "-sS", "-o", "-", "-m", f"{timeout:.0f}"]
+    fmt = "%{http_code} %{size_download} %{time_total} %{http_connect} %{time_starttransfer}"
+    cmd += ["-w", "%{stderr}\\n" + fmt, *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    fd, total, half = proc.stdout.fileno(), 0, (size + 1) // 2
+    at_half: tuple[float, int] | None = None
+    last = time.monotonic()
+    while chunk := os.read(fd, 1 << 16):
+        last = time.monotonic()
+        total += len(chunk)
+        if at_half is None and total >= half:
+            at_half = (last, total)
+    err = proc.stderr.read().decode(errors="replace")
+    proc.wait(timeout + 15)
+    lines = err.strip().splitlines() or [""]
+    parts = lines[-1].split()
+    code, got, secs, connect, first = [*parts, "000", "0", "nan", "000", "nan"][:5]
+    if proc.returncode != 0:
+        code = f"curl exit {proc.returncode}"
+        if connect not in ("000", "200"):
+            code = f"CONNECT answered {connect} ({code})"
+    rate = float("nan")
+    if at_half is not None and last > at_half[0]:
+        rate = (total - at_half[1]) / (last - at_half[0]) / 1e6
+    return Timed(code, int(got), float(secs), float(first), rate)
 
 
 class Tunnel:
@@ -438,7 +491,9 @@ def run_one(row: Row, kind: str, env: Env, scale: float) -> Result:
             if row.outage:
                 outage_transfer(row, tunnel, link, size, timeout, res)
             else:
-                res.code, res.got, res.seconds = curl(tunnel.curl_args(f"/bulk{size}"), timeout)
+                t = timed_curl(tunnel.curl_args(f"/bulk{size}"), size, timeout)
+                res.code, res.got, res.seconds = t.code, t.got, t.seconds
+                res.first_byte_s, res.second_half_mbps = t.first_byte_s, t.second_half_mbps
         res.cpu_s = tunnel.cpu() - cpu0
         each = {k: v - each0[k] for k, v in tunnel.cpu_by_process().items()}
         res.ok = res.code == "200" and res.got == size
@@ -546,6 +601,13 @@ def print_table(results: list[Result], kinds: list[str]) -> None:
                 extra.append(f"{r.code}, {r.got / MIB:.1f} of {r.size / MIB:.0f} MiB")
             if r.ok and r.link_mbit:
                 extra.append(f"{r.mbps * 8 / r.link_mbit:.0%} of the link rate")
+            if r.ok and r.first_byte_s == r.first_byte_s:
+                extra.append(f"first byte after {r.first_byte_s:.2f} s")
+            if r.ok and r.second_half_mbps == r.second_half_mbps:
+                half = f"second half of the bytes at {r.second_half_mbps:.2f} MB/s"
+                if r.link_mbit:
+                    half += f" ({r.second_half_mbps * 8 / r.link_mbit:.0%} of the link)"
+                extra.append(half)
             if r.new_request:
                 extra.append(f"new request during the outage: {r.new_request}")
             if r.drops:
@@ -616,7 +678,9 @@ def main() -> None:
                     results.append(r)
                     print(
                         f"  {r.row} / {kind}: {r.mbps:.2f} MB/s, {r.code}, "
-                        f"{r.got / MIB:.1f} MiB in {r.seconds:.1f} s, CPU {r.cpu_s:.2f} s"
+                        f"{r.got / MIB:.1f} MiB in {r.seconds:.1f} s (first byte "
+                        f"{r.first_byte_s:.2f} s, second half {r.second_half_mbps:.2f} MB/s), "
+                        f"CPU {r.cpu_s:.2f} s"
                         + (f", new request: {r.new_request}" if r.new_request else ""),
                         flush=True,
                     )
