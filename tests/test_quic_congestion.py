@@ -197,3 +197,44 @@ def test_a_connection_paces_by_its_own_controllers_slow_start() -> None:
     observed.inner.ssthresh = None
     pacer.update_rate(observed.congestion_window, 0.2)
     assert pacer.packet_time == pytest.approx(after / SLOW_START_PACING_GAIN)
+
+
+def _drain(pacer: BurstPacer, now: float) -> int:
+    """Packets the pacer lets out at ``now`` before it asks to wait."""
+    sent = 0
+    while pacer.next_send_time(now) is None:
+        pacer.update_after_send(now)
+        sent += 1
+    return sent
+
+
+def test_an_empty_pacer_waits_for_a_batch_on_a_long_path() -> None:
+    """200 ms / 20 Mbit/s: the sender wakes every 5 ms for ~9 packets, not every 0.6 ms."""
+    pacer = BurstPacer(max_datagram_size=MDS, burst_packets=64)
+    window, rtt = 500_000, 0.2  # one BDP of 20 Mbit/s
+    pacer.update_rate(window, rtt)
+    assert pacer.packet_time == pytest.approx(MDS / (window / rtt))
+    now = 10.0
+    _drain(pacer, now)
+    at = pacer.next_send_time(now)
+    assert at is not None and at - now == pytest.approx(0.005)  # not one packet_time
+    wakes, sent = 0, 0
+    while now < 11.0:  # one second of sending, paced
+        now = pacer.next_send_time(now) or now
+        wakes += 1
+        sent += _drain(pacer, now)
+    assert 195 <= wakes <= 205
+    assert sent == pytest.approx(window / rtt / MDS, rel=0.05)  # the rate is unchanged
+
+
+def test_an_empty_pacer_on_a_short_path_waits_a_fortieth_of_the_rtt_or_one_packet() -> None:
+    pacer = BurstPacer(max_datagram_size=MDS, burst_packets=64)
+    pacer.update_rate(625_000, 0.05)  # 50 ms / 100 Mbit/s
+    _drain(pacer, 5.0)
+    at = pacer.next_send_time(5.0)
+    assert at is not None and at - 5.0 == pytest.approx(0.05 / 40)
+    pacer.update_rate(64 * MDS, 0.00002)  # loopback: one packet's time, as aioquic
+    _drain(pacer, 6.0)
+    at = pacer.next_send_time(6.0)
+    assert pacer.packet_time is not None and pacer.packet_time > 0.00002 / 40
+    assert at is not None and at - 6.0 == pytest.approx(pacer.packet_time)

@@ -120,6 +120,15 @@ register_congestion_control(NAME, _factory(NAME, CappedRenoCongestionControl.cap
 #: 9 MiB over 200 ms / 20 Mbit/s, 200-226 drops at 1x, 9-56 at 2x, the same 1.92 MB/s.
 SLOW_START_PACING_GAIN = 2.0
 
+#: Once the pacer's bucket is empty, the next send waits for this fraction of the RTT
+#: of sending time to accumulate (a fortieth of the window), at most PACING_MAX_WAIT,
+#: not for one packet's: on a slow link a paced sender would otherwise wake for every
+#: datagram (20 Mbit/s: every 0.6 ms, a service and a ``sendmsg`` each). Linux TCP sends
+#: bursts of about 1 ms of its pacing rate for the same reason (TSO autosizing); a
+#: fortieth of the window is far below the bottleneck queue a path needs anyway.
+PACING_WAIT_RTT_FRACTION = 1 / 40
+PACING_MAX_WAIT = 0.005
+
 
 class BurstPacer(QuicPacketPacer):
     """aioquic's pacer with a configurable burst size, and faster in slow start.
@@ -127,7 +136,8 @@ class BurstPacer(QuicPacketPacer):
     Stock bursts are 16 datagrams, so each wake-up of the connection task moves
     at most 16 packets; larger bursts amortise the per-wake-up cost of trio and
     epoll. The pacing rate is aioquic's (cwnd / RTT), except in slow start
-    (``SLOW_START_PACING_GAIN``).
+    (``SLOW_START_PACING_GAIN``); an empty bucket refills for ``PACING_WAIT_RTT_FRACTION``
+    of the RTT before the next send, not for one packet.
     """
 
     def __init__(
@@ -140,11 +150,19 @@ class BurstPacer(QuicPacketPacer):
         super().__init__(max_datagram_size=max_datagram_size)
         self._burst = burst_packets
         self._in_slow_start = in_slow_start
+        self._wait = 0.0
+
+    def next_send_time(self, now: float) -> float:
+        at = super().next_send_time(now)
+        if at is not None:  # None (annotated float in aioquic): the bucket has room
+            at = max(at, now + min(self._wait, self.bucket_max))
+        return at
 
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
         if self._in_slow_start is not None and self._in_slow_start():
             congestion_window = int(congestion_window * SLOW_START_PACING_GAIN)
         super().update_rate(congestion_window, smoothed_rtt)
+        self._wait = min(PACING_MAX_WAIT, smoothed_rtt * PACING_WAIT_RTT_FRACTION)
         rate = congestion_window / max(smoothed_rtt, 1e-6)
         mds = self._max_datagram_size
         self.bucket_max = max(2 * mds, min(congestion_window // 4, self._burst * mds)) / rate
