@@ -71,7 +71,7 @@ async def _client_connection(
                 def feed(data: bytes, addr: object) -> None:
                     conn.datagram_received(data, addr, trio.current_time())
 
-                nursery.start_soon(endpoint.run, feed, driver.flush, driver.take_hold)
+                nursery.start_soon(endpoint.run, feed, driver.flush, driver.take_hold, driver.flush)
                 nursery.start_soon(driver.run)
                 try:
                     await conn.wait_handshake()

@@ -505,7 +505,11 @@ class QuicServer:
             nursery.start_soon(self.driver.run)
             nursery.start_soon(self._admit_loop)
             nursery.start_soon(self._release_loop)
-            await self.endpoint.run(self.dispatch, self._after_batch, self.driver.take_hold)
+            # Only the driver's flush after a wake-up's first datagram: admitting new
+            # connections stays once per batch (its budget is per batch).
+            await self.endpoint.run(
+                self.dispatch, self._after_batch, self.driver.take_hold, self.driver.flush
+            )
 
     async def _release_loop(self) -> None:
         while True:

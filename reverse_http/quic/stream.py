@@ -205,6 +205,20 @@ class QuicStream(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
+    def send_nowait(self, data: bytes) -> bool:
+        """Queue all of ``data`` if the stream takes it now without waiting; else send
+        nothing and return False (``send_all`` then waits, or raises what is wrong).
+
+        Not a checkpoint: for a relay whose next step is one (its wait for more input).
+        """
+        if self._sending or self._closed or self._tx_eof or self._tx_error is not None:
+            return False
+        if len(data) > self.send_capacity():
+            return False
+        self._conn._send(self, data, end_stream=False)
+        self._tx_total += len(data)
+        return True
+
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
