@@ -15,6 +15,7 @@ import trio.testing
 from reverse_http.devcerts import CertFiles
 from reverse_http.quic import TransportSettings
 from reverse_http.quic.connection import (
+    RECEIVE_HOLD_KNEE_RTT,
     RECEIVE_HOLD_MAX,
     RECEIVE_HOLD_MIN_RTT,
     receive_hold_for,
@@ -116,9 +117,11 @@ def test_the_hold_scales_with_the_rtt_between_a_floor_and_a_cap() -> None:
     # (~0.8 ms, as before: more cost throughput there), 100 ms -> RTT/32
     assert abs(receive_hold_for(0.05) - 0.05 / 64) < 1e-9
     assert abs(receive_hold_for(0.1) - 0.1 / 32) < 1e-9
-    # a 200 ms path takes the cap: at 20 Mbit/s ~20 datagrams per wake-up, not ~3
+    # up to the knee the fraction stays linear in the RTT (150 ms -> RTT/21)
+    assert abs(receive_hold_for(RECEIVE_HOLD_KNEE_RTT) - 0.15 * 0.15 / 3.2) < 1e-9
+    # a 200 ms path takes the cap: at 20 Mbit/s ~27 datagrams per wake-up, not ~3
     assert receive_hold_for(0.2) == RECEIVE_HOLD_MAX
-    assert RECEIVE_HOLD_MAX / (1400 * 8 / 20e6) > 15
+    assert RECEIVE_HOLD_MAX / (1400 * 8 / 20e6) > 25
     assert receive_hold_for(2.0) == RECEIVE_HOLD_MAX
     # the hold must stay small next to the ACK delay the peer allows for
     assert RECEIVE_HOLD_MAX < ACK_DELAY
@@ -161,3 +164,34 @@ async def test_the_receive_loop_reads_dense_datagrams_several_per_batch(
     finally:
         ours.close()
         theirs.close()
+
+
+def wake_ups(hold: float, spacing: float, seconds: float) -> tuple[int, int]:
+    """Wake-ups of a receive loop under ReceiveHold for datagrams arriving every
+    ``spacing`` seconds: each reads all that arrived, then waits the hold it returns."""
+    policy = ReceiveHold()
+    arrivals = [1.0 + i * spacing for i in range(round(seconds / spacing))]
+    wakes, i, now = 0, 0, arrivals[0]
+    while i < len(arrivals):
+        now = max(now, arrivals[i])
+        started = now
+        while i < len(arrivals) and arrivals[i] <= now:
+            i += 1
+        wakes += 1
+        ended = now + 0.0001  # the batch's service
+        now = ended + policy.after_batch(started, ended, hold)
+    return wakes, len(arrivals)
+
+
+def test_a_200_ms_path_reads_a_second_of_20_mbit_in_few_wake_ups() -> None:
+    """200 ms / 20 Mbit/s (a 1400-byte datagram every 0.56 ms): each wake-up reads,
+    acknowledges and relays about 27 datagrams (12 ms held: about 20)."""
+    spacing = 1400 * 8 / 20e6
+    wakes, datagrams = wake_ups(receive_hold_for(0.2), spacing, 1.0)
+    assert datagrams == 1786
+    assert wakes <= 1 + datagrams / 27, wakes
+    # the hold is all of it: without one, a wake-up per datagram
+    assert wake_ups(0.0, spacing, 1.0) == (datagrams, datagrams)
+    # a 100 ms path keeps its RTT/32 (~3 ms: ~6 datagrams per wake-up)
+    wakes_100, _ = wake_ups(receive_hold_for(0.1), spacing, 1.0)
+    assert datagrams / 7 <= wakes_100 <= datagrams / 5, wakes_100

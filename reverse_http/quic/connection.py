@@ -96,12 +96,20 @@ SERVICE_EVERY = 64
 #: per wake-up (see ``endpoint.ReceiveHold``), at most RECEIVE_HOLD_MAX; none on a path
 #: under RECEIVE_HOLD_MIN_RTT, where the wait would cost latency for little gain. The
 #: fraction grows with the RTT (RECEIVE_HOLD_FRACTION_PER_S per second of it): RTT/64
-#: at 50 ms, as before (RTT/16 there gained no measurable CPU, only latency), and
-#: RTT/16 at 200 ms (12 ms: ~20 datagrams per wake-up at 20 Mbit/s, not ~3), which
-#: halved the CPU per byte there. The cap stays well under ACK_DELAY; the wait is part
-#: of the RTT the sender measures.
+#: at 50 ms, as before (RTT/16 there gained no measurable CPU, only latency), RTT/32 at
+#: 100 ms; past RECEIVE_HOLD_KNEE_RTT it grows with the RTT's square, so that 200 ms
+#: takes the cap (16 ms: ~27 datagrams per wake-up at 20 Mbit/s, not ~3). RTT/16
+#: capped at 12 ms halved the CPU per byte at 200 ms; 16 ms there takes another fifth
+#: of the receiver's wake-ups and of the sender's ACKs away (bench/linksim.py, 9 MiB:
+#: 353 -> 271 receiver reads, 338 -> 259 sender reads), same throughput, more
+#: bottleneck drops (193 -> 244: the sender's bursts follow the batched ACKs). Paths up
+#: to the knee keep their hold: with the square from 100 ms on, linksim's 150 ms /
+#: 30 Mbit/s download went from 88 to 686 drops (from 150 ms on: 101, 3% less
+#: throughput). The cap stays under ACK_DELAY; the wait is part of the RTT the sender
+#: measures.
 RECEIVE_HOLD_FRACTION_PER_S = 1 / 3.2
-RECEIVE_HOLD_MAX = 0.012
+RECEIVE_HOLD_KNEE_RTT = 0.15
+RECEIVE_HOLD_MAX = 0.016
 RECEIVE_HOLD_MIN_RTT = 0.032
 
 
@@ -110,6 +118,8 @@ def receive_hold_for(smoothed_rtt: float) -> float:
     if smoothed_rtt < RECEIVE_HOLD_MIN_RTT:
         return 0.0
     fraction = smoothed_rtt * RECEIVE_HOLD_FRACTION_PER_S
+    if smoothed_rtt > RECEIVE_HOLD_KNEE_RTT:
+        fraction *= smoothed_rtt / RECEIVE_HOLD_KNEE_RTT
     return min(smoothed_rtt * fraction, RECEIVE_HOLD_MAX)
 
 
