@@ -80,6 +80,19 @@ def test_padding_is_skipped_to_the_first_nonzero_byte(
     assert lines[0] <= 10, lines[0]
 
 
+async def _keepalives(link: Any, client: Connection, count: int = 5) -> int:
+    """Send ``count`` keepalives from ``client``, each once acknowledged; the datagrams
+    the server sent meanwhile."""
+    before = len(link.sent["s2c"])
+    for uid in range(count):
+        client.quic.send_ping(uid)
+        client._kick()
+        with trio.fail_after(1):
+            while client.quic._loss.bytes_in_flight:
+                await trio.sleep(0.001)
+    return len(link.sent["s2c"]) - before
+
+
 async def test_a_keepalive_is_acknowledged_with_one_packet_built(
     certs: CertFiles, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -94,16 +107,10 @@ async def test_a_keepalive_is_acknowledged_with_one_packet_built(
             start_packet(builder, *args, **kwargs)
 
         monkeypatch.setattr(QuicPacketBuilder, "start_packet", counting)
-        sent = len(link.sent["s2c"])
-        for uid in range(5):
-            client.quic.send_ping(uid)
-            client._kick()
-            with trio.fail_after(1):
-                while client.quic._loss.bytes_in_flight:
-                    await trio.sleep(0.001)
+        sent = await _keepalives(link, client)
         # one ACK datagram per keepalive, each built from one packet (a second one was
         # started and thrown away after every ACK)
-        assert len(link.sent["s2c"]) - sent == 5
+        assert sent == 5
         assert len(started) == 5, started
 
 
@@ -127,14 +134,8 @@ async def test_a_keepalive_service_computes_its_own_deadlines_once(
 
         monkeypatch.setattr(Connection, "_own_deadlines", counting)
         monkeypatch.setattr(TransportSettings, "server_probe_after", property(no_property))
-        sent = len(link.sent["s2c"])
-        for uid in range(5):
-            client.quic.send_ping(uid)
-            client._kick()
-            with trio.fail_after(1):
-                while client.quic._loss.bytes_in_flight:
-                    await trio.sleep(0.001)
-        assert len(link.sent["s2c"]) - sent == 5  # every keepalive acknowledged
+        sent = await _keepalives(link, client)
+        assert sent == 5  # every keepalive acknowledged
         # one service per keepalive on the server (10 computations before)
         assert computed.count(server) == 5, computed.count(server)
         # and what was scheduled is what the service would compute now
