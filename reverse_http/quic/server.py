@@ -282,7 +282,6 @@ class QuicServer:
             return False
         admission = self.admission
         version: int = header.version
-        cid_length = self._cid_length
         odcid: bytes = header.destination_cid
         retry_scid: bytes | None = None
         if header.token:
@@ -290,8 +289,7 @@ class QuicServer:
             # is now, and the connection must tell the client it saw that Retry.
             validated = admission.validate_token(addr, odcid, header.token, now)
             if validated is None:
-                if not opens_handshake(data, cid_length):
-                    admission.drop("undecryptable", now)  # junk: no answer
+                if not self._decrypts(data, now):  # junk: no answer
                     return False
                 admission.drop("invalid_token", now)
                 if self._answer_budget.take(now):
@@ -306,7 +304,6 @@ class QuicServer:
                 return False
             # Its client received our Retry at this address: it is decrypted only when
             # its handshake starts (most wait, many of those give up in a storm).
-            checked = False
             odcid, retry_scid = validated, header.destination_cid
         else:
             # RFC 9000 17.2.5.1: a Retry needs no processing of the Initial. Under load
@@ -316,10 +313,8 @@ class QuicServer:
             if admission.retry_required(now):
                 self._send_retry(header, addr, now)
                 return False
-            if not opens_handshake(data, cid_length):
-                admission.drop("undecryptable", now)
+            if not self._decrypts(data, now):
                 return False
-            checked = True
         admission.initial_seen(now)
         if retry_scid is None and admission.retry_required(now):  # this one tipped the rate
             self._send_retry(header, addr, now)
@@ -335,14 +330,20 @@ class QuicServer:
                 and admission.waiting.wait(header.destination_cid, place, source, now)
             ):
                 admission.drop(refusal, now)
-                if checked:
-                    keep_keys(header.destination_cid, version)  # for its retransmission
+                if retry_scid is None:  # it decrypted: keep its keys for its retransmission
+                    keep_keys(header.destination_cid, version)
             return False
-        if not checked and not opens_handshake(data, cid_length):
-            admission.drop("undecryptable", now)
+        if retry_scid is not None and not self._decrypts(data, now):  # a token's, unchecked
             return False
         self._start_handshake(data, addr, header, odcid, retry_scid, source, now)
         return True
+
+    def _decrypts(self, data: bytes, now: float) -> bool:
+        """The Initial decrypts and carries a ClientHello; if not, it is dropped (junk)."""
+        if opens_handshake(data, self._cid_length):
+            return True
+        self.admission.drop("undecryptable", now)
+        return False
 
     def _send_retry(self, header: Any, addr: Any, now: float) -> None:
         admission = self.admission
@@ -379,8 +380,7 @@ class QuicServer:
             if refusal is not None:  # its source's share is in progress: resend later
                 admission.drop(refusal, now)
                 continue
-            if not opens_handshake(data, self._cid_length):  # waited undecrypted
-                admission.drop("undecryptable", now)
+            if not self._decrypts(data, now):  # waited undecrypted
                 continue
             admission.admitted_after_wait += 1
             try:
