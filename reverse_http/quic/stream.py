@@ -193,8 +193,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
                         await self._wait_writable()
                         continue
                     chunk, view = view[:room], view[room:]
-                    self._conn._send(self, bytes(chunk), end_stream=False)
-                    self._tx_total += len(chunk)
+                    self._queue(bytes(chunk))
                     sent_any = True
             except trio.Cancelled:
                 if sent_any and view:
@@ -215,9 +214,13 @@ class QuicStream(trio.abc.HalfCloseableStream):
             return False
         if len(data) > self.send_capacity():
             return False
+        self._queue(data)
+        return True
+
+    def _queue(self, data: bytes) -> None:
+        """Hand bytes the send budget has room for to the connection."""
         self._conn._send(self, data, end_stream=False)
         self._tx_total += len(data)
-        return True
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:
